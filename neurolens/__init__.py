@@ -1,0 +1,23 @@
+"""NeuroLens: keep every inference benchmark run, queryable and comparable.
+
+The documented storage API lives in :mod:`neurolens.storage.store`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = ["__version__", "load_runs"]
+
+
+def load_runs(root: Any = None, **filters: Any) -> pd.DataFrame:
+    """Runs of a store as a pandas DataFrame, newest first (see ``neurolens.storage.query``)."""
+    # Imported here so that ``import neurolens`` stays cheap (the plugin and CLI import it).
+    from neurolens.storage.query import load_runs as _load_runs
+
+    return _load_runs(root, **filters)

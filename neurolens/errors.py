@@ -1,0 +1,42 @@
+"""Exceptions and warnings raised by the neurolens library.
+
+The CLI turns these into messages once, at its edge (``neurolens.cli``).
+"""
+
+from __future__ import annotations
+
+
+class NeurolensError(Exception):
+    """Base class of every error neurolens raises on purpose."""
+
+
+class RunValidationError(NeurolensError, ValueError):
+    """A run document (or its fingerprint) does not satisfy the run schema.
+
+    ``field`` is the dotted path of the offending field (``""`` for the whole document).
+    """
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        self.message = message
+        super().__init__(f"{field}: {message}" if field else message)
+
+
+class RunExistsError(NeurolensError, FileExistsError):
+    """A run file with the same id already exists; the store is never overwritten."""
+
+
+class StoreError(NeurolensError):
+    """The store cannot be read or written (bad root, damaged files, I/O failure)."""
+
+
+class RunNotFoundError(NeurolensError, LookupError):
+    """No run, or more than one run, matches a run id or prefix."""
+
+
+class ManifestWarning(UserWarning):
+    """A manifest line was skipped: torn, unparsable, invalid or a duplicate run id."""
+
+
+class IndexWarning(UserWarning):
+    """The derived index is missing, stale or corrupt; answers come from the manifest."""

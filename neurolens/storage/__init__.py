@@ -1,0 +1,1 @@
+"""The append-only run store: run documents, manifest ledger and derived index."""

@@ -1,0 +1,215 @@
+"""The run document: schema validation, generated fields and canonical bytes."""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import json
+import math
+import os
+import secrets
+import threading
+import time
+from collections.abc import Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from neurolens.errors import RunValidationError
+
+SCHEMA_VERSION = 1
+
+# Fixed width so that string order is time order (the index sorts on it).
+_CREATED_AT_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
+
+
+@functools.cache
+def load_schema() -> dict[str, Any]:
+    """The run schema: packaged in the wheel, or the top-level copy in a source checkout."""
+    packaged = resources.files("neurolens") / "schema" / "run.schema.json"
+    if packaged.is_file():
+        text = packaged.read_text(encoding="utf-8")
+    else:
+        text = (Path(__file__).resolve().parents[2] / "schema" / "run.schema.json").read_text(
+            encoding="utf-8"
+        )
+    schema: dict[str, Any] = json.loads(text)
+    return schema
+
+
+@functools.cache
+def _validator() -> Any:
+    import jsonschema
+
+    schema = load_schema()
+    jsonschema.Draft202012Validator.check_schema(schema)
+    return jsonschema.Draft202012Validator(schema)
+
+
+def _field_path(parts: Any) -> str:
+    return ".".join(str(p) for p in parts)
+
+
+def _find_non_json(value: Any, path: list[str | int]) -> tuple[str, str] | None:
+    """First value that JSON cannot hold faithfully (NaN, infinities, odd types)."""
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return _field_path(path), f"{value!r} is not allowed (NaN and infinities are rejected)"
+        return None
+    if value is None or isinstance(value, (str, int)):
+        return None
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                return _field_path([*path, repr(key)]), "keys must be strings"
+            found = _find_non_json(item, [*path, key])
+            if found:
+                return found
+        return None
+    if isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            found = _find_non_json(item, [*path, i])
+            if found:
+                return found
+        return None
+    return _field_path(path), f"{type(value).__name__} is not a JSON value"
+
+
+def check_json_value(value: Any, where: str) -> None:
+    """Raise RunValidationError naming the field if ``value`` is not plain, finite JSON."""
+    found = _find_non_json(value, [where] if where else [])
+    if found:
+        raise RunValidationError(*found)
+
+
+def normalize_created_at(value: Any) -> str:
+    """RFC 3339 text or an aware datetime -> fixed-width UTC ``...Z`` text."""
+    if isinstance(value, dt.datetime):
+        moment = value
+    elif isinstance(value, str):
+        text = value.strip()
+        if text.endswith(("Z", "z")):
+            text = text[:-1] + "+00:00"
+        try:
+            moment = dt.datetime.fromisoformat(text)
+        except ValueError:
+            raise RunValidationError(
+                "created_at", f"{value!r} is not an RFC 3339 timestamp"
+            ) from None
+        if "T" not in text.upper() and " " not in text:
+            raise RunValidationError("created_at", f"{value!r} has no time of day")
+    else:
+        raise RunValidationError("created_at", f"{value!r} is not an RFC 3339 timestamp")
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        raise RunValidationError(
+            "created_at", f"{value!r} has no UTC offset (add 'Z' or '+HH:MM')"
+        )
+    return moment.astimezone(dt.timezone.utc).strftime(_CREATED_AT_FORMAT)
+
+
+def utc_now() -> str:
+    return dt.datetime.now(dt.timezone.utc).strftime(_CREATED_AT_FORMAT)
+
+
+_id_lock = threading.Lock()
+_last_id_state: tuple[int, int] = (0, 0)
+
+
+def new_run_id() -> str:
+    """A UUIDv7 (RFC 9562): 48-bit Unix milliseconds, then random bits.
+
+    Unique across processes and machines through 74 random bits; within a process a
+    counter in ``rand_a`` keeps ids strictly increasing inside one millisecond.
+    """
+    global _last_id_state
+    with _id_lock:
+        now_ms = time.time_ns() // 1_000_000
+        last_ms, last_seq = _last_id_state
+        if now_ms <= last_ms:
+            now_ms, seq = last_ms, last_seq + 1
+            if seq > 0xFFF:  # counter exhausted: borrow the next millisecond
+                now_ms, seq = last_ms + 1, secrets.randbits(8)
+        else:
+            seq = secrets.randbits(8)  # leave headroom for the counter
+        _last_id_state = (now_ms, seq)
+    rand_b = secrets.randbits(62)
+    value = (now_ms << 80) | (0x7 << 76) | (seq << 64) | (0b10 << 62) | rand_b
+    h = f"{value:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def canonical_bytes(value: Any, *, indent: int | None = 2) -> bytes:
+    """Sorted keys, UTF-8, no NaN: equal documents give equal bytes."""
+    text = json.dumps(value, sort_keys=True, ensure_ascii=False, allow_nan=False, indent=indent)
+    return (text + "\n").encode("utf-8")
+
+
+def prepare_run(run: Mapping[str, Any]) -> dict[str, Any]:
+    """Validate ``run`` and return the canonical document (a new dict).
+
+    Fills ``run_id``, ``created_at`` (normalised to UTC) and ``schema_version``.
+    Raises RunValidationError naming the first offending field.
+    """
+    if not isinstance(run, Mapping):
+        raise RunValidationError("", f"a run must be a mapping, not {type(run).__name__}")
+    check_json_value(dict(run), "")
+    document: dict[str, Any] = json.loads(json.dumps(dict(run)))  # deep, plain copy
+    if document.get("schema_version", SCHEMA_VERSION) != SCHEMA_VERSION:
+        raise RunValidationError(
+            "schema_version",
+            f"{document['schema_version']!r} is not supported (this is version {SCHEMA_VERSION})",
+        )
+    document["schema_version"] = SCHEMA_VERSION
+    if document.get("run_id") is None:
+        document["run_id"] = new_run_id()
+    created = run.get("created_at")  # the original, which may be a datetime
+    document["created_at"] = utc_now() if created is None else normalize_created_at(created)
+
+    problems = sorted(_describe(e) for e in _validator().iter_errors(document))
+    if problems:
+        field, message = problems[0]
+        more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
+        raise RunValidationError(field, message + more)
+    return document
+
+
+def _describe(error: Any) -> tuple[str, str]:
+    """(dotted field, short message) of a jsonschema error, naming the field itself."""
+    path = list(error.absolute_path)
+    if error.validator == "required":
+        missing = [k for k in error.validator_value if k not in error.instance]
+        return _field_path([*path, missing[0]]), "is missing (required)"
+    if error.validator == "additionalProperties" and error.validator_value is False:
+        known = error.schema.get("properties", {})
+        unknown = sorted(k for k in error.instance if k not in known)
+        return _field_path([*path, unknown[0]]), "is not a known field"
+    if error.validator == "pattern" and path == ["run_id"]:
+        return "run_id", (
+            f"{error.instance!r} is not a safe id "
+            "(1-128 letters, digits, '-' or '_', starting with a letter or digit)"
+        )
+    if error.validator == "pattern":
+        return _field_path(path), (
+            f"{error.instance!r} is not a safe directory name "
+            "(1-100 characters, no '/', '\\' or control characters, not '.' or '..')"
+        )
+    return _field_path(path), str(error.message)
+
+
+def day_of(created_at: str) -> str:
+    """The UTC day ``YYYY-MM-DD`` of a normalised ``created_at``."""
+    return created_at[:10]
+
+
+def run_relpaths(document: Mapping[str, Any], with_fingerprint: bool) -> tuple[str, str | None]:
+    """Paths, relative to the root and with '/' separators, of a run's files."""
+    year, month, day = day_of(document["created_at"]).split("-")
+    folder = f"{year}/{month}/{day}/{document['backend']}"
+    run_json = f"{folder}/{document['run_id']}.json"
+    fp_json = f"{folder}/{document['run_id']}.fp.json" if with_fingerprint else None
+    return run_json, fp_json
+
+
+def default_root() -> Path:
+    """``$NEUROLENS_STORE_ROOT`` when set, else ``./runs_store``."""
+    return Path(os.environ.get("NEUROLENS_STORE_ROOT") or "runs_store")

@@ -1,0 +1,293 @@
+"""The derived index: ``_index.parquet`` (or ``_index.jsonl`` without pyarrow).
+
+Like a Delta Lake checkpoint, the index covers a prefix of the manifest and records
+how far (``manifest_bytes``) and the hash of the last line it covers, so a reader can
+check it against the manifest in O(1) and add the uncovered tail itself. Compaction
+folds the tail in; a rebuild makes the same bytes from the manifest alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from neurolens.errors import IndexWarning, ManifestWarning
+from neurolens.storage.files import locked, replace_file_atomically
+from neurolens.storage.manifest import (
+    COLUMNS,
+    ManifestSlice,
+    last_line_sha256_before,
+    manifest_size,
+    read_manifest,
+)
+
+PARQUET_NAME = "_index.parquet"
+JSONL_NAME = "_index.jsonl"
+LOCK_NAME = "_index.lock"
+INDEX_VERSION = "1"
+
+# Compact once the uncovered tail passes this share of the covered manifest (and a
+# floor): amortised O(1) per write, while readers parse at most ~1/64 of the manifest.
+_TAIL_FLOOR_BYTES = 1024 * 1024
+_TAIL_SHARE = 64
+_ROW_GROUP_SIZE = 256 * 1024
+
+
+def arrow() -> ModuleType | None:
+    """pyarrow, or None where it cannot be imported (the index falls back to JSONL)."""
+    try:
+        import pyarrow
+        import pyarrow.parquet  # noqa: F401
+    except ImportError:
+        return None
+    return pyarrow
+
+
+def index_path(root: Path) -> Path:
+    return root / (PARQUET_NAME if arrow() is not None else JSONL_NAME)
+
+
+@dataclass
+class Rows:
+    """Index rows in manifest order: a pyarrow Table, or a list of dicts without pyarrow."""
+
+    table: Any = None  # pyarrow.Table when pyarrow is available
+    records: list[dict[str, Any]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return self.table.num_rows if self.table is not None else len(self.records)
+
+    def run_ids(self) -> set[str]:
+        if self.table is not None:
+            return set(self.table.column("run_id").to_pylist())
+        return {r["run_id"] for r in self.records}
+
+
+@dataclass
+class IndexState:
+    rows: Rows
+    manifest_bytes: int
+    last_line_sha256: str | None
+
+
+def _arrow_schema(pa: ModuleType, manifest_bytes: int = 0, last_sha: str | None = None) -> Any:
+    kinds = {str: pa.string(), int: pa.int64(), float: pa.float64()}
+    fields = [pa.field(name, kinds[kind], nullable) for name, (kind, nullable) in COLUMNS.items()]
+    metadata = {
+        "neurolens.index_version": INDEX_VERSION,
+        "neurolens.manifest_bytes": str(manifest_bytes),
+        "neurolens.last_line_sha256": last_sha or "",
+    }
+    return pa.schema(fields, metadata=metadata)
+
+
+def rows_from_entries(entries: list[dict[str, Any]]) -> Rows:
+    pa = arrow()
+    if pa is None:
+        return Rows(records=entries)
+    columns = {name: [e[name] for e in entries] for name in COLUMNS}
+    return Rows(table=pa.Table.from_pydict(columns, schema=_arrow_schema(pa)))
+
+
+def concat_rows(base: Rows, extra: Rows) -> Rows:
+    if base.table is not None:
+        pa = arrow()
+        assert pa is not None
+        return Rows(table=pa.concat_tables([base.table, extra.table]).combine_chunks())
+    return Rows(records=base.records + extra.records)
+
+
+def drop_known(tail: ManifestSlice, known: set[str], *, warn: bool) -> list[dict[str, Any]]:
+    """Tail entries whose run id is new; the first entry of a run id wins."""
+    fresh = []
+    for entry in tail.entries:
+        run_id = entry["run_id"]
+        if run_id in known:
+            tail.problems.append(f"duplicate run id {run_id!r}: the first manifest entry is kept")
+            if warn:
+                warnings.warn(tail.problems[-1], ManifestWarning, stacklevel=3)
+            continue
+        known.add(run_id)
+        fresh.append(entry)
+    return fresh
+
+
+# --- reading -------------------------------------------------------------------------
+
+
+def read_index_header(root: Path) -> tuple[int, str | None] | None:
+    """(manifest_bytes, last_line_sha256) the index claims to cover; None if unreadable."""
+    path = index_path(root)
+    try:
+        pa = arrow()
+        if pa is not None:
+            import pyarrow.parquet as pq
+
+            meta = pq.read_schema(path).metadata or {}
+            if meta.get(b"neurolens.index_version") != INDEX_VERSION.encode():
+                return None
+            covered = int(meta[b"neurolens.manifest_bytes"])
+            sha = meta[b"neurolens.last_line_sha256"].decode() or None
+            return covered, sha
+        with open(path, "rb") as handle:
+            header = json.loads(handle.readline())
+        if header.get("neurolens_index") != int(INDEX_VERSION):
+            return None
+        return int(header["manifest_bytes"]), header.get("last_line_sha256")
+    except Exception:  # any damage means "no usable index"; the manifest still answers
+        return None
+
+
+def read_index(root: Path) -> tuple[IndexState | None, str | None]:
+    """The index, checked against the manifest; else (None, why it cannot be used)."""
+    path = index_path(root)
+    if not path.exists():
+        return None, f"index {path.name} is missing"
+    header = read_index_header(root)
+    if header is None:
+        return None, f"index {path.name} is corrupt or from another version"
+    covered, sha = header
+    if covered > manifest_size(root):
+        return None, f"index {path.name} covers more than the manifest holds"
+    try:
+        if covered and last_line_sha256_before(root, covered) != sha:
+            return None, f"index {path.name} does not match the manifest"
+        rows = _read_rows(path)
+    except Exception as exc:
+        return None, f"index {path.name} cannot be read ({type(exc).__name__})"
+    return IndexState(rows=rows, manifest_bytes=covered, last_line_sha256=sha), None
+
+
+def _read_rows(path: Path) -> Rows:
+    pa = arrow()
+    if pa is not None:
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(path)
+        if not table.schema.remove_metadata().equals(_arrow_schema(pa).remove_metadata()):
+            raise ValueError("unexpected index columns")
+        return Rows(table=table)
+    with open(path, "rb") as handle:
+        handle.readline()
+        return Rows(records=[json.loads(line) for line in handle])
+
+
+@dataclass
+class Snapshot:
+    """Every valid manifest entry of a store: the index plus the uncovered manifest tail."""
+
+    rows: Rows
+    index_problem: str | None  # why the index could not be used, if it could not
+    manifest_problems: list[str]
+
+
+def snapshot(root: Path) -> Snapshot:
+    """What readers see: never reads run JSON files, never writes."""
+    state, problem = read_index(root)
+    if state is None and manifest_size(root) == 0:
+        problem = None  # an empty or new store has nothing to index
+    start = state.manifest_bytes if state else 0
+    tail = read_manifest(root, start, warn=False)
+    base = state.rows if state else rows_from_entries([])
+    known = base.run_ids() if state and tail.entries else set()
+    fresh = drop_known(tail, known, warn=False)
+    rows = concat_rows(base, rows_from_entries(fresh)) if fresh else base
+    if problem:
+        warnings.warn(
+            f"{problem}; answering from the manifest (`neurolens rebuild` restores the index)",
+            IndexWarning,
+            stacklevel=2,
+        )
+    for message in tail.problems:
+        warnings.warn(message, ManifestWarning, stacklevel=2)
+    return Snapshot(rows=rows, index_problem=problem, manifest_problems=tail.problems)
+
+
+# --- writing -------------------------------------------------------------------------
+
+
+def _encode_index(rows: Rows, covered: int, last_sha: str | None) -> bytes:
+    pa = arrow()
+    if pa is not None:
+        import pyarrow.parquet as pq
+
+        table = rows.table.replace_schema_metadata(_arrow_schema(pa, covered, last_sha).metadata)
+        sink = pa.BufferOutputStream()
+        # Fixed writer options: the same rows always give the same bytes.
+        pq.write_table(
+            table,
+            sink,
+            compression="zstd",
+            row_group_size=_ROW_GROUP_SIZE,
+            write_statistics=True,
+            store_schema=True,
+        )
+        return bytes(sink.getvalue().to_pybytes())
+    out = io.StringIO()
+    header = {"neurolens_index": int(INDEX_VERSION), "manifest_bytes": covered, "last_line_sha256": last_sha}
+    out.write(json.dumps(header, sort_keys=True) + "\n")
+    for record in rows.records:
+        out.write(json.dumps(record, sort_keys=True, ensure_ascii=False) + "\n")
+    return out.getvalue().encode("utf-8")
+
+
+@contextlib.contextmanager
+def _index_lock(root: Path, *, blocking: bool) -> Iterator[bool]:
+    fd = os.open(root / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        with locked(fd, blocking=blocking) as acquired:
+            yield acquired
+    finally:
+        os.close(fd)
+
+
+@dataclass
+class IndexReport:
+    path: Path
+    rows: int
+    problems: list[str]
+    compacted: bool = True
+
+
+def compact(root: Path, *, from_scratch: bool = False, blocking: bool = True, warn: bool = True) -> IndexReport:
+    """Fold the manifest tail into the index (or rebuild it from the manifest alone).
+
+    Runs under the index lock; with ``blocking=False`` it gives up at once when another
+    process is compacting. Writers are never blocked: they only take the manifest lock.
+    """
+    path = index_path(root)
+    with _index_lock(root, blocking=blocking) as acquired:
+        if not acquired:
+            return IndexReport(path=path, rows=-1, problems=[], compacted=False)
+        state = None if from_scratch else read_index(root)[0]
+        start = state.manifest_bytes if state else 0
+        tail = read_manifest(root, start, warn=warn)
+        known = state.rows.run_ids() if state else set()
+        fresh = drop_known(tail, known, warn=warn)
+        if state is not None:
+            if tail.end == start:  # nothing new: the index is already compact
+                return IndexReport(path=path, rows=len(state.rows), problems=tail.problems)
+            rows = concat_rows(state.rows, rows_from_entries(fresh))
+            last_sha = tail.last_line_sha256
+        else:
+            rows = rows_from_entries(fresh)
+            last_sha = tail.last_line_sha256
+        replace_file_atomically(path, _encode_index(rows, tail.end, last_sha))
+        return IndexReport(path=path, rows=len(rows), problems=tail.problems)
+
+
+def needs_compaction(root: Path, manifest_bytes: int) -> bool:
+    """Whether a writer that just grew the manifest to ``manifest_bytes`` should compact."""
+    header = read_index_header(root)
+    if header is None:
+        return True
+    covered = header[0]
+    return manifest_bytes - covered > max(_TAIL_FLOOR_BYTES, covered // _TAIL_SHARE)

@@ -1,0 +1,218 @@
+"""The manifest ledger: ``_manifest.jsonl``, one flat JSON entry per run, append-only.
+
+The manifest is the source of truth of a store; the index is derived from it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import warnings
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from neurolens.errors import ManifestWarning
+
+MANIFEST_NAME = "_manifest.jsonl"
+
+# Column name -> (python type, nullable). The order is the index's column order.
+COLUMNS: dict[str, tuple[type, bool]] = {
+    "run_id": (str, False),
+    "created_at": (str, False),
+    "day": (str, False),
+    "model": (str, False),
+    "backend": (str, False),
+    "precision": (str, False),
+    "batch_size": (int, False),
+    "seq_len": (int, True),
+    "total_latency_ms": (float, False),
+    "gpu_utilization": (float, True),
+    "gpu_name": (str, True),
+    "driver_version": (str, True),
+    "cuda_version": (str, True),
+    "run_json": (str, False),
+    "fp_json": (str, True),
+    "tags": (str, False),
+    "sha256": (str, False),
+    "session_id": (str, True),
+    "fingerprint_hash": (str, True),
+}
+
+# Manifest files are read in slices of about this size so memory stays bounded.
+_READ_CHUNK = 32 * 1024 * 1024
+
+
+def encode_tags(tags: Mapping[str, str]) -> str:
+    """The one serialisation of tags used in the manifest and by tag filters."""
+    return json.dumps(dict(tags), sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+
+
+def entry_for(document: Mapping[str, Any], run_json: str, fp_json: str | None, sha256: str) -> dict[str, Any]:
+    """The flat manifest entry of a validated, canonical run document."""
+    metrics = document["metrics"]
+    hardware = document.get("hardware") or {}
+    gpu_util = metrics.get("gpu_utilization")
+    return {
+        "run_id": document["run_id"],
+        "created_at": document["created_at"],
+        "day": document["created_at"][:10],
+        "model": document["model"],
+        "backend": document["backend"],
+        "precision": document["precision"],
+        "batch_size": document["batch_size"],
+        "seq_len": document.get("seq_len"),
+        "total_latency_ms": float(metrics["total_latency_ms"]),
+        "gpu_utilization": None if gpu_util is None else float(gpu_util),
+        "gpu_name": _str_or_none(hardware.get("gpu_name")),
+        "driver_version": _str_or_none(hardware.get("driver_version")),
+        "cuda_version": _str_or_none(hardware.get("cuda_version")),
+        "run_json": run_json,
+        "fp_json": fp_json,
+        "tags": encode_tags(document.get("tags") or {}),
+        "sha256": sha256,
+        "session_id": document.get("session_id"),
+        "fingerprint_hash": document.get("fingerprint_hash"),
+    }
+
+
+def _str_or_none(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def encode_entry(entry: Mapping[str, Any]) -> bytes:
+    line = json.dumps(entry, sort_keys=True, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    return (line + "\n").encode("utf-8")
+
+
+def coerce_entry(raw: Any) -> dict[str, Any] | str:
+    """A parsed manifest line as a typed entry with every column, or why it is invalid."""
+    if not isinstance(raw, dict):
+        return "not a JSON object"
+    entry: dict[str, Any] = {}
+    for name, (kind, nullable) in COLUMNS.items():
+        value = raw.get(name)
+        if value is None:
+            if not nullable:
+                return f"'{name}' is missing"
+        elif kind is float:
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                return f"'{name}' is not a number"
+            value = float(value)
+        elif kind is int:
+            if isinstance(value, bool) or not isinstance(value, int):
+                return f"'{name}' is not an integer"
+        elif not isinstance(value, str):
+            return f"'{name}' is not a string"
+        entry[name] = value
+    return entry
+
+
+@dataclass
+class ManifestSlice:
+    """Entries of the complete lines in ``[start, end)`` of the manifest."""
+
+    entries: list[dict[str, Any]] = field(default_factory=list)
+    start: int = 0
+    end: int = 0  # just past the last complete line read
+    lines: int = 0  # complete lines read, valid or not
+    last_line_sha256: str | None = None
+    problems: list[str] = field(default_factory=list)
+
+
+def manifest_path(root: Path) -> Path:
+    return root / MANIFEST_NAME
+
+
+def manifest_size(root: Path) -> int:
+    try:
+        return os.stat(manifest_path(root)).st_size
+    except FileNotFoundError:
+        return 0
+
+
+def _chunks(path: Path, start: int) -> Iterator[bytes]:
+    """Consecutive slices of the file from ``start``, as read."""
+    try:
+        handle = open(path, "rb")
+    except FileNotFoundError:
+        return
+    with handle:
+        handle.seek(start)
+        while data := handle.read(_READ_CHUNK):
+            yield data
+
+
+def read_manifest(root: Path, start: int = 0, *, warn: bool = True) -> ManifestSlice:
+    """Parse the manifest from byte ``start`` (a line boundary) to its last complete line.
+
+    Torn, unparsable or invalid lines are skipped and reported in ``problems`` (and as
+    ManifestWarning when ``warn``); an unterminated last line is left for the next reader,
+    since it may be an append still in progress or the remains of a killed writer.
+    """
+    result = ManifestSlice(start=start, end=start)
+    carry = b""
+    carry_offset = start
+    last_line = b""
+    for data in _chunks(manifest_path(root), start):
+        buffer = carry + data
+        buffer_offset = carry_offset
+        cut = buffer.rfind(b"\n") + 1
+        carry, carry_offset = buffer[cut:], buffer_offset + cut
+        if cut == 0:
+            continue
+        lines = buffer[:cut].split(b"\n")[:-1]
+        position = buffer_offset
+        for line in lines:
+            _parse_line(line, position, result)
+            position += len(line) + 1
+        last_line = lines[-1]
+        result.end = carry_offset
+    if result.end > start:
+        result.last_line_sha256 = hashlib.sha256(last_line).hexdigest()
+    if carry:
+        result.problems.append(
+            f"manifest byte {carry_offset}: incomplete last line ({len(carry)} bytes) ignored"
+        )
+    if warn:
+        for problem in result.problems:
+            warnings.warn(problem, ManifestWarning, stacklevel=3)
+    return result
+
+
+def _parse_line(line: bytes, position: int, result: ManifestSlice) -> None:
+    result.lines += 1
+    if not line.strip():
+        result.problems.append(f"manifest byte {position}: empty line skipped")
+        return
+    try:
+        raw = json.loads(line)
+    except ValueError:
+        result.problems.append(f"manifest byte {position}: torn or unparsable line skipped")
+        return
+    entry = coerce_entry(raw)
+    if isinstance(entry, str):
+        result.problems.append(f"manifest byte {position}: invalid entry skipped ({entry})")
+        return
+    result.entries.append(entry)
+
+
+def last_line_sha256_before(root: Path, end: int) -> str | None:
+    """sha256 of the manifest line that ends at byte ``end`` (None if there is none)."""
+    if end <= 0:
+        return None
+    with open(manifest_path(root), "rb") as handle:
+        window = 64 * 1024
+        while True:
+            begin = max(0, end - window)
+            handle.seek(begin)
+            data = handle.read(end - begin)
+            if len(data) != end - begin or not data.endswith(b"\n"):
+                return None
+            body = data[:-1]
+            newline = body.rfind(b"\n")
+            if newline >= 0 or begin == 0:
+                return hashlib.sha256(body[newline + 1 :]).hexdigest()
+            window *= 4

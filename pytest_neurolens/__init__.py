@@ -1,0 +1,1 @@
+"""pytest-neurolens: the pytest plugin that records inference benchmarks as runs."""
