@@ -1,1 +1,2 @@
-def placeholder(): pass
+def placeholder():
+    pass

@@ -125,7 +125,7 @@ def test_invalid_run_leaves_existing_store_untouched(tmp_path: Path) -> None:
     before = all_files(tmp_path)
     with pytest.raises(RunValidationError):
         write_run(tmp_path, make_run(batch_size=-3))
-    with pytest.raises(RunValidationError, match="fingerprint.x"):
+    with pytest.raises(RunValidationError, match=r"fingerprint\.x"):
         write_run(tmp_path, make_run(), fingerprint={"x": float("nan")})
     assert all_files(tmp_path) == before
 
@@ -149,7 +149,9 @@ def test_fingerprint_clash_removes_the_half_written_run(tmp_path: Path) -> None:
     assert not (tmp_path / "_manifest.jsonl").exists()
 
 
-def test_root_may_be_str_or_pathlike_and_defaults_to_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_root_may_be_str_or_pathlike_and_defaults_to_env(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     write_run(str(tmp_path / "as_str"), make_run())
     write_run(tmp_path / "as_path", make_run())
     monkeypatch.setenv("NEUROLENS_STORE_ROOT", str(tmp_path / "from_env"))
@@ -260,9 +262,15 @@ def test_invalid_manifest_line_is_skipped(tmp_path: Path) -> None:
 
 
 def test_load_runs_filters(tmp_path: Path) -> None:
-    write_run(tmp_path, make_run(model="a", backend="ort", created_at="2025-01-01T00:00:00Z", tags={"x": "1"}))
-    write_run(tmp_path, make_run(model="b", backend="trt", created_at="2025-01-02T00:00:00Z", tags={"x": "2"}))
-    write_run(tmp_path, make_run(model="a", backend="trt", precision="int8", created_at="2025-01-03T00:00:00Z"))
+    write_run(
+        tmp_path, make_run(model="a", backend="ort", created_at="2025-01-01T00:00:00Z", tags={"x": "1"})
+    )
+    write_run(
+        tmp_path, make_run(model="b", backend="trt", created_at="2025-01-02T00:00:00Z", tags={"x": "2"})
+    )
+    write_run(
+        tmp_path, make_run(model="a", backend="trt", precision="int8", created_at="2025-01-03T00:00:00Z")
+    )
     assert list(load_runs(tmp_path, model="a")["backend"]) == ["trt", "ort"]
     assert list(load_runs(tmp_path, backend="trt", model="a")["precision"]) == ["int8"]
     assert list(load_runs(tmp_path, day="2025-01-02")["model"]) == ["b"]

@@ -93,17 +93,13 @@ def normalize_created_at(value: Any) -> str:
         try:
             moment = dt.datetime.fromisoformat(text)
         except ValueError:
-            raise RunValidationError(
-                "created_at", f"{value!r} is not an RFC 3339 timestamp"
-            ) from None
+            raise RunValidationError("created_at", f"{value!r} is not an RFC 3339 timestamp") from None
         if "T" not in text.upper() and " " not in text:
             raise RunValidationError("created_at", f"{value!r} has no time of day")
     else:
         raise RunValidationError("created_at", f"{value!r} is not an RFC 3339 timestamp")
     if moment.tzinfo is None or moment.utcoffset() is None:
-        raise RunValidationError(
-            "created_at", f"{value!r} has no UTC offset (add 'Z' or '+HH:MM')"
-        )
+        raise RunValidationError("created_at", f"{value!r} has no UTC offset (add 'Z' or '+HH:MM')")
     return moment.astimezone(dt.timezone.utc).strftime(_CREATED_AT_FORMAT)
 
 

@@ -9,6 +9,7 @@ folds the tail in; a rebuild makes the same bytes from the manifest alone.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import io
 import json
 import os
@@ -44,11 +45,11 @@ _ROW_GROUP_SIZE = 256 * 1024
 def arrow() -> ModuleType | None:
     """pyarrow, or None where it cannot be imported (the index falls back to JSONL)."""
     try:
-        import pyarrow
-        import pyarrow.parquet  # noqa: F401
+        module = importlib.import_module("pyarrow")
+        importlib.import_module("pyarrow.parquet")
     except ImportError:
         return None
-    return pyarrow
+    return module
 
 
 def index_path(root: Path) -> Path:
@@ -257,7 +258,9 @@ class IndexReport:
     compacted: bool = True
 
 
-def compact(root: Path, *, from_scratch: bool = False, blocking: bool = True, warn: bool = True) -> IndexReport:
+def compact(
+    root: Path, *, from_scratch: bool = False, blocking: bool = True, warn: bool = True
+) -> IndexReport:
     """Fold the manifest tail into the index (or rebuild it from the manifest alone).
 
     Runs under the index lock; with ``blocking=False`` it gives up at once when another

@@ -135,11 +135,9 @@ def manifest_size(root: Path) -> int:
 
 def _chunks(path: Path, start: int) -> Iterator[bytes]:
     """Consecutive slices of the file from ``start``, as read."""
-    try:
-        handle = open(path, "rb")
-    except FileNotFoundError:
+    if not path.exists():
         return
-    with handle:
+    with open(path, "rb") as handle:
         handle.seek(start)
         while data := handle.read(_READ_CHUNK):
             yield data

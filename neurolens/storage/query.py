@@ -110,7 +110,7 @@ def _select_arrow(table: Any, flt: RunFilter) -> Any:
             tags = table.column("tags").to_pylist()
             keep = [
                 not maybe or all(json.loads(t).get(k) == v for k, v in flt.tags.items())
-                for t, maybe in zip(tags, escaped)
+                for t, maybe in zip(tags, escaped, strict=False)
             ]
             table = table.filter(keep)
     order = [("created_at", "descending"), ("run_id", "descending")]
@@ -143,4 +143,5 @@ def load_runs(root: StrPath | None = None, **filters: Any) -> pd.DataFrame:
     import pandas as pd
 
     records = query(root, **filters)
-    return pd.DataFrame.from_records(records, columns=list(COLUMNS))
+    frame: pd.DataFrame = pd.DataFrame.from_records(records, columns=list(COLUMNS))
+    return frame
