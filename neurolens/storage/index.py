@@ -25,6 +25,7 @@ from neurolens.storage.files import locked, replace_file_atomically
 from neurolens.storage.manifest import (
     COLUMNS,
     ManifestSlice,
+    Progress,
     last_line_sha256_before,
     manifest_size,
     read_manifest,
@@ -259,7 +260,12 @@ class IndexReport:
 
 
 def compact(
-    root: Path, *, from_scratch: bool = False, blocking: bool = True, warn: bool = True
+    root: Path,
+    *,
+    from_scratch: bool = False,
+    blocking: bool = True,
+    warn: bool = True,
+    progress: Progress | None = None,
 ) -> IndexReport:
     """Fold the manifest tail into the index (or rebuild it from the manifest alone).
 
@@ -272,18 +278,16 @@ def compact(
             return IndexReport(path=path, rows=-1, problems=[], compacted=False)
         state = None if from_scratch else read_index(root)[0]
         start = state.manifest_bytes if state else 0
-        tail = read_manifest(root, start, warn=warn)
+        tail = read_manifest(root, start, warn=warn, progress=progress)
         known = state.rows.run_ids() if state else set()
         fresh = drop_known(tail, known, warn=warn)
         if state is not None:
             if tail.end == start:  # nothing new: the index is already compact
                 return IndexReport(path=path, rows=len(state.rows), problems=tail.problems)
             rows = concat_rows(state.rows, rows_from_entries(fresh))
-            last_sha = tail.last_line_sha256
         else:
             rows = rows_from_entries(fresh)
-            last_sha = tail.last_line_sha256
-        replace_file_atomically(path, _encode_index(rows, tail.end, last_sha))
+        replace_file_atomically(path, _encode_index(rows, tail.end, tail.last_line_sha256))
         return IndexReport(path=path, rows=len(rows), problems=tail.problems)
 
 

@@ -9,7 +9,7 @@ import hashlib
 import json
 import os
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +40,9 @@ COLUMNS: dict[str, tuple[type, bool]] = {
     "session_id": (str, True),
     "fingerprint_hash": (str, True),
 }
+
+# progress(bytes_done, bytes_total) while a long read goes on
+Progress = Callable[[int, int], None]
 
 # Manifest files are read in slices of about this size so memory stays bounded.
 _READ_CHUNK = 32 * 1024 * 1024
@@ -143,7 +146,9 @@ def _chunks(path: Path, start: int) -> Iterator[bytes]:
             yield data
 
 
-def read_manifest(root: Path, start: int = 0, *, warn: bool = True) -> ManifestSlice:
+def read_manifest(
+    root: Path, start: int = 0, *, warn: bool = True, progress: Progress | None = None
+) -> ManifestSlice:
     """Parse the manifest from byte ``start`` (a line boundary) to its last complete line.
 
     Torn, unparsable or invalid lines are skipped and reported in ``problems`` (and as
@@ -154,7 +159,10 @@ def read_manifest(root: Path, start: int = 0, *, warn: bool = True) -> ManifestS
     carry = b""
     carry_offset = start
     last_line = b""
+    total = manifest_size(root)
     for data in _chunks(manifest_path(root), start):
+        if progress is not None:
+            progress(carry_offset + len(carry) + len(data) - start, total - start)
         buffer = carry + data
         buffer_offset = carry_offset
         cut = buffer.rfind(b"\n") + 1

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from neurolens.errors import StoreError
+from neurolens.errors import RunNotFoundError, StoreError
 from neurolens.storage.index import Rows, snapshot
 from neurolens.storage.manifest import COLUMNS, encode_tags
 
@@ -117,6 +117,30 @@ def _select_arrow(table: Any, flt: RunFilter) -> Any:
     if flt.limit is not None and flt.limit < table.num_rows:
         table = table.take(pc.select_k_unstable(table, k=flt.limit, sort_keys=order))
     return table.take(pc.sort_indices(table, sort_keys=order))
+
+
+def find_run(root: Path, prefix: str) -> dict[str, Any]:
+    """The index row of the one run whose id is ``prefix`` or starts with it."""
+    if not prefix:
+        raise RunNotFoundError("a run id (or a prefix of one) is required")
+    if not root.is_dir():
+        raise RunNotFoundError(f"no store at {root}")
+    rows = snapshot(root).rows
+    if rows.table is not None:
+        import pyarrow.compute as pc
+
+        table = rows.table.filter(pc.starts_with(rows.table.column("run_id"), prefix))
+        matches = to_records(Rows(table=table))
+    else:
+        matches = to_records(Rows(records=[r for r in rows.records if r["run_id"].startswith(prefix)]))
+    exact = [m for m in matches if m["run_id"] == prefix]
+    if exact or len(matches) == 1:
+        return (exact or matches)[0]
+    if not matches:
+        raise RunNotFoundError(f"no run id starts with {prefix!r} in {root}")
+    listed = ", ".join(sorted(m["run_id"] for m in matches)[:5])
+    more = f" and {len(matches) - 5} more" if len(matches) > 5 else ""
+    raise RunNotFoundError(f"{prefix!r} is ambiguous: {len(matches)} runs match ({listed}{more})")
 
 
 def to_records(rows: Rows) -> list[dict[str, Any]]:

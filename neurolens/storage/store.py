@@ -27,7 +27,7 @@ from neurolens.storage.document import (
     run_relpaths,
 )
 from neurolens.storage.files import append_line_durably, create_file_atomically, fsync_dir
-from neurolens.storage.manifest import encode_entry, entry_for, manifest_path
+from neurolens.storage.manifest import Progress, encode_entry, entry_for, manifest_path
 
 __all__ = [
     "compact_index",
@@ -129,9 +129,11 @@ def rebuild_index_from_manifest(root: StrPath | None = None) -> Path:
     return rebuild_index_report(root).path
 
 
-def rebuild_index_report(root: StrPath | None = None, *, warn: bool = True) -> _index.IndexReport:
+def rebuild_index_report(
+    root: StrPath | None = None, *, warn: bool = True, progress: Progress | None = None
+) -> _index.IndexReport:
     """``rebuild_index_from_manifest`` with the row count and the skipped lines."""
     root = resolve_root(root)
     if not root.is_dir():
         raise StoreError(f"no store at {root}")
-    return _index.compact(root, from_scratch=True, warn=warn)
+    return _index.compact(root, from_scratch=True, warn=warn, progress=progress)

@@ -1,0 +1,344 @@
+"""The ``neurolens`` command: ``ls``, ``show`` and ``rebuild`` over a run store.
+
+Library errors become one-line messages here, at the edge, and nowhere else. Heavy
+modules (pyarrow, the store) are imported inside the commands so ``--help`` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+from neurolens import __version__
+
+PROG = "neurolens"
+
+ROOT_HELP = "store root (default: $NEUROLENS_STORE_ROOT, else ./runs_store)"
+
+MAIN_EPILOG = """\
+examples:
+  neurolens ls --backend onnxrt --model gpt2 --limit 10
+  neurolens ls --tag branch=main --json | jq '.[0]'
+  neurolens show 01a2
+  neurolens rebuild --root /data/runs_store
+"""
+
+LS_EPILOG = """\
+examples:
+  neurolens ls                                  # every run, newest first
+  neurolens ls --model gpt2 --precision fp16 --day 2025-10-20
+  neurolens ls --tag experiment=smoke --tag branch=main --limit 20
+  neurolens ls --json | jq '.[] | .total_latency_ms'
+"""
+
+SHOW_EPILOG = """\
+examples:
+  neurolens show 01a219e4-5e0e-70f0-b79d-61c51dae2046
+  neurolens show 01a219e4-5e0e          # a unique prefix is enough
+  neurolens show 01a219e4-5e0e --json   # the stored document, as stored
+"""
+
+REBUILD_EPILOG = """\
+examples:
+  neurolens rebuild                      # after deleting or damaging _index.parquet
+  NEUROLENS_STORE_ROOT=/data/runs neurolens rebuild
+"""
+
+
+class CommandError(Exception):
+    """A failure to report on stderr with exit status 1."""
+
+
+def _tag(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, value
+
+
+def _day(text: str) -> str:
+    from neurolens.storage.query import parse_day
+
+    try:
+        return parse_day(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _limit(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Query the NeuroLens run store that `pytest --neurolens-store` records into.",
+        epilog=MAIN_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--root", metavar="PATH", help=ROOT_HELP)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    ls = commands.add_parser(
+        "ls",
+        parents=[common],
+        help="list runs, newest first",
+        description="List runs, newest first. Filters combine (all must match).",
+        epilog=LS_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ls.add_argument("--model", help="only runs of this model")
+    ls.add_argument("--backend", help="only runs on this backend")
+    ls.add_argument("--precision", help="only runs at this precision")
+    ls.add_argument("--day", type=_day, metavar="YYYY-MM-DD", help="only runs of this UTC day")
+    ls.add_argument("--session", dest="session_id", metavar="ID", help="only runs of this pytest session")
+    ls.add_argument(
+        "--tag",
+        dest="tags",
+        type=_tag,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="only runs with this tag (repeatable; every tag must match)",
+    )
+    ls.add_argument("--limit", type=_limit, metavar="N", help="at most N runs (the N newest)")
+    ls.add_argument("--json", action="store_true", help="print a JSON array of rows instead of a table")
+    ls.set_defaults(handler=cmd_ls)
+
+    show = commands.add_parser(
+        "show",
+        parents=[common],
+        help="print one run (and its fingerprint)",
+        description="Print a stored run by id or unique id prefix, with its fingerprint when present.",
+        epilog=SHOW_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    show.add_argument("run_id", metavar="RUN_ID", help="a run id or a unique prefix of one")
+    show.add_argument("--json", action="store_true", help="print the stored run document exactly as stored")
+    show.set_defaults(handler=cmd_show)
+
+    rebuild = commands.add_parser(
+        "rebuild",
+        parents=[common],
+        help="rebuild the index from the manifest",
+        description="Rebuild _index.parquet from _manifest.jsonl alone (deterministic, byte for byte).",
+        epilog=REBUILD_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    rebuild.set_defaults(handler=cmd_rebuild)
+    return parser
+
+
+def resolve_cli_root(args: argparse.Namespace) -> Path:
+    """``--root`` beats ``$NEUROLENS_STORE_ROOT``, which beats ``./runs_store``."""
+    from neurolens.storage.store import resolve_root
+
+    return resolve_root(args.root or None)
+
+
+# --- ls --------------------------------------------------------------------------------
+
+
+def cmd_ls(args: argparse.Namespace, out: TextIO) -> int:
+    from neurolens.storage.query import RunFilter, select, to_records
+
+    root = resolve_cli_root(args)
+    flt = RunFilter(
+        model=args.model,
+        backend=args.backend,
+        precision=args.precision,
+        day=args.day,
+        session_id=args.session_id,
+        tags=dict(args.tags),
+        limit=args.limit,
+    )
+    records = to_records(select(root, flt))
+    if args.json:
+        out.write(json.dumps(records, ensure_ascii=False) + "\n")
+        return 0
+    if not records:
+        out.write(f"no runs in {root}" + (" match" if _any_filter(flt) else "") + "\n")
+        return 0
+    # Clip wide columns only for a person at a terminal; pipes get every character.
+    width = shutil.get_terminal_size().columns if out.isatty() else None
+    out.write(render_table(records, width))
+    shown = len(records)
+    out.write(
+        f"{shown} run{'s' if shown != 1 else ''}" + (" (limit reached)" if shown == args.limit else "") + "\n"
+    )
+    return 0
+
+
+def _any_filter(flt: Any) -> bool:
+    return any(
+        getattr(flt, name) is not None for name in ("model", "backend", "precision", "day", "session_id")
+    ) or bool(flt.tags)
+
+
+def _number(value: float | None, digits: int) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+# (header, cell, right-aligned, shrinkable)
+_TABLE: list[tuple[str, Callable[[dict[str, Any]], str], bool, bool]] = [
+    ("RUN ID", lambda r: r["run_id"], False, False),
+    ("CREATED (UTC)", lambda r: r["created_at"][:19].replace("T", " "), False, False),
+    ("MODEL", lambda r: r["model"], False, True),
+    ("BACKEND", lambda r: r["backend"], False, True),
+    ("PRECISION", lambda r: r["precision"], False, True),
+    ("BATCH", lambda r: str(r["batch_size"]), True, False),
+    ("SEQ", lambda r: "-" if r["seq_len"] is None else str(r["seq_len"]), True, False),
+    ("LATENCY MS", lambda r: _number(r["total_latency_ms"], 3), True, False),
+    ("GPU %", lambda r: _number(r["gpu_utilization"], 1), True, False),
+    ("GPU", lambda r: r["gpu_name"] or "-", False, True),
+    ("TAGS", lambda r: ",".join(f"{k}={v}" for k, v in sorted(r["tags"].items())) or "-", False, True),
+]
+_MIN_SHRUNK = 6
+
+
+def _clip(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: max(width - 1, 0)] + "…"
+
+
+def render_table(records: list[dict[str, Any]], width: int | None) -> str:
+    """An aligned table; wide text columns are clipped (last first) to fit ``width``."""
+    cells = [[cell(r).replace("\n", " ") for _, cell, _, _ in _TABLE] for r in records]
+    widths = [max(len(h), *(len(row[i]) for row in cells)) for i, (h, _, _, _) in enumerate(_TABLE)]
+    excess = 0 if width is None else sum(widths) + 2 * (len(widths) - 1) - width
+    for i in reversed(range(len(_TABLE))):
+        if excess <= 0:
+            break
+        if _TABLE[i][3]:
+            floor = max(_MIN_SHRUNK, len(_TABLE[i][0]))
+            cut = min(excess, widths[i] - floor)
+            if cut > 0:
+                widths[i] -= cut
+                excess -= cut
+    lines = []
+    for row in [[h for h, _, _, _ in _TABLE], *cells]:
+        parts = []
+        for i, text in enumerate(row):
+            text = _clip(text, widths[i])
+            parts.append(text.rjust(widths[i]) if _TABLE[i][2] else text.ljust(widths[i]))
+        lines.append("  ".join(parts).rstrip())
+    return "\n".join(lines) + "\n"
+
+
+# --- show ------------------------------------------------------------------------------
+
+
+def cmd_show(args: argparse.Namespace, out: TextIO) -> int:
+    from neurolens.storage.query import find_run
+
+    root = resolve_cli_root(args)
+    entry = find_run(root, args.run_id)
+    run_bytes = _read_store_file(root, entry["run_json"])
+    if args.json:
+        out.write(run_bytes.decode("utf-8"))
+        return 0
+    out.write(f"run {entry['run_id']}  ({root / entry['run_json']})\n")
+    out.write(json.dumps(json.loads(run_bytes), indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+    if entry["fp_json"]:
+        fp = json.loads(_read_store_file(root, entry["fp_json"]))
+        out.write(f"\nfingerprint  ({root / entry['fp_json']})\n")
+        out.write(json.dumps(fp, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+    return 0
+
+
+def _read_store_file(root: Path, relative: str) -> bytes:
+    try:
+        return (root / relative).read_bytes()
+    except OSError as exc:
+        raise CommandError(f"cannot read {root / relative}: {exc.strerror or exc}") from None
+
+
+# --- rebuild ---------------------------------------------------------------------------
+
+
+def cmd_rebuild(args: argparse.Namespace, out: TextIO) -> int:
+    from neurolens.storage.store import rebuild_index_report
+
+    root = resolve_cli_root(args)
+    report = rebuild_index_report(root, warn=False, progress=_progress_printer(sys.stderr))
+    for problem in report.problems:
+        sys.stderr.write(f"{PROG}: skipped: {problem}\n")
+    out.write(f"rebuilt {report.path} ({report.rows} row{'s' if report.rows != 1 else ''})\n")
+    if report.problems:
+        sys.stderr.write(f"{PROG}: {len(report.problems)} manifest line(s) skipped\n")
+    return 0
+
+
+_PROGRESS_MIN_BYTES = 64 * 1024 * 1024
+
+
+def _progress_printer(stream: TextIO) -> Callable[[int, int], None]:
+    """Progress on stderr for large manifests: a live line on a terminal, else every ~10%."""
+    state = {"last": -1.0, "started": time.monotonic()}
+
+    def report(done: int, total: int) -> None:
+        if total < _PROGRESS_MIN_BYTES:
+            return
+        share = done / total
+        if stream.isatty():
+            stream.write(f"\rreading manifest: {share:6.1%} of {total / 2**20:,.0f} MiB")
+            if done >= total:
+                stream.write("\n")
+        elif share - state["last"] >= 0.1 or done >= total:
+            elapsed = time.monotonic() - state["started"]
+            stream.write(f"reading manifest: {share:.0%} of {total / 2**20:,.0f} MiB ({elapsed:.1f}s)\n")
+            state["last"] = share
+        stream.flush()
+
+    return report
+
+
+# --- entry point -----------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
+    """Run the command line; return the exit status (0 ok, 1 runtime error, 2 usage)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    stream = out if out is not None else sys.stdout
+    from neurolens.errors import IndexWarning, ManifestWarning, NeurolensError
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", IndexWarning)
+        warnings.simplefilter("always", ManifestWarning)
+        try:
+            status: int = args.handler(args, stream)
+        except (NeurolensError, CommandError, ValueError, OSError) as exc:
+            _flush_warnings(caught)
+            message = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            where = f" ({exc.filename})" if isinstance(exc, OSError) and exc.filename else ""
+            sys.stderr.write(f"{PROG}: error: {message}{where}\n")
+            return 1
+        except BrokenPipeError:  # `neurolens ls | head`: the reader left, nothing to say
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 1
+        except KeyboardInterrupt:
+            sys.stderr.write(f"{PROG}: interrupted\n")
+            return 130
+    _flush_warnings(caught)
+    return status
+
+
+def _flush_warnings(caught: list[warnings.WarningMessage]) -> None:
+    for warning in caught:
+        sys.stderr.write(f"{PROG}: warning: {warning.message}\n")

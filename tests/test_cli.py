@@ -1,0 +1,251 @@
+"""The neurolens command: in-process through main() and end to end through the console script."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from neurolens import __version__
+from neurolens.cli import main
+from neurolens.storage.store import write_run
+from tests.conftest import make_run
+
+SCRIPT = str(Path(sys.executable).with_name("neurolens"))
+
+
+def run_cli(*argv: str) -> tuple[int, str]:
+    out = io.StringIO()
+    return main(list(argv), out=out), out.getvalue()
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Path:
+    root = tmp_path / "store"
+    write_run(
+        root,
+        make_run(
+            model="gpt2",
+            backend="onnxrt",
+            precision="fp16",
+            batch_size=1,
+            created_at="2025-10-20T08:00:00Z",
+            tags={"experiment": "smoke", "branch": "main"},
+        ),
+    )
+    write_run(
+        root,
+        make_run(
+            model="gpt2",
+            backend="tensorrt",
+            precision="int8",
+            batch_size=8,
+            created_at="2025-10-21T08:00:00Z",
+            tags={"experiment": "smoke", "branch": "pr-1"},
+        ),
+    )
+    write_run(
+        root,
+        make_run(
+            model="bert",
+            backend="onnxrt",
+            precision="fp32",
+            batch_size=4,
+            seq_len=None,
+            created_at="2025-10-22T08:00:00Z",
+            tags={"branch": "main"},
+            metrics={"total_latency_ms": 3.25, "gpu_utilization": None},
+        ),
+        fingerprint={"python": "3.11"},
+    )
+    return root
+
+
+def ls_json(root: Path, *args: str) -> list[dict]:
+    status, out = run_cli("ls", "--root", str(root), "--json", *args)
+    assert status == 0
+    return json.loads(out)
+
+
+@pytest.mark.parametrize(
+    ("args", "models"),
+    [
+        ((), ["bert", "gpt2", "gpt2"]),
+        (("--model", "gpt2"), ["gpt2", "gpt2"]),
+        (("--backend", "onnxrt"), ["bert", "gpt2"]),
+        (("--precision", "int8"), ["gpt2"]),
+        (("--day", "2025-10-20"), ["gpt2"]),
+        (("--tag", "branch=main"), ["bert", "gpt2"]),
+        (("--tag", "branch=main", "--tag", "experiment=smoke"), ["gpt2"]),
+        (("--model", "gpt2", "--backend", "onnxrt", "--tag", "branch=main"), ["gpt2"]),
+        (("--model", "nope"), []),
+        (("--limit", "2"), ["bert", "gpt2"]),
+        (("--limit", "0"), []),
+    ],
+)
+def test_ls_filters_combine(store: Path, args: tuple[str, ...], models: list[str]) -> None:
+    assert [r["model"] for r in ls_json(store, *args)] == models
+
+
+def test_ls_orders_newest_first_and_limit_takes_the_latest(store: Path) -> None:
+    rows = ls_json(store)
+    assert [r["day"] for r in rows] == ["2025-10-22", "2025-10-21", "2025-10-20"]
+    assert [r["day"] for r in ls_json(store, "--limit", "1")] == ["2025-10-22"]
+
+
+def test_ls_json_shape(store: Path) -> None:
+    row = ls_json(store, "--model", "bert")[0]
+    assert row["tags"] == {"branch": "main"}
+    assert row["seq_len"] is None and row["gpu_utilization"] is None
+    assert row["total_latency_ms"] == 3.25 and row["batch_size"] == 4
+    assert row["fp_json"].endswith(".fp.json")
+    assert set(row) >= {"run_id", "created_at", "model", "backend", "precision", "gpu_name", "sha256"}
+
+
+def test_ls_table(store: Path) -> None:
+    status, out = run_cli("ls", "--root", str(store))
+    lines = out.splitlines()
+    assert status == 0
+    assert lines[0].split()[:3] == ["RUN", "ID", "CREATED"]
+    assert "LATENCY MS" in lines[0] and "TAGS" in lines[0]
+    assert lines[-1] == "3 runs"
+    assert "branch=main,experiment=smoke" in out
+    assert "3.250" in out and "2025-10-22 08:00:00" in out
+    # aligned: the LATENCY column ends at the same offset on every row
+    end = lines[0].index("LATENCY MS") + len("LATENCY MS")
+    assert all(line[end - 1] != " " for line in lines[1:4])
+
+
+def test_root_flag_beats_env_which_beats_default(
+    store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    other = tmp_path / "other"
+    write_run(other, make_run(model="from-env"))
+    monkeypatch.chdir(tmp_path)
+    write_run(tmp_path / "runs_store", make_run(model="from-default"))
+    monkeypatch.delenv("NEUROLENS_STORE_ROOT", raising=False)
+    assert [r["model"] for r in json.loads(run_cli("ls", "--json")[1])] == ["from-default"]
+    monkeypatch.setenv("NEUROLENS_STORE_ROOT", str(other))
+    assert [r["model"] for r in json.loads(run_cli("ls", "--json")[1])] == ["from-env"]
+    assert len(json.loads(run_cli("ls", "--json", "--root", str(store))[1])) == 3
+
+
+def test_empty_or_missing_store_says_so_and_creates_nothing(tmp_path: Path) -> None:
+    missing = tmp_path / "missing"
+    assert run_cli("ls", "--root", str(missing)) == (0, f"no runs in {missing}\n")
+    assert not missing.exists()
+    assert run_cli("ls", "--root", str(missing), "--json") == (0, "[]\n")
+    (tmp_path / "empty").mkdir()
+    assert run_cli("ls", "--root", str(tmp_path / "empty"))[0] == 0
+    assert list((tmp_path / "empty").iterdir()) == []
+
+
+def test_corrupt_or_missing_index_still_answers(store: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (store / "_index.parquet").write_bytes(b"not parquet")
+    assert len(ls_json(store)) == 3
+    assert "neurolens rebuild" in capsys.readouterr().err
+    (store / "_index.parquet").unlink()
+    assert [r["model"] for r in ls_json(store, "--tag", "branch=main")] == ["bert", "gpt2"]
+    err = capsys.readouterr().err
+    assert "missing" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["ls", "--tag", "novalue"],
+        ["ls", "--tag", "=v"],
+        ["ls", "--day", "2025-13-01"],
+        ["ls", "--day", "yesterday"],
+        ["ls", "--limit", "-1"],
+        ["ls", "--limit", "ten"],
+        ["frobnicate"],
+        [],
+    ],
+)
+def test_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as excinfo:
+        main(argv)
+    assert excinfo.value.code == 2
+    assert "usage:" in capsys.readouterr().err
+
+
+def test_show_by_prefix_and_json(store: Path) -> None:
+    bert = ls_json(store, "--model", "bert")[0]
+    status, out = run_cli("show", "--root", str(store), bert["run_id"][:30])
+    assert status == 0
+    assert out.startswith(f"run {bert['run_id']}")
+    assert '"python": "3.11"' in out  # the fingerprint
+    status, out = run_cli("show", "--root", str(store), bert["run_id"], "--json")
+    assert out.encode() == (store / bert["run_json"]).read_bytes()
+
+
+def test_show_unknown_and_ambiguous_ids(store: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run_cli("show", "--root", str(store), "zzz")[0] == 1
+    assert "no run id starts with 'zzz'" in capsys.readouterr().err
+    common = ls_json(store)[0]["run_id"][:2]  # ids generated in one test share a prefix
+    assert run_cli("show", "--root", str(store), common)[0] == 1
+    assert "ambiguous: 3 runs match" in capsys.readouterr().err
+
+
+def test_show_missing_run_file_is_a_clean_error(store: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    row = ls_json(store)[0]
+    (store / row["run_json"]).unlink()
+    assert run_cli("show", "--root", str(store), row["run_id"])[0] == 1
+    err = capsys.readouterr().err
+    assert err.startswith("neurolens: error: cannot read") and "Traceback" not in err
+
+
+def test_rebuild_reports_rows_and_skipped_lines(store: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with open(store / "_manifest.jsonl", "ab") as handle:
+        handle.write(b"{torn\n")
+    status, out = run_cli("rebuild", "--root", str(store))
+    assert status == 0
+    assert out == f"rebuilt {store / '_index.parquet'} (3 rows)\n"
+    err = capsys.readouterr().err
+    assert "skipped: manifest byte" in err and "1 manifest line(s) skipped" in err
+
+
+def test_rebuild_of_missing_store_is_exit_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run_cli("rebuild", "--root", str(tmp_path / "nope"))[0] == 1
+    assert "no store at" in capsys.readouterr().err
+
+
+def test_console_script_end_to_end(store: Path) -> None:
+    out = subprocess.run(
+        [SCRIPT, "ls", "--root", str(store), "--json", "--tag", "branch=main"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert [r["model"] for r in json.loads(out.stdout)] == ["bert", "gpt2"]
+    out = subprocess.run([SCRIPT, "--version"], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == f"neurolens {__version__}"
+    out = subprocess.run([SCRIPT, "ls", "--limit", "x"], capture_output=True, text=True)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    (store / "_index.parquet").write_bytes(b"junk")
+    out = subprocess.run([SCRIPT, "ls", "--root", str(store)], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.endswith("3 runs\n")
+    assert "neurolens rebuild" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_python_dash_m_and_help_do_not_import_heavy_modules() -> None:
+    code = (
+        "import sys, runpy; sys.argv = ['neurolens', '--help']\n"
+        "try:\n    runpy.run_module('neurolens', run_name='__main__')\n"
+        "except SystemExit as e:\n    assert e.code == 0\n"
+        "heavy = [m for m in ('pandas', 'pyarrow', 'jsonschema', 'numpy') if m in sys.modules]\n"
+        "print('HEAVY', heavy)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "neurolens ls --backend onnxrt" in out.stdout  # the examples
+    assert out.stdout.strip().endswith("HEAVY []")
+    for sub in ("ls", "show", "rebuild"):
+        help_text = subprocess.run(
+            [sys.executable, "-m", "neurolens", sub, "--help"], capture_output=True, text=True, check=True
+        ).stdout
+        assert "examples:" in help_text and "--root" in help_text
