@@ -1,0 +1,102 @@
+"""Latency statistics of one measurement, and what ``neurolens.measure`` returns."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+
+def percentile(sorted_values: Sequence[float], q: float) -> float:
+    """Linear interpolation between closest ranks (numpy's default method)."""
+    if not sorted_values:
+        raise ValueError("no values")
+    position = (len(sorted_values) - 1) * q / 100
+    low = math.floor(position)
+    high = min(low + 1, len(sorted_values) - 1)
+    return sorted_values[low] + (sorted_values[high] - sorted_values[low]) * (position - low)
+
+
+@dataclass(frozen=True)
+class LatencyStats:
+    """Per-call latency statistics in milliseconds."""
+
+    mean_ms: float
+    p50_ms: float
+    p90_ms: float
+    p95_ms: float
+    p99_ms: float
+    min_ms: float
+    max_ms: float
+    stdev_ms: float
+    count: int
+
+    @classmethod
+    def from_ms(cls, samples_ms: Sequence[float]) -> LatencyStats:
+        ordered = sorted(samples_ms)
+        return cls(
+            mean_ms=statistics.fmean(ordered),
+            p50_ms=percentile(ordered, 50),
+            p90_ms=percentile(ordered, 90),
+            p95_ms=percentile(ordered, 95),
+            p99_ms=percentile(ordered, 99),
+            min_ms=ordered[0],
+            max_ms=ordered[-1],
+            stdev_ms=statistics.stdev(ordered) if len(ordered) > 1 else 0.0,
+            count=len(ordered),
+        )
+
+    def as_metrics(self) -> dict[str, float]:
+        return {
+            "latency_mean_ms": self.mean_ms,
+            "latency_p50_ms": self.p50_ms,
+            "latency_p90_ms": self.p90_ms,
+            "latency_p95_ms": self.p95_ms,
+            "latency_p99_ms": self.p99_ms,
+            "latency_min_ms": self.min_ms,
+            "latency_max_ms": self.max_ms,
+            "latency_stdev_ms": self.stdev_ms,
+        }
+
+
+@dataclass
+class Measurement:
+    """What one ``measure``/``record`` call produced; ``run`` is the document to be stored."""
+
+    run: dict[str, Any]
+    latency: LatencyStats | None = None
+    recorded: bool = False  # False when no store is set: measured, not written
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def run_id(self) -> str:
+        return str(self.run["run_id"])
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        metrics: dict[str, Any] = self.run["metrics"]
+        return metrics
+
+    @property
+    def total_latency_ms(self) -> float:
+        return float(self.metrics["total_latency_ms"])
+
+    @property
+    def throughput(self) -> float | None:
+        """Samples per second: batch_size x calls per second."""
+        value = self.metrics.get("throughput_per_s")
+        return None if value is None else float(value)
+
+    @property
+    def gpu_utilization(self) -> float | None:
+        value = self.metrics.get("gpu_utilization")
+        return None if value is None else float(value)
+
+    def __getattr__(self, name: str) -> Any:
+        # mean_ms, p50_ms, ... straight from the latency statistics
+        latency = self.__dict__.get("latency")
+        if latency is not None and name in LatencyStats.__dataclass_fields__:
+            return getattr(latency, name)
+        raise AttributeError(name)
