@@ -258,7 +258,7 @@ class UtilizationSampler:
         if self._energy_start is not None and self._energy_end is not None:
             energy = (self._energy_end - self._energy_start) / 1000  # mJ -> J
         return {
-            "gpu_utilization": round(sum(samples) / len(samples), 3) if samples else None,
+            "gpu_utilization": sum(samples) / len(samples) if samples else None,
             "gpu_utilization_max": max(samples) if samples else None,
             "gpu_samples": len(samples),
             "gpu_memory_peak_mb": round(max(self.memory_used) / 2**20, 1) if self.memory_used else None,
