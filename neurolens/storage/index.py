@@ -28,6 +28,7 @@ from neurolens.storage.manifest import (
     Progress,
     last_line_sha256_before,
     manifest_size,
+    parse_lines,
     read_manifest,
 )
 
@@ -67,11 +68,6 @@ class Rows:
     def __len__(self) -> int:
         return self.table.num_rows if self.table is not None else len(self.records)
 
-    def run_ids(self) -> set[str]:
-        if self.table is not None:
-            return set(self.table.column("run_id").to_pylist())
-        return {r["run_id"] for r in self.records}
-
 
 @dataclass
 class IndexState:
@@ -80,15 +76,17 @@ class IndexState:
     last_line_sha256: str | None
 
 
-def _arrow_schema(pa: ModuleType, manifest_bytes: int = 0, last_sha: str | None = None) -> Any:
+def _arrow_schema(pa: ModuleType) -> Any:
     kinds = {str: pa.string(), int: pa.int64(), float: pa.float64()}
-    fields = [pa.field(name, kinds[kind], nullable) for name, (kind, nullable) in COLUMNS.items()]
-    metadata = {
+    return pa.schema([pa.field(name, kinds[kind], nullable) for name, (kind, nullable) in COLUMNS.items()])
+
+
+def _index_metadata(manifest_bytes: int, last_sha: str | None) -> dict[str, str]:
+    return {
         "neurolens.index_version": INDEX_VERSION,
         "neurolens.manifest_bytes": str(manifest_bytes),
         "neurolens.last_line_sha256": last_sha or "",
     }
-    return pa.schema(fields, metadata=metadata)
 
 
 def rows_from_entries(entries: list[dict[str, Any]]) -> Rows:
@@ -99,27 +97,97 @@ def rows_from_entries(entries: list[dict[str, Any]]) -> Rows:
     return Rows(table=pa.Table.from_pydict(columns, schema=_arrow_schema(pa)))
 
 
-def concat_rows(base: Rows, extra: Rows) -> Rows:
-    if base.table is not None:
-        pa = arrow()
-        assert pa is not None
-        return Rows(table=pa.concat_tables([base.table, extra.table]).combine_chunks())
-    return Rows(records=base.records + extra.records)
+def concat_rows(parts: list[Rows]) -> Rows:
+    pa = arrow()
+    if pa is None:
+        return Rows(records=[r for part in parts for r in part.records])
+    tables = [part.table for part in parts if part.table is not None]
+    if not tables:
+        return rows_from_entries([])
+    return Rows(table=pa.concat_tables(tables).combine_chunks())
 
 
-def drop_known(tail: ManifestSlice, known: set[str], *, warn: bool) -> list[dict[str, Any]]:
-    """Tail entries whose run id is new; the first entry of a run id wins."""
-    fresh = []
-    for entry in tail.entries:
-        run_id = entry["run_id"]
-        if run_id in known:
-            tail.problems.append(f"duplicate run id {run_id!r}: the first manifest entry is kept")
-            if warn:
-                warnings.warn(tail.problems[-1], ManifestWarning, stacklevel=3)
-            continue
-        known.add(run_id)
-        fresh.append(entry)
-    return fresh
+def _parse_block_arrow(offset: int, block: bytes, result: ManifestSlice) -> None:
+    """Parse a block of manifest lines with Arrow's JSON reader (C++, ~20x faster than
+    line by line); any block it cannot take whole is parsed line by line instead."""
+    import pyarrow as pa
+    import pyarrow.json as pa_json
+
+    schema = _arrow_schema(pa)
+    try:
+        table = pa_json.read_json(
+            io.BytesIO(block),
+            read_options=pa_json.ReadOptions(block_size=1 << 22),
+            parse_options=pa_json.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore"),
+        )
+        table = table.select(list(COLUMNS)).cast(schema)
+        complete = table.num_rows == block.count(b"\n") and all(
+            nullable or table.column(name).null_count == 0 for name, (_, nullable) in COLUMNS.items()
+        )
+        finite = all(
+            not pa.compute.any(pa.compute.is_nan(table.column(name))).as_py()
+            and not pa.compute.any(pa.compute.is_inf(table.column(name))).as_py()
+            for name, (kind, _) in COLUMNS.items()
+            if kind is float
+        )
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+        complete = finite = False
+    if complete and finite:
+        result.lines += table.num_rows
+        result.tables.append(table)
+        return
+    lines = ManifestSlice()
+    parse_lines(offset, block, lines)
+    result.lines += lines.lines
+    result.problems.extend(lines.problems)
+    result.tables.append(rows_from_entries(lines.entries).table)
+
+
+def read_tail(root: Path, start: int, *, progress: Progress | None = None) -> tuple[Rows, ManifestSlice]:
+    """Rows of the manifest from byte ``start``, in manifest order, duplicates included."""
+    if arrow() is None:
+        tail = read_manifest(root, start, warn=False, progress=progress)
+        return Rows(records=tail.entries), tail
+    tail = read_manifest(root, start, warn=False, progress=progress, parse_block=_parse_block_arrow)
+    return concat_rows([Rows(table=t) for t in tail.tables]), tail
+
+
+def drop_duplicates(rows: Rows, known: Rows | None, tail: ManifestSlice) -> Rows:
+    """``rows`` without run ids seen in ``known`` or earlier in ``rows``: the first wins."""
+    if rows.table is None:
+        known_ids = {r["run_id"] for r in known.records} if known else set()
+        fresh = []
+        for record in rows.records:
+            if record["run_id"] in known_ids:
+                tail.problems.append(_duplicate(record["run_id"]))
+            else:
+                known_ids.add(record["run_id"])
+                fresh.append(record)
+        return Rows(records=fresh)
+    import pyarrow.compute as pc
+
+    ids = rows.table.column("run_id")
+    clash = None
+    if known is not None and len(known) and len(rows):
+        clash = pc.is_in(ids, value_set=known.table.column("run_id"))
+        if not pc.any(clash).as_py():
+            clash = None
+    if clash is None and pc.count_distinct(ids).as_py() == len(rows):
+        return rows  # the common case: nothing to drop, no Python loop
+    clashes = clash.to_pylist() if clash is not None else [False] * len(rows)
+    seen: set[str] = set()
+    keep = []
+    for run_id, known_already in zip(ids.to_pylist(), clashes, strict=True):
+        duplicate = known_already or run_id in seen
+        if duplicate:
+            tail.problems.append(_duplicate(run_id))
+        seen.add(run_id)
+        keep.append(not duplicate)
+    return Rows(table=rows.table.filter(keep))
+
+
+def _duplicate(run_id: str) -> str:
+    return f"duplicate run id {run_id!r}: the first manifest entry is kept"
 
 
 # --- reading -------------------------------------------------------------------------
@@ -173,8 +241,8 @@ def _read_rows(path: Path) -> Rows:
     if pa is not None:
         import pyarrow.parquet as pq
 
-        table = pq.read_table(path)
-        if not table.schema.remove_metadata().equals(_arrow_schema(pa).remove_metadata()):
+        table = pq.ParquetFile(path).read().replace_schema_metadata(None)
+        if not table.schema.equals(_arrow_schema(pa)):
             raise ValueError("unexpected index columns")
         return Rows(table=table)
     with open(path, "rb") as handle:
@@ -197,11 +265,15 @@ def snapshot(root: Path) -> Snapshot:
     if state is None and manifest_size(root) == 0:
         problem = None  # an empty or new store has nothing to index
     start = state.manifest_bytes if state else 0
-    tail = read_manifest(root, start, warn=False)
-    base = state.rows if state else rows_from_entries([])
-    known = base.run_ids() if state and tail.entries else set()
-    fresh = drop_known(tail, known, warn=False)
-    rows = concat_rows(base, rows_from_entries(fresh)) if fresh else base
+    if state is not None and manifest_size(root) == start:
+        # Fully compacted: the index alone answers. (Building even an empty Table in
+        # Python makes pyarrow import pandas, which would double `neurolens ls` time.)
+        return Snapshot(rows=state.rows, index_problem=None, manifest_problems=[])
+    tail_rows, tail = read_tail(root, start)
+    fresh = drop_duplicates(tail_rows, state.rows if state else None, tail)
+    rows = fresh
+    if state is not None:
+        rows = concat_rows([state.rows, fresh]) if len(fresh) else state.rows
     if problem:
         warnings.warn(
             f"{problem}; answering from the manifest (`neurolens rebuild` restores the index)",
@@ -221,7 +293,7 @@ def _encode_index(rows: Rows, covered: int, last_sha: str | None) -> bytes:
     if pa is not None:
         import pyarrow.parquet as pq
 
-        table = rows.table.replace_schema_metadata(_arrow_schema(pa, covered, last_sha).metadata)
+        table = rows.table.combine_chunks().replace_schema_metadata(_index_metadata(covered, last_sha))
         sink = pa.BufferOutputStream()
         # Fixed writer options: the same rows always give the same bytes.
         pq.write_table(
@@ -278,15 +350,14 @@ def compact(
             return IndexReport(path=path, rows=-1, problems=[], compacted=False)
         state = None if from_scratch else read_index(root)[0]
         start = state.manifest_bytes if state else 0
-        tail = read_manifest(root, start, warn=warn, progress=progress)
-        known = state.rows.run_ids() if state else set()
-        fresh = drop_known(tail, known, warn=warn)
-        if state is not None:
-            if tail.end == start:  # nothing new: the index is already compact
-                return IndexReport(path=path, rows=len(state.rows), problems=tail.problems)
-            rows = concat_rows(state.rows, rows_from_entries(fresh))
-        else:
-            rows = rows_from_entries(fresh)
+        tail_rows, tail = read_tail(root, start, progress=progress)
+        fresh = drop_duplicates(tail_rows, state.rows if state else None, tail)
+        if warn:
+            for message in tail.problems:
+                warnings.warn(message, ManifestWarning, stacklevel=3)
+        if state is not None and tail.end == start:  # nothing new: already compact
+            return IndexReport(path=path, rows=len(state.rows), problems=tail.problems)
+        rows = fresh if state is None else concat_rows([state.rows, fresh])
         replace_file_atomically(path, _encode_index(rows, tail.end, tail.last_line_sha256))
         return IndexReport(path=path, rows=len(rows), problems=tail.problems)
 

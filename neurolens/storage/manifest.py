@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import warnings
 from collections.abc import Callable, Iterator, Mapping
@@ -101,8 +102,8 @@ def coerce_entry(raw: Any) -> dict[str, Any] | str:
             if not nullable:
                 return f"'{name}' is missing"
         elif kind is float:
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                return f"'{name}' is not a number"
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                return f"'{name}' is not a finite number"
             value = float(value)
         elif kind is int:
             if isinstance(value, bool) or not isinstance(value, int):
@@ -115,14 +116,19 @@ def coerce_entry(raw: Any) -> dict[str, Any] | str:
 
 @dataclass
 class ManifestSlice:
-    """Entries of the complete lines in ``[start, end)`` of the manifest."""
+    """What was read of the complete lines in ``[start, end)`` of the manifest."""
 
-    entries: list[dict[str, Any]] = field(default_factory=list)
+    entries: list[dict[str, Any]] = field(default_factory=list)  # parsed by parse_lines
+    tables: list[Any] = field(default_factory=list)  # parsed to Arrow by the index
     start: int = 0
     end: int = 0  # just past the last complete line read
     lines: int = 0  # complete lines read, valid or not
     last_line_sha256: str | None = None
     problems: list[str] = field(default_factory=list)
+
+
+# parse_block(offset, block of complete lines, slice to add to)
+BlockParser = Callable[[int, bytes, ManifestSlice], None]
 
 
 def manifest_path(root: Path) -> Path:
@@ -147,14 +153,21 @@ def _chunks(path: Path, start: int) -> Iterator[bytes]:
 
 
 def read_manifest(
-    root: Path, start: int = 0, *, warn: bool = True, progress: Progress | None = None
+    root: Path,
+    start: int = 0,
+    *,
+    warn: bool = True,
+    progress: Progress | None = None,
+    parse_block: BlockParser | None = None,
 ) -> ManifestSlice:
     """Parse the manifest from byte ``start`` (a line boundary) to its last complete line.
 
     Torn, unparsable or invalid lines are skipped and reported in ``problems`` (and as
     ManifestWarning when ``warn``); an unterminated last line is left for the next reader,
     since it may be an append still in progress or the remains of a killed writer.
+    Blocks of complete lines go to ``parse_block`` (``parse_lines`` by default).
     """
+    parse = parse_block or parse_lines
     result = ManifestSlice(start=start, end=start)
     carry = b""
     carry_offset = start
@@ -169,12 +182,9 @@ def read_manifest(
         carry, carry_offset = buffer[cut:], buffer_offset + cut
         if cut == 0:
             continue
-        lines = buffer[:cut].split(b"\n")[:-1]
-        position = buffer_offset
-        for line in lines:
-            _parse_line(line, position, result)
-            position += len(line) + 1
-        last_line = lines[-1]
+        block = buffer[:cut]
+        parse(buffer_offset, block, result)
+        last_line = block[block.rfind(b"\n", 0, cut - 1) + 1 : cut - 1]
         result.end = carry_offset
     if result.end > start:
         result.last_line_sha256 = hashlib.sha256(last_line).hexdigest()
@@ -186,6 +196,14 @@ def read_manifest(
         for problem in result.problems:
             warnings.warn(problem, ManifestWarning, stacklevel=3)
     return result
+
+
+def parse_lines(offset: int, block: bytes, result: ManifestSlice) -> None:
+    """Parse a block of complete lines one by one into ``result.entries``."""
+    position = offset
+    for line in block.split(b"\n")[:-1]:
+        _parse_line(line, position, result)
+        position += len(line) + 1
 
 
 def _parse_line(line: bytes, position: int, result: ManifestSlice) -> None:
