@@ -131,9 +131,8 @@ def main() -> None:
         start = time.perf_counter()
         big = make_store(work / "big", args.big)
         size_mb = (big / "_manifest.jsonl").stat().st_size / 2**20
-        print(
-            f"made {args.big:,}-line manifest ({size_mb:,.0f} MiB) and its index in {time.perf_counter() - start:.1f} s"
-        )
+        made = time.perf_counter() - start
+        print(f"made {args.big:,}-line manifest ({size_mb:,.0f} MiB) and its index in {made:.1f} s")
         wall, peak, out = child_peak(
             "import sys, time; from neurolens.storage.store import rebuild_index_report as r\n"
             "t = time.perf_counter(); rep = r(sys.argv[1]); print(time.perf_counter() - t, rep.rows)",
@@ -146,7 +145,7 @@ def main() -> None:
         )
         _, _, out = child_peak(
             "import sys, time; t = time.perf_counter(); from neurolens import load_runs\n"
-            "f = load_runs(sys.argv[1], model='gpt2', tags={'branch': 'pr-42'}, limit=20)\n"
+            "f = load_runs(sys.argv[1], model='llama-7b', tags={'branch': 'pr-42'}, limit=20)\n"
             "print(time.perf_counter() - t, len(f))",
             str(big),
         )

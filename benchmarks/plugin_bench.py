@@ -1,0 +1,94 @@
+#!/usr/bin/env python3
+"""Plugin overhead: a suite of N small tests with the plugin off, loaded-but-unused, and recording.
+
+    python benchmarks/plugin_bench.py [--tests 200] [--repeat 3]
+
+Each configuration runs ``pytest`` in a fresh process (median wall time of --repeat runs).
+The extra time per recorded test is (recording - off) / N; every number is a wall time
+on this machine, compared only with the other configurations measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+PLAIN = """
+def test_{i}():
+    sum(range(100))
+"""
+
+RECORDED = """
+@pytest.mark.neurolens(model="m", backend="cpu", precision="fp32", batch_size=1)
+def test_{i}(neurolens):
+    neurolens.record(total_latency_ms=float(sum(range(100)) % 7))
+"""
+
+MEASURED = """
+@pytest.mark.neurolens(model="m", backend="cpu", precision="fp32", batch_size=1)
+def test_{i}(neurolens):
+    neurolens.measure(sum, range(100), warmup=0, iterations=10)
+"""
+
+COMMON = ["-q", "-p", "no:cacheprovider", "-p", "no:benchmark", "-p", "no:hypothesispytest", "-p", "no:xdist"]
+
+
+def suite(folder: Path, template: str, tests: int) -> Path:
+    folder.mkdir(parents=True)
+    body = "import pytest\n" + "".join(template.format(i=i) for i in range(tests))
+    (folder / "test_suite.py").write_text(body)
+    return folder
+
+
+def wall(args: list[str], repeat: int, before: object = None) -> float:
+    times = []
+    for _ in range(repeat):
+        if callable(before):
+            before()
+        start = time.perf_counter()
+        done = subprocess.run([sys.executable, "-m", "pytest", *COMMON, *args], capture_output=True, text=True)
+        times.append(time.perf_counter() - start)
+        if done.returncode != 0:
+            raise SystemExit(done.stdout + done.stderr)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tests", type=int, default=200)
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    n = args.tests
+    work = Path(tempfile.mkdtemp(prefix="neurolens-plugin-bench-"))
+    plain = suite(work / "plain", PLAIN, n)
+    recorded = suite(work / "recorded", RECORDED, n)
+    measured = suite(work / "measured", MEASURED, n)
+    store = work / "runs_store"
+
+    def fresh_store() -> None:
+        import shutil
+
+        shutil.rmtree(store, ignore_errors=True)
+
+    off = wall([str(plain), "-p", "no:neurolens"], args.repeat)
+    loaded = wall([str(plain)], args.repeat)
+    unstored = wall([str(recorded)], args.repeat)
+    on = wall([str(recorded), f"--neurolens-store={store}"], args.repeat, fresh_store)
+    on_measure = wall([str(measured), f"--neurolens-store={store}"], args.repeat, fresh_store)
+    print(f"{n} tests, median of {args.repeat} runs each, python {sys.version.split()[0]}")
+    print(f"plugin off (-p no:neurolens), plain tests:      {off:.3f} s")
+    print(f"plugin loaded, no store, plain tests:          {loaded:.3f} s  ({loaded / off:.2f}x off)")
+    print(f"plugin on, no store, record() in every test:   {unstored:.3f} s  ({unstored / off:.2f}x off)")
+    print(f"plugin on, store set, record() in every test:  {on:.3f} s  ({on / off:.2f}x off)")
+    print(f"plugin on, store set, measure() x10 per test:  {on_measure:.3f} s  ({on_measure / off:.2f}x off)")
+    print(f"extra wall time per recorded test: {(on - off) / n * 1000:.2f} ms "
+          f"(of which the run store write and snapshot: {(on - unstored) / n * 1000:.2f} ms)")
+
+
+if __name__ == "__main__":
+    main()
