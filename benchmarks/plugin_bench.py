@@ -51,7 +51,9 @@ def wall(args: list[str], repeat: int, before: object = None) -> float:
         if callable(before):
             before()
         start = time.perf_counter()
-        done = subprocess.run([sys.executable, "-m", "pytest", *COMMON, *args], capture_output=True, text=True)
+        done = subprocess.run(
+            [sys.executable, "-m", "pytest", *COMMON, *args], capture_output=True, text=True
+        )
         times.append(time.perf_counter() - start)
         if done.returncode != 0:
             raise SystemExit(done.stdout + done.stderr)
@@ -59,7 +61,9 @@ def wall(args: list[str], repeat: int, before: object = None) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--tests", type=int, default=200)
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
@@ -86,8 +90,10 @@ def main() -> None:
     print(f"plugin on, no store, record() in every test:   {unstored:.3f} s  ({unstored / off:.2f}x off)")
     print(f"plugin on, store set, record() in every test:  {on:.3f} s  ({on / off:.2f}x off)")
     print(f"plugin on, store set, measure() x10 per test:  {on_measure:.3f} s  ({on_measure / off:.2f}x off)")
-    print(f"extra wall time per recorded test: {(on - off) / n * 1000:.2f} ms "
-          f"(of which the run store write and snapshot: {(on - unstored) / n * 1000:.2f} ms)")
+    print(
+        f"extra wall time per recorded test: {(on - off) / n * 1000:.2f} ms "
+        f"(of which the run store write and snapshot: {(on - unstored) / n * 1000:.2f} ms)"
+    )
 
 
 if __name__ == "__main__":

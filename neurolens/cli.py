@@ -95,13 +95,21 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--root", metavar="PATH", help=ROOT_HELP)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    ls = commands.add_parser(
+    def command(name: str, summary: str, description: str, epilog: str) -> argparse.ArgumentParser:
+        return commands.add_parser(
+            name,
+            parents=[common],
+            help=summary,
+            description=description,
+            epilog=epilog,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+
+    ls = command(
         "ls",
-        parents=[common],
-        help="list runs, newest first",
-        description="List runs, newest first. Filters combine (all must match).",
-        epilog=LS_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "list runs, newest first",
+        "List runs, newest first. Filters combine (all must match).",
+        LS_EPILOG,
     )
     ls.add_argument("--model", help="only runs of this model")
     ls.add_argument("--backend", help="only runs on this backend")
@@ -121,25 +129,21 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--json", action="store_true", help="print a JSON array of rows instead of a table")
     ls.set_defaults(handler=cmd_ls)
 
-    show = commands.add_parser(
+    show = command(
         "show",
-        parents=[common],
-        help="print one run (and its fingerprint)",
-        description="Print a stored run by id or unique id prefix, with its fingerprint when present.",
-        epilog=SHOW_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "print one run (and its fingerprint)",
+        "Print a stored run by id or unique id prefix, with its fingerprint when present.",
+        SHOW_EPILOG,
     )
     show.add_argument("run_id", metavar="RUN_ID", help="a run id or a unique prefix of one")
     show.add_argument("--json", action="store_true", help="print the stored run document exactly as stored")
     show.set_defaults(handler=cmd_show)
 
-    rebuild = commands.add_parser(
+    rebuild = command(
         "rebuild",
-        parents=[common],
-        help="rebuild the index from the manifest",
-        description="Rebuild _index.parquet from _manifest.jsonl alone (deterministic, byte for byte).",
-        epilog=REBUILD_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "rebuild the index from the manifest",
+        "Rebuild _index.parquet from _manifest.jsonl alone (deterministic, byte for byte).",
+        REBUILD_EPILOG,
     )
     rebuild.set_defaults(handler=cmd_rebuild)
     return parser
