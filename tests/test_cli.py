@@ -249,3 +249,17 @@ def test_python_dash_m_and_help_do_not_import_heavy_modules() -> None:
             [sys.executable, "-m", "neurolens", sub, "--help"], capture_output=True, text=True, check=True
         ).stdout
         assert "examples:" in help_text and "--root" in help_text
+
+
+def test_rebuild_shows_progress_on_a_large_store(
+    store: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import neurolens.cli as cli
+    import neurolens.storage.manifest as manifest
+
+    monkeypatch.setattr(cli, "_PROGRESS_MIN_BYTES", 1)  # every store counts as large
+    monkeypatch.setattr(manifest, "_READ_CHUNK", 512)  # several slices to report
+    assert run_cli("rebuild", "--root", str(store))[0] == 0
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("reading manifest:")]
+    assert len(lines) >= 2 and "100%" in lines[-1]

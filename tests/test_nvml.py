@@ -181,3 +181,24 @@ def test_sampler_without_nvml_is_inert() -> None:
         pass
     assert sampler.metrics()["gpu_utilization"] is None
     assert sampler.error == "NVML unavailable: test"
+
+
+def test_deprecated_pynvml_distribution_warning_does_not_escape(
+    tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What the deprecated `pynvml` distribution does on import, in a module of that name.
+    (tmp_path / "pynvml.py").write_text(
+        "import warnings\n"
+        "warnings.warn('The pynvml package is deprecated.', FutureWarning, stacklevel=2)\n"
+        "class NVMLError(Exception):\n    pass\n"
+        "def nvmlInit():\n    raise NVMLError('no driver')\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "pynvml")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        nvml = Nvml()
+        assert not nvml.open()
+    assert nvml.error == "NVML unavailable: no driver"
