@@ -9,15 +9,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import shutil
 import sys
 import time
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
 from neurolens import __version__
+
+if TYPE_CHECKING:
+    from neurolens.compare import Side
 
 PROG = "neurolens"
 
@@ -44,6 +48,14 @@ examples:
   neurolens show 01a219e4-5e0e-70f0-b79d-61c51dae2046
   neurolens show 01a219e4-5e0e          # a unique prefix is enough
   neurolens show 01a219e4-5e0e --json   # the stored document, as stored
+"""
+
+COMPARE_EPILOG = """\
+examples:
+  neurolens compare --baseline-tag branch=main --candidate-tag branch=pr-42 --fail-above 5%
+  neurolens compare --baseline-day 2025-10-20 --candidate-session latest --fail-above 0.5ms
+  neurolens compare --baseline-tag branch=main --candidate-tag branch=pr-42 --metric p99 \\
+      --require-significance --format markdown >> "$GITHUB_STEP_SUMMARY"
 """
 
 REBUILD_EPILOG = """\
@@ -111,20 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
         "List runs, newest first. Filters combine (all must match).",
         LS_EPILOG,
     )
-    ls.add_argument("--model", help="only runs of this model")
-    ls.add_argument("--backend", help="only runs on this backend")
-    ls.add_argument("--precision", help="only runs at this precision")
-    ls.add_argument("--day", type=_day, metavar="YYYY-MM-DD", help="only runs of this UTC day")
-    ls.add_argument("--session", dest="session_id", metavar="ID", help="only runs of this pytest session")
-    ls.add_argument(
-        "--tag",
-        dest="tags",
-        type=_tag,
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="only runs with this tag (repeatable; every tag must match)",
-    )
+    add_filter_arguments(ls)
     ls.add_argument("--limit", type=_limit, metavar="N", help="at most N runs (the N newest)")
     ls.add_argument("--json", action="store_true", help="print a JSON array of rows instead of a table")
     ls.set_defaults(handler=cmd_ls)
@@ -146,7 +145,144 @@ def build_parser() -> argparse.ArgumentParser:
         REBUILD_EPILOG,
     )
     rebuild.set_defaults(handler=cmd_rebuild)
+
+    compare = command(
+        "compare",
+        "compare two sets of runs; exit 1 on a regression",
+        "Pair the baseline's and the candidate's runs by group (model, backend, precision, batch size, "
+        "sequence length, GPU) and compare the median of a metric. With --fail-above, exit 1 when a "
+        "group got worse by more than the threshold.",
+        COMPARE_EPILOG,
+    )
+    compare.add_argument("--model", help="only runs of this model (both sides)")
+    compare.add_argument("--backend", help="only runs on this backend (both sides)")
+    compare.add_argument("--precision", help="only runs at this precision (both sides)")
+    for side in ("baseline", "candidate"):
+        compare.add_argument(
+            f"--{side}-tag",
+            type=_tag,
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help=f"{side} runs carry this tag (repeatable)",
+        )
+        compare.add_argument(
+            f"--{side}-day", type=_day, metavar="YYYY-MM-DD", help=f"{side} runs of this UTC day"
+        )
+        compare.add_argument(
+            f"--{side}-session",
+            metavar="ID",
+            help=f"{side} runs of this pytest session ('latest' for the newest)",
+        )
+    compare.add_argument(
+        "--metric",
+        default="total_latency_ms",
+        help="metric to compare: total_latency_ms (default), p50, p90, "
+        "p95, p99, mean, throughput (higher is better) or any metric name in the runs",
+    )
+    compare.add_argument(
+        "--group-by",
+        type=_group_by,
+        metavar="COLS",
+        help="comma-separated group key; +col adds to, -col removes from the default "
+        "(model,backend,precision,batch_size,seq_len,gpu_name), e.g. +fingerprint_hash",
+    )
+    compare.add_argument(
+        "--fail-above",
+        type=_threshold,
+        metavar="THRESHOLD",
+        help="exit 1 when a group is worse by more than this (5%% or 0.5ms)",
+    )
+    compare.add_argument(
+        "--require-significance",
+        action="store_true",
+        help="fail only on regressions whose Mann-Whitney p-value is below --alpha",
+    )
+    compare.add_argument("--alpha", type=float, default=0.05, help="significance level (default 0.05)")
+    output = compare.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true", help="print the comparison as JSON")
+    output.add_argument(
+        "--format", choices=("table", "markdown", "json"), default="table", help="output format"
+    )
+    compare.set_defaults(handler=cmd_compare)
     return parser
+
+
+def add_filter_arguments(parser: argparse.ArgumentParser) -> None:
+    """The run filters of ``ls`` (also the language of ``--neurolens-compare``)."""
+    parser.add_argument("--model", help="only runs of this model")
+    parser.add_argument("--backend", help="only runs on this backend")
+    parser.add_argument("--precision", help="only runs at this precision")
+    parser.add_argument("--day", type=_day, metavar="YYYY-MM-DD", help="only runs of this UTC day")
+    parser.add_argument("--session", dest="session_id", metavar="ID", help="only runs of this pytest session")
+    parser.add_argument(
+        "--tag",
+        dest="tags",
+        type=_tag,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="only runs with this tag (repeatable; every tag must match)",
+    )
+
+
+class _RaisingParser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise ValueError(message)
+
+
+def parse_filter_spec(text: str) -> Side:
+    """``"--tag branch=main --day 2025-10-20"`` (the ``ls`` filters) as a comparison side.
+
+    ``--session latest`` means the newest session among the matching runs.
+    """
+    from neurolens.compare import Side
+    from neurolens.storage.query import RunFilter
+
+    parser = _RaisingParser(prog="filter", add_help=False)
+    add_filter_arguments(parser)
+    args = parser.parse_args(shlex.split(text))
+    session = args.session_id
+    flt = RunFilter(
+        model=args.model,
+        backend=args.backend,
+        precision=args.precision,
+        day=args.day,
+        tags=dict(args.tags),
+    )
+    return Side(filter=flt, session=session)
+
+
+def _threshold(text: str) -> Any:
+    from neurolens.compare import Threshold
+
+    try:
+        return Threshold.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _group_by(text: str) -> tuple[str, ...]:
+    from neurolens.compare import DEFAULT_GROUP_BY
+    from neurolens.storage.manifest import COLUMNS
+
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    if items and all(item[0] in "+-" for item in items):
+        columns = list(DEFAULT_GROUP_BY)
+        for item in items:
+            name = item[1:]
+            if item[0] == "+" and name not in columns:
+                columns.append(name)
+            elif item[0] == "-" and name in columns:
+                columns.remove(name)
+    else:
+        columns = items
+    unknown = [c for c in columns if c not in COLUMNS]
+    if unknown or not columns:
+        raise argparse.ArgumentTypeError(
+            f"unknown column(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(COLUMNS)}"
+        )
+    return tuple(columns)
 
 
 def resolve_cli_root(args: argparse.Namespace) -> Path:
@@ -310,6 +446,50 @@ def _progress_printer(stream: TextIO) -> Callable[[int, int], None]:
         stream.flush()
 
     return report
+
+
+# --- compare ---------------------------------------------------------------------------
+
+
+def cmd_compare(args: argparse.Namespace, out: TextIO) -> int:
+    from neurolens.compare import DEFAULT_GROUP_BY, Side, compare
+    from neurolens.storage.query import RunFilter
+
+    root = resolve_cli_root(args)
+    sides = []
+    for side in ("baseline", "candidate"):
+        flt = RunFilter(
+            model=args.model,
+            backend=args.backend,
+            precision=args.precision,
+            day=getattr(args, f"{side}_day"),
+            tags=dict(getattr(args, f"{side}_tag")),
+        )
+        sides.append(Side(filter=flt, session=getattr(args, f"{side}_session")))
+    result = compare(
+        root,
+        sides[0],
+        sides[1],
+        metric=args.metric,
+        group_by=args.group_by or DEFAULT_GROUP_BY,
+        threshold=args.fail_above,
+        require_significance=args.require_significance,
+        alpha=args.alpha,
+    )
+    for warning in result.warnings:
+        sys.stderr.write(f"{PROG}: warning: {warning}\n")
+    fmt = "json" if args.json else args.format
+    if fmt == "json":
+        out.write(json.dumps(result.to_dict(), ensure_ascii=False) + "\n")
+    elif fmt == "markdown":
+        out.write(result.to_markdown())
+    else:
+        out.write(result.to_table())
+    if result.failed:
+        failing = sum(g.fails for g in result.groups)
+        sys.stderr.write(f"{PROG}: {failing} group(s) regressed by more than {result.threshold}\n")
+        return 1
+    return 0
 
 
 # --- entry point -----------------------------------------------------------------------

@@ -20,12 +20,20 @@ import pytest
 from pytest_neurolens.measurement import LatencyStats, Measurement
 
 if TYPE_CHECKING:
+    from neurolens.compare import Comparison, Side, Threshold
     from neurolens.hardware.nvml import Nvml
 
 STORE_HELP = "record runs into the run store at PATH (off when unset)"
 TAGS_HELP = "tag every run of the session with KEY=VALUE, e.g. a CI job id or branch (repeatable)"
 INTERVAL_HELP = "GPU utilization sampling interval in milliseconds while measuring (default: 50)"
 GPU_HELP = "which visible GPU the runs use, as an index into CUDA_VISIBLE_DEVICES (default: 0)"
+COMPARE_HELP = (
+    "at session end, compare this session's runs with the stored runs matching FILTER "
+    "(neurolens ls filters, e.g. '--tag branch=main') and print the comparison"
+)
+FAIL_ABOVE_HELP = (
+    "with --neurolens-compare: fail the session when a group is worse by more than THRESHOLD (5% or 0.5ms)"
+)
 
 MARKER = (
     "neurolens(model=None, backend=None, precision=None, batch_size=None, seq_len=None, tags=None): "
@@ -69,6 +77,16 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("neurolens_sample_interval", INTERVAL_HELP)
     group.addoption("--neurolens-gpu", dest="neurolens_gpu", metavar="N", help=GPU_HELP)
     parser.addini("neurolens_gpu", GPU_HELP)
+    group.addoption("--neurolens-compare", dest="neurolens_compare", metavar="FILTER", help=COMPARE_HELP)
+    parser.addini("neurolens_compare", COMPARE_HELP)
+    # argparse %-formats option help; ini help is printed as is
+    group.addoption(
+        "--neurolens-fail-above",
+        dest="neurolens_fail_above",
+        metavar="THRESHOLD",
+        help=FAIL_ABOVE_HELP.replace("%", "%%"),
+    )
+    parser.addini("neurolens_fail_above", FAIL_ABOVE_HELP)
 
 
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
@@ -83,6 +101,8 @@ class Settings:
     tags: dict[str, str]
     sample_interval_s: float
     gpu_index: int
+    compare: Side | None = None
+    fail_above: Threshold | None = None
 
     @classmethod
     def from_config(cls, config: pytest.Config) -> Settings:
@@ -116,7 +136,38 @@ class Settings:
         gpu = _parse_number("--neurolens-gpu", gpu_text, int)
         if gpu < 0:
             raise pytest.UsageError(f"--neurolens-gpu must be >= 0, got {gpu_text!r}")
-        return cls(store=store_path, tags=tags, sample_interval_s=interval / 1000, gpu_index=gpu)
+        compare, fail_above = _compare_settings(config, store_path)
+        return cls(
+            store=store_path,
+            tags=tags,
+            sample_interval_s=interval / 1000,
+            gpu_index=gpu,
+            compare=compare,
+            fail_above=fail_above,
+        )
+
+
+def _compare_settings(config: pytest.Config, store: Path | None) -> tuple[Side | None, Threshold | None]:
+    spec = config.getoption("neurolens_compare") or config.getini("neurolens_compare") or None
+    limit = config.getoption("neurolens_fail_above") or config.getini("neurolens_fail_above") or None
+    if limit and spec is None:
+        raise pytest.UsageError("--neurolens-fail-above needs --neurolens-compare (what to compare against)")
+    if spec is None:
+        return None, None
+    if store is None:
+        raise pytest.UsageError("--neurolens-compare needs --neurolens-store (where the runs are)")
+    from neurolens.cli import parse_filter_spec
+    from neurolens.compare import Threshold
+
+    try:
+        side = parse_filter_spec(spec)
+    except ValueError as exc:
+        raise pytest.UsageError(f"--neurolens-compare {spec!r}: {exc}") from None
+    try:
+        threshold = Threshold.parse(limit) if limit else None
+    except ValueError as exc:
+        raise pytest.UsageError(f"--neurolens-fail-above: {exc}") from None
+    return side, threshold
 
 
 def _parse_number(option: str, text: str, kind: Callable[[str], Any]) -> Any:
@@ -347,6 +398,7 @@ class Recorder:
     _hardware: dict[str, Any] | None = None
     _gpu_index: int | None = None
     _fingerprint: dict[str, Any] | None = None
+    comparison: Comparison | None = None
 
     def __post_init__(self) -> None:
         from neurolens.storage.document import new_run_id
@@ -453,12 +505,43 @@ class Recorder:
             from neurolens.storage.store import compact_index
 
             compact_index(self.settings.store)
+        if self.settings.compare is not None:
+            self._compare(session, self.settings.compare)
+
+    def _compare(self, session: pytest.Session, baseline_filter: Side) -> None:
+        """The regression gate: this session's runs against the stored baseline."""
+        from dataclasses import replace
+
+        from neurolens.compare import Side, compare
+
+        baseline = replace(baseline_filter, exclude_session=self.session_id)
+        self.comparison = compare(
+            self.settings.store,
+            baseline,
+            Side(session=self.session_id),
+            threshold=self.settings.fail_above,
+        )
+        if self.comparison.failed and session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         if self.is_worker:
             return
         tr = terminalreporter
         tr.write_sep("-", "neurolens")
+        self._summarise_runs(tr)
+        if self.comparison is not None:
+            tr.write_sep("-", "neurolens compare")
+            for line in self.comparison.to_table().splitlines():
+                tr.write_line(line)
+            for warning in self.comparison.warnings:
+                tr.write_line(f"warning: {warning}")
+            if self.comparison.failed:
+                tr.write_line(
+                    f"neurolens: regression above {self.comparison.threshold}: failing the session", red=True
+                )
+
+    def _summarise_runs(self, tr: Any) -> None:
         count = len(self.summary)
         runs = f"{count} run{'s' if count != 1 else ''}"
         tr.write_line(f"recorded {runs} in {self.settings.store} (session {self.session_id})")
