@@ -12,14 +12,14 @@ from __future__ import annotations
 import json
 import math
 import statistics
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from neurolens.storage.manifest import COLUMNS
-from neurolens.storage.query import RunFilter, select, to_records
+from neurolens.storage.query import RunFilter, select
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -253,19 +253,30 @@ class Side:
     session: str | None = None
     exclude_session: str | None = None
 
-    def rows(self, root: Path) -> list[dict[str, Any]]:
-        rows = to_records(select(root, self.filter))
+    def columns(self, root: Path) -> Columns:
+        """The side's runs as index columns (newest first), without building a dict per run."""
+        rows = select(root, self.filter)
+        if rows.table is not None:
+            data: Columns = rows.table.drop_columns(["tags"]).to_pydict()
+        else:
+            data = {name: [r[name] for r in rows.records] for name in COLUMNS if name != "tags"}
+        sessions = data["session_id"]
+        keep: Sequence[int] = range(len(sessions))
         if self.exclude_session is not None:
-            rows = [r for r in rows if r["session_id"] != self.exclude_session]
-        if self.session == "latest":
-            with_session = [r for r in rows if r["session_id"]]
-            if not with_session:
-                return []
-            latest = with_session[0]["session_id"]  # rows are newest first
-            return [r for r in rows if r["session_id"] == latest]
-        if self.session is not None:
-            return [r for r in rows if r["session_id"] == self.session]
-        return rows
+            keep = [i for i in keep if sessions[i] != self.exclude_session]
+        wanted = self.session
+        if wanted == "latest":
+            wanted = next((sessions[i] for i in keep if sessions[i]), None)  # newest first
+            if wanted is None:
+                keep = []
+        if wanted is not None:
+            keep = [i for i in keep if sessions[i] == wanted]
+        if len(keep) == len(sessions):
+            return data
+        return {name: [values[i] for i in keep] for name, values in data.items()}
+
+
+Columns = dict[str, list[Any]]
 
 
 def compare(
@@ -307,22 +318,24 @@ def compare(
         require_significance=require_significance,
         alpha=alpha,
     )
-    sides = [_group(baseline.rows(root_path), group_by), _group(candidate.rows(root_path), group_by)]
+    data = [baseline.columns(root_path), candidate.columns(root_path)]
+    sides = [_group(data[0], group_by), _group(data[1], group_by)]
+    docs = _Documents(root_path)
     for key in sorted(set(sides[0]) | set(sides[1]), key=repr):
-        base_rows, cand_rows = sides[0].get(key, []), sides[1].get(key, [])
         group = dict(zip(group_by, key, strict=True))
-        result.groups.append(_compare_group(root_path, result, group, base_rows, cand_rows))
-        _warn_mixed_hardware(result, group, base_rows + cand_rows)
-    result.groups.sort(key=lambda g: (VERDICT_ORDER[g.verdict] > 2, -_badness(result, g), g.label()))
+        picks = [(data[0], sides[0].get(key, [])), (data[1], sides[1].get(key, []))]
+        result.groups.append(_compare_group(docs, result, group, picks[0], picks[1]))
+        _warn_mixed_hardware(result, group, picks)
+    # compared groups worst first, then new, then missing
+    result.groups.sort(key=lambda g: (max(VERDICT_ORDER[g.verdict], 2), -_badness(result, g), g.label()))
     return result
 
 
-def _group(
-    rows: Iterable[dict[str, Any]], group_by: Sequence[str]
-) -> dict[tuple[Any, ...], list[dict[str, Any]]]:
-    groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
-    for row in rows:
-        groups.setdefault(tuple(row[k] for k in group_by), []).append(row)
+def _group(data: Columns, group_by: Sequence[str]) -> dict[tuple[Any, ...], list[int]]:
+    """Row positions by group key."""
+    groups: dict[tuple[Any, ...], list[int]] = {}
+    for position, key in enumerate(zip(*(data[k] for k in group_by), strict=True)):
+        groups.setdefault(key, []).append(position)
     return groups
 
 
@@ -338,26 +351,30 @@ class _Documents:
     def __init__(self, root: Path) -> None:
         self.root = root
 
-    def read(self, row: dict[str, Any]) -> dict[str, Any] | None:
+    def read(self, run_json: str) -> dict[str, Any] | None:
         try:
-            document: dict[str, Any] = json.loads((self.root / row["run_json"]).read_bytes())
+            document: dict[str, Any] = json.loads((self.root / run_json).read_bytes())
         except (OSError, ValueError):
             return None
         return document
 
 
 def _values(
-    docs: _Documents, metric: str, rows: list[dict[str, Any]], warnings: list[str]
+    docs: _Documents, metric: str, side: tuple[Columns, list[int]], warnings: list[str]
 ) -> tuple[list[float], list[float]]:
     """(per-run metric values, pooled per-iteration latencies where there are any)."""
+    data, positions = side
     values: list[float] = []
     iterations: list[float] = []
-    need_documents = metric not in COLUMNS or len(rows) < MIN_SAMPLES
-    for row in rows:
-        document = docs.read(row) if need_documents else None
-        if need_documents and document is None:
-            warnings.append(f"run {row['run_id']}: its run file cannot be read")
-        value = row.get(metric) if metric in COLUMNS else (document or {}).get("metrics", {}).get(metric)
+    indexed = metric in data
+    if indexed and len(positions) >= MIN_SAMPLES:  # the common, large case: the index alone
+        column = data[metric]
+        return [float(column[i]) for i in positions if column[i] is not None], iterations
+    for i in positions:
+        document = docs.read(data["run_json"][i])
+        if document is None:
+            warnings.append(f"run {data['run_id'][i]}: its run file cannot be read")
+        value = data[metric][i] if indexed else (document or {}).get("metrics", {}).get(metric)
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             values.append(float(value))
         if document is not None and (metric == "total_latency_ms" or metric.startswith("latency_")):
@@ -366,15 +383,15 @@ def _values(
 
 
 def _compare_group(
-    root: Path,
+    docs: _Documents,
     result: Comparison,
     group: dict[str, Any],
-    base_rows: list[dict[str, Any]],
-    cand_rows: list[dict[str, Any]],
+    base_side: tuple[Columns, list[int]],
+    cand_side: tuple[Columns, list[int]],
 ) -> GroupResult:
-    docs = _Documents(root)
-    base_values, base_iters = _values(docs, result.metric, base_rows, result.warnings)
-    cand_values, cand_iters = _values(docs, result.metric, cand_rows, result.warnings)
+    base_values, base_iters = _values(docs, result.metric, base_side, result.warnings)
+    cand_values, cand_iters = _values(docs, result.metric, cand_side, result.warnings)
+    base_rows, cand_rows = base_side[1], cand_side[1]
     out = GroupResult(
         group=group, verdict="unchanged", baseline_runs=len(base_rows), candidate_runs=len(cand_rows)
     )
@@ -412,8 +429,16 @@ def _compare_group(
     return out
 
 
-def _warn_mixed_hardware(result: Comparison, group: dict[str, Any], rows: list[dict[str, Any]]) -> None:
-    kinds = sorted({(r["gpu_name"] or "-", r["driver_version"] or "-") for r in rows})
+def _warn_mixed_hardware(
+    result: Comparison, group: dict[str, Any], sides: list[tuple[Columns, list[int]]]
+) -> None:
+    kinds = sorted(
+        {
+            (data["gpu_name"][i] or "-", data["driver_version"][i] or "-")
+            for data, positions in sides
+            for i in positions
+        }
+    )
     if len(kinds) > 1:
         shown = ", ".join(f"{gpu} (driver {driver})" for gpu, driver in kinds)
         label = " ".join("-" if v is None else str(v) for v in group.values())

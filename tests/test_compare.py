@@ -1,0 +1,409 @@
+"""neurolens compare: synthetic stores with known regressions, the CLI, and the pytest gate."""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import pandas  # noqa: F401  (loaded before pytester runs: numpy cannot be imported twice)
+import pyarrow.compute
+import pyarrow.parquet  # noqa: F401
+import pytest
+
+from neurolens.cli import main, parse_filter_spec
+from neurolens.compare import Side, Threshold, compare, compare_frame, mann_whitney_u
+from neurolens.storage.query import RunFilter
+from neurolens.storage.store import write_run
+from tests.conftest import make_run
+
+MAIN = Side(filter=RunFilter(tags={"branch": "main"}))
+PR = Side(filter=RunFilter(tags={"branch": "pr"}))
+
+
+def add(root: Path, model: str, branch: str, latency: float, **fields: Any) -> None:
+    """One run of ``model`` on ``branch`` with a median latency of ``latency``."""
+    latencies = fields.pop("latencies_ms", None)
+    metrics = {"total_latency_ms": latency, "gpu_utilization": None, **fields.pop("metrics", {})}
+    run = make_run(model=model, tags={"branch": branch}, metrics=metrics, **fields)
+    if latencies is not None:
+        run["latencies_ms"] = latencies
+    write_run(root, run)
+
+
+def by_model(result: Any) -> dict[str, Any]:
+    return {g.group["model"]: g for g in result.groups}
+
+
+# --- statistics ------------------------------------------------------------------------
+
+
+def test_mann_whitney_exact_small_samples() -> None:
+    assert mann_whitney_u([1, 2, 3], [4, 5, 6]) == (0.0, pytest.approx(0.1))  # 2 * 1/20
+    u, p = mann_whitney_u([1, 2, 3, 4, 5], [6, 7, 8, 9, 10])
+    assert u == 0.0 and p == pytest.approx(2 / 252)
+    u, p = mann_whitney_u([6, 7, 8, 9, 10], [1, 2, 3, 4, 5])
+    assert u == 25.0 and p == pytest.approx(2 / 252)
+    assert mann_whitney_u([1, 4], [2, 3])[1] == pytest.approx(1.0)
+
+
+def test_mann_whitney_normal_approximation_with_ties() -> None:
+    same = [1.0, 1.0, 2.0, 2.0] * 10
+    assert mann_whitney_u(same, same)[1] == pytest.approx(1.0)
+    rng = random.Random(7)
+    low = [rng.gauss(10, 0.2) for _ in range(60)]
+    high = [rng.gauss(11, 0.2) for _ in range(60)]
+    assert mann_whitney_u(low, high)[1] < 1e-10
+    noise_a = [rng.gauss(10, 1) for _ in range(60)]
+    noise_b = [rng.gauss(10, 1) for _ in range(60)]
+    assert mann_whitney_u(noise_a, noise_b)[1] > 0.01
+    assert mann_whitney_u([3.0] * 30, [3.0] * 30)[1] == 1.0  # all tied: no evidence
+
+
+@pytest.mark.parametrize(
+    ("text", "value", "relative"),
+    [
+        ("5%", 0.05, True),
+        (" 12.5% ", 0.125, True),
+        ("0.5ms", 0.5, False),
+        ("2", 2.0, False),
+        ("0%", 0.0, True),
+    ],
+)
+def test_threshold_parse(text: str, value: float, relative: bool) -> None:
+    parsed = Threshold.parse(text)
+    assert parsed.value == pytest.approx(value) and parsed.relative is relative
+
+
+@pytest.mark.parametrize("text", ["", "fast", "-5%", "nan%", "5 percent"])
+def test_threshold_parse_rejects(text: str) -> None:
+    with pytest.raises(ValueError, match="threshold"):
+        Threshold.parse(text)
+
+
+# --- comparing -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Path:
+    root = tmp_path / "store"
+    add(root, "regressed", "main", 10.0)
+    add(root, "regressed", "pr", 12.0)
+    add(root, "improved", "main", 10.0)
+    add(root, "improved", "pr", 8.0)
+    add(root, "noise", "main", 10.0)
+    add(root, "noise", "pr", 10.2)
+    add(root, "missing", "main", 10.0)
+    add(root, "new", "pr", 10.0)
+    return root
+
+
+def test_verdicts_and_worst_first_order(store: Path) -> None:
+    result = compare(store, MAIN, PR, threshold="5%")
+    verdicts = {model: g.verdict for model, g in by_model(result).items()}
+    assert verdicts == {
+        "regressed": "regressed",
+        "improved": "improved",
+        "noise": "unchanged",
+        "missing": "missing",
+        "new": "new",
+    }
+    assert [g.group["model"] for g in result.groups] == ["regressed", "noise", "improved", "new", "missing"]
+    regressed = by_model(result)["regressed"]
+    assert regressed.change_pct == pytest.approx(20.0) and regressed.change_abs == pytest.approx(2.0)
+    assert regressed.fails and result.failed
+    assert not by_model(result)["improved"].fails and not by_model(result)["new"].fails
+
+
+def test_without_threshold_it_reports_but_never_fails(store: Path) -> None:
+    result = compare(store, MAIN, PR)
+    assert by_model(result)["regressed"].verdict == "regressed"
+    assert not result.failed
+
+
+@pytest.mark.parametrize(
+    ("candidate", "threshold", "verdict"),
+    [
+        (10.5, "5%", "unchanged"),  # exactly at the threshold: within it
+        (10.5001, "5%", "regressed"),
+        (9.5, "5%", "unchanged"),
+        (9.4999, "5%", "improved"),
+        (10.5, "0.5ms", "unchanged"),
+        (10.5001, "0.5ms", "regressed"),
+        (10.0, "0%", "unchanged"),
+        (10.0001, "0%", "regressed"),
+    ],
+)
+def test_thresholds_at_their_edges(tmp_path: Path, candidate: float, threshold: str, verdict: str) -> None:
+    add(tmp_path, "m", "main", 10.0)
+    add(tmp_path, "m", "pr", candidate)
+    (group,) = compare(tmp_path, MAIN, PR, threshold=threshold).groups
+    assert group.verdict == verdict
+    assert group.fails is (verdict == "regressed")
+
+
+def test_several_runs_are_pooled_by_median_and_tested(tmp_path: Path) -> None:
+    for latency in (10.0, 10.1, 9.9, 10.2, 9.8):
+        add(tmp_path, "m", "main", latency)
+    for latency in (11.0, 11.1, 10.9, 11.2, 10.8, 50.0):  # one outlier does not move the median much
+        add(tmp_path, "m", "pr", latency)
+    (group,) = compare(tmp_path, MAIN, PR, threshold="5%", require_significance=True).groups
+    assert group.baseline == pytest.approx(10.0) and group.candidate == pytest.approx(11.05)
+    assert (group.baseline_runs, group.candidate_runs) == (5, 6)
+    assert group.p_value is not None and group.p_value < 0.05 and group.significant
+    assert group.verdict == "regressed" and group.fails
+
+
+def test_require_significance_ignores_regressions_within_noise(tmp_path: Path) -> None:
+    for latency in (8.0, 12.0, 9.0, 11.0, 10.0):
+        add(tmp_path, "m", "main", latency)
+    for latency in (8.5, 12.5, 9.5, 11.5, 10.6):
+        add(tmp_path, "m", "pr", latency)
+    plain = compare(tmp_path, MAIN, PR, threshold="5%").groups[0]
+    gated = compare(tmp_path, MAIN, PR, threshold="5%", require_significance=True).groups[0]
+    assert plain.verdict == gated.verdict == "regressed"
+    assert plain.fails and not gated.fails
+    assert gated.p_value is not None and gated.p_value > 0.05
+
+
+def test_single_runs_are_tested_on_their_per_iteration_latencies(tmp_path: Path) -> None:
+    rng = random.Random(3)
+    add(tmp_path, "m", "main", 10.0, latencies_ms=[rng.gauss(10, 0.1) for _ in range(40)])
+    add(tmp_path, "m", "pr", 11.0, latencies_ms=[rng.gauss(11, 0.1) for _ in range(40)])
+    add(tmp_path, "few", "main", 10.0)  # no latencies stored: no test
+    add(tmp_path, "few", "pr", 11.0)
+    groups = by_model(compare(tmp_path, MAIN, PR, threshold="5%", require_significance=True))
+    assert groups["m"].p_value is not None and groups["m"].p_value < 1e-6 and groups["m"].fails
+    assert groups["few"].p_value is None and groups["few"].verdict == "regressed" and not groups["few"].fails
+
+
+def test_other_metrics_and_higher_is_better(tmp_path: Path) -> None:
+    add(tmp_path, "m", "main", 10.0, metrics={"latency_p99_ms": 20.0, "throughput_per_s": 100.0})
+    add(tmp_path, "m", "pr", 10.0, metrics={"latency_p99_ms": 25.0, "throughput_per_s": 90.0})
+    p99 = compare(tmp_path, MAIN, PR, metric="p99", threshold="5%")
+    assert p99.metric == "latency_p99_ms" and p99.groups[0].verdict == "regressed"
+    throughput = compare(tmp_path, MAIN, PR, metric="throughput", threshold="5%")
+    assert throughput.higher_is_better and throughput.groups[0].verdict == "regressed"
+    assert throughput.groups[0].change_pct == pytest.approx(-10.0)
+    latency = compare(tmp_path, MAIN, PR, threshold="5%")
+    assert latency.groups[0].verdict == "unchanged"
+
+
+def test_groups_split_by_gpu_and_mixed_hardware_warns(tmp_path: Path) -> None:
+    a10 = {"gpu_name": "NVIDIA A10G", "driver_version": "550", "cuda_version": "12.4"}
+    h100 = {"gpu_name": "NVIDIA H100", "driver_version": "555", "cuda_version": "12.5"}
+    add(tmp_path, "m", "main", 10.0, hardware=a10)
+    add(tmp_path, "m", "pr", 5.0, hardware=h100)
+    by_gpu = compare(tmp_path, MAIN, PR)
+    assert sorted(g.verdict for g in by_gpu.groups) == ["missing", "new"]
+    assert by_gpu.warnings == []
+    pooled = compare(tmp_path, MAIN, PR, group_by=("model", "backend", "precision"))
+    assert [g.verdict for g in pooled.groups] == ["improved"]
+    assert len(pooled.warnings) == 1 and "different GPUs or drivers" in pooled.warnings[0]
+    assert "NVIDIA A10G (driver 550)" in pooled.warnings[0]
+
+
+def test_latest_session_and_excluded_session(tmp_path: Path) -> None:
+    add(tmp_path, "m", "main", 10.0, session_id="s1", created_at="2025-01-01T00:00:00Z")
+    add(tmp_path, "m", "main", 20.0, session_id="s2", created_at="2025-01-02T00:00:00Z")
+    latest = compare(tmp_path, Side(session="latest"), Side(session="s1"))
+    assert latest.groups[0].baseline == 20.0 and latest.groups[0].candidate == 10.0
+    excluded = compare(tmp_path, Side(exclude_session="s2"), Side(session="s2"))
+    assert excluded.groups[0].baseline == 10.0
+
+
+def test_bad_arguments_name_themselves(store: Path) -> None:
+    with pytest.raises(ValueError, match="group-by"):
+        compare(store, MAIN, PR, group_by=("model", "colour"))
+    with pytest.raises(ValueError, match="alpha"):
+        compare(store, MAIN, PR, alpha=2)
+    with pytest.raises(ValueError, match="threshold"):
+        compare(store, MAIN, PR, threshold="lots")
+
+
+def test_dataframe_from_python(store: Path) -> None:
+    frame = compare_frame(store, MAIN, PR, threshold="5%")
+    assert list(frame.columns[:6]) == ["model", "backend", "precision", "batch_size", "seq_len", "gpu_name"]
+    assert frame.loc[frame["model"] == "regressed", "verdict"].item() == "regressed"
+    assert frame.attrs["comparison"]["failed"] is True
+
+
+# --- output formats and the CLI ---------------------------------------------------------
+
+
+def run_cli(*argv: str) -> tuple[int, str]:
+    out = io.StringIO()
+    return main(list(argv), out=out), out.getvalue()
+
+
+def test_cli_table_and_exit_status(store: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = ("compare", "--root", str(store), "--baseline-tag", "branch=main", "--candidate-tag", "branch=pr")
+    status, out = run_cli(*args)
+    assert status == 0
+    lines = out.splitlines()
+    assert lines[0].split() == ["GROUP", "BASELINE", "CANDIDATE", "CHANGE", "DELTA", "P", "RUNS", "VERDICT"]
+    assert lines[1].startswith("regressed ") and lines[1].split()[-1] == "regressed"
+    assert lines[-1].startswith("5 group(s): 1 regressed, 1 improved, 1 unchanged, 1 new, 1 missing")
+    status, out = run_cli(*args, "--fail-above", "5%")
+    assert status == 1 and out.splitlines()[1].split()[-1] == "REGRESSED"
+    assert "1 group(s) regressed by more than 5%" in capsys.readouterr().err
+    assert run_cli(*args, "--fail-above", "25%")[0] == 0
+
+
+def test_cli_json_parses_back(store: Path) -> None:
+    status, out = run_cli(
+        "compare",
+        "--root",
+        str(store),
+        "--baseline-tag",
+        "branch=main",
+        "--candidate-tag",
+        "branch=pr",
+        "--fail-above",
+        "0.5ms",
+        "--json",
+    )
+    data = json.loads(out)
+    assert status == 1 and data["failed"] is True and data["threshold"] == "0.5"
+    assert data["counts"] == {"regressed": 1, "improved": 1, "unchanged": 1, "new": 1, "missing": 1}
+    first = data["groups"][0]
+    assert first["group"]["model"] == "regressed" and first["baseline"] == 10.0 and first["candidate"] == 12.0
+
+
+def test_cli_markdown_parses_back(store: Path) -> None:
+    status, out = run_cli(
+        "compare",
+        "--root",
+        str(store),
+        "--baseline-tag",
+        "branch=main",
+        "--candidate-tag",
+        "branch=pr",
+        "--format",
+        "markdown",
+        "--fail-above",
+        "5%",
+    )
+    assert status == 1
+    lines = out.splitlines()
+    assert lines[0] == "### neurolens compare: regression"
+    table = [line for line in lines if line.startswith("|")]
+    header = [c.strip() for c in table[0].strip("|").split("|")]
+    assert header == ["group", "baseline", "candidate", "change", "delta", "p", "runs", "verdict"]
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in table[2:]]
+    assert len(rows) == 5 and rows[0][-1] == "**REGRESSED**" and rows[0][3] == "+20.0%"
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["--fail-above", "lots"],
+        ["--group-by", "colour"],
+        ["--baseline-tag", "nokey"],
+        ["--json", "--format", "markdown"],
+    ],
+)
+def test_cli_usage_errors(store: Path, extra: list[str]) -> None:
+    with pytest.raises(SystemExit) as excinfo:
+        main(["compare", "--root", str(store), *extra])
+    assert excinfo.value.code == 2
+
+
+def test_cli_group_by_adds_a_column(tmp_path: Path) -> None:
+    add(tmp_path, "m", "main", 10.0, fingerprint_hash="aaa")
+    add(tmp_path, "m", "pr", 12.0, fingerprint_hash="bbb")
+    base = (
+        "compare",
+        "--root",
+        str(tmp_path),
+        "--baseline-tag",
+        "branch=main",
+        "--candidate-tag",
+        "branch=pr",
+    )
+    assert [g["verdict"] for g in json.loads(run_cli(*base, "--json")[1])["groups"]] == ["regressed"]
+    split = json.loads(run_cli(*base, "--json", "--group-by", "+fingerprint_hash")[1])["groups"]
+    assert sorted(g["verdict"] for g in split) == ["missing", "new"]
+
+
+def test_filter_spec_language() -> None:
+    side = parse_filter_spec("--tag branch=main --day 2025-10-20 --model gpt2 --session latest")
+    assert side.filter.tags == {"branch": "main"} and side.filter.day == "2025-10-20"
+    assert side.filter.model == "gpt2" and side.session == "latest"
+    with pytest.raises(ValueError, match="--day"):
+        parse_filter_spec("--day tomorrow")
+    with pytest.raises(ValueError, match="unrecognized"):
+        parse_filter_spec("--colour red")
+
+
+# --- the pytest gate ------------------------------------------------------------------------
+
+GATED = """
+import os
+import pytest
+
+@pytest.mark.neurolens(model="m", backend="cpu", precision="fp32", batch_size=1)
+def test_latency(neurolens):
+    neurolens.record(total_latency_ms=float(os.environ["LATENCY"]))
+"""
+
+
+def gate(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, latency: float, *args: str) -> Any:
+    monkeypatch.setenv("LATENCY", str(latency))
+    return pytester.runpytest(
+        "-W", "error", "-p", "no:cacheprovider", "-p", "no:benchmark", "--neurolens-store=runs", *args
+    )
+
+
+def test_pytest_gate_fails_the_session_on_a_regression(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytester.makepyfile(GATED)
+    gate(pytester, monkeypatch, 10.0, "--neurolens-tag", "branch=main").assert_outcomes(passed=1)
+    compare_args = ("--neurolens-compare=--tag branch=main", "--neurolens-fail-above=5%")
+    slower = gate(pytester, monkeypatch, 11.0, "--neurolens-tag", "branch=pr", *compare_args)
+    slower.assert_outcomes(passed=1)
+    assert slower.ret == pytest.ExitCode.TESTS_FAILED
+    slower.stdout.fnmatch_lines(
+        [
+            "*- neurolens compare -*",
+            "GROUP*VERDICT",
+            "m cpu fp32 1*10.000*11.000*+10.0%*REGRESSED",
+            "*regression above 5%: failing the session*",
+        ]
+    )
+    within = gate(pytester, monkeypatch, 10.3, "--neurolens-tag", "branch=pr", *compare_args)
+    assert within.ret == pytest.ExitCode.OK
+    within.stdout.fnmatch_lines(["m cpu fp32 1*10.000*10.300*+3.0%*unchanged"])
+    report_only = gate(pytester, monkeypatch, 20.0, "--neurolens-compare=--tag branch=main")
+    assert report_only.ret == pytest.ExitCode.OK
+    report_only.stdout.fnmatch_lines(["*regressed"])
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--neurolens-fail-above=5%"], "--neurolens-fail-above needs --neurolens-compare"),
+        (
+            ["--neurolens-compare=--tag x=y", "--neurolens-fail-above=lots"],
+            "--neurolens-fail-above: threshold",
+        ),
+        (["--neurolens-compare=--day never"], "--neurolens-compare '--day never'"),
+    ],
+)
+def test_pytest_gate_usage_errors(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, args: list[str], message: str
+) -> None:
+    pytester.makepyfile(GATED)
+    result = gate(pytester, monkeypatch, 1.0, *args)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"*{message}*"])
+
+
+def test_pytest_compare_needs_a_store(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(GATED)
+    result = pytester.runpytest("--neurolens-compare=--tag branch=main")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--neurolens-compare needs --neurolens-store*"])
