@@ -58,6 +58,18 @@ examples:
       --require-significance --format markdown >> "$GITHUB_STEP_SUMMARY"
 """
 
+MERGE_EPILOG = """\
+examples:
+  neurolens merge runner-a/runs_store runner-b/runs_store --root all_runs
+  neurolens merge artifacts/*.tar.gz --root all_runs --json
+"""
+
+VERIFY_EPILOG = """\
+examples:
+  neurolens verify --root all_runs
+  neurolens verify --json | jq '.counts'
+"""
+
 REBUILD_EPILOG = """\
 examples:
   neurolens rebuild                      # after deleting or damaging _index.parquet
@@ -205,6 +217,29 @@ def build_parser() -> argparse.ArgumentParser:
         "--format", choices=("table", "markdown", "json"), default="table", help="output format"
     )
     compare.set_defaults(handler=cmd_compare)
+
+    merge = command(
+        "merge",
+        "copy the runs of other stores (folders or .tar.gz) into this one",
+        "Copy every sound run of each SRC store into --root, keeping the layout; runs already there are "
+        "skipped, runs that differ are conflicts, damaged runs are reported and never copied.",
+        MERGE_EPILOG,
+    )
+    merge.add_argument("sources", nargs="+", metavar="SRC", help="a store folder or a .tar.gz archive of one")
+    merge.add_argument("--json", action="store_true", help="print the report as JSON")
+    merge.set_defaults(handler=cmd_merge)
+
+    verify = command(
+        "verify",
+        "check a store; exit 1 when anything is wrong",
+        "Check the manifest, every run file against its entry and hash, stray files and the index.",
+        VERIFY_EPILOG,
+    )
+    verify.add_argument(
+        "--full", action="store_true", help="validate every run against the schema, not only damaged ones"
+    )
+    verify.add_argument("--json", action="store_true", help="print the report as JSON")
+    verify.set_defaults(handler=cmd_verify)
     return parser
 
 
@@ -490,6 +525,66 @@ def cmd_compare(args: argparse.Namespace, out: TextIO) -> int:
         sys.stderr.write(f"{PROG}: {failing} group(s) regressed by more than {result.threshold}\n")
         return 1
     return 0
+
+
+# --- merge and verify ------------------------------------------------------------------
+
+
+def cmd_merge(args: argparse.Namespace, out: TextIO) -> int:
+    from neurolens.storage.merge import merge_stores
+
+    root = resolve_cli_root(args)
+    report = merge_stores(root, [Path(s) for s in args.sources])
+    if args.json:
+        out.write(json.dumps(report.to_dict(), ensure_ascii=False) + "\n")
+    else:
+        for kind, lines in (
+            ("refused", report.refused),
+            ("conflict", report.conflicts),
+            ("damaged", report.damaged),
+        ):
+            for line in lines:
+                sys.stderr.write(f"{PROG}: {kind}: {line}\n")
+        out.write(
+            f"merged into {root}: {report.added} added, {report.skipped} already present, "
+            f"{len(report.conflicts)} in conflict, {len(report.damaged)} damaged, "
+            f"{len(report.refused)} refused\n"
+        )
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace, out: TextIO) -> int:
+    from neurolens.storage.verify import verify_store
+
+    root = resolve_cli_root(args)
+    report = verify_store(root, full=args.full, progress=_count_printer(sys.stderr))
+    if args.json:
+        out.write(json.dumps(report.to_dict(), ensure_ascii=False) + "\n")
+    else:
+        for problem in report.problems:
+            out.write(f"{problem.kind:<20} {problem.where}: {problem.message}\n")
+        verdict = "clean" if report.clean else f"{len(report.problems)} problem(s)"
+        counts = ", ".join(f"{n} {k}" for k, n in sorted(report.counts().items()))
+        out.write(
+            f"{root}: {report.runs} runs, {report.files} files: {verdict}"
+            + (f" ({counts})" if counts else "")
+            + "\n"
+        )
+    return 0 if report.clean else 1
+
+
+_PROGRESS_MIN_RUNS = 100_000
+
+
+def _count_printer(stream: TextIO) -> Callable[[int, int], None]:
+    """Progress of a long per-run check on stderr (large stores only)."""
+
+    def report(done: int, total: int) -> None:
+        if total >= _PROGRESS_MIN_RUNS:
+            stream.write(f"checked {done:,} of {total:,} runs\n")
+            stream.flush()
+
+    return report
 
 
 # --- entry point -----------------------------------------------------------------------

@@ -27,12 +27,12 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def create_file_atomically(path: Path, data: bytes) -> None:
+def create_file_atomically(path: Path, data: bytes, *, durable: bool = True) -> None:
     """Write ``data`` to a new file at ``path``: all of it or nothing, never overwriting.
 
     The bytes go to a temporary file that is fsynced, then hard-linked into place: the
     link fails if ``path`` exists, so a clash raises RunExistsError and leaves both files
-    as they were.
+    as they were. ``durable=False`` skips the fsync for callers that sync a whole batch.
     """
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
@@ -40,7 +40,8 @@ def create_file_atomically(path: Path, data: bytes) -> None:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
-            os.fsync(handle.fileno())
+            if durable:
+                os.fsync(handle.fileno())
         try:
             os.link(tmp, path)
         except FileExistsError:
@@ -92,21 +93,21 @@ def locked(fd: int, *, blocking: bool = True) -> Iterator[bool]:
         fcntl.flock(fd, fcntl.LOCK_UN)
 
 
-def append_line_durably(path: Path, line: bytes) -> int:
-    """Append one newline-terminated line under an exclusive lock; fsync; return the new size.
-
-    A line torn by a writer killed mid-append is closed first, so this line starts fresh.
-    """
-    assert line.endswith(b"\n") and b"\n" not in line[:-1]
+def append_lines_durably(path: Path, lines: list[bytes]) -> int:
+    """Append newline-terminated lines in one write under an exclusive lock; fsync; return
+    the new size. A line torn by a writer killed mid-append is closed first, so these
+    lines start fresh."""
+    assert all(line.endswith(b"\n") and b"\n" not in line[:-1] for line in lines)
+    data = b"".join(lines)
     fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         with locked(fd):
             size = os.fstat(fd).st_size
             if size and os.pread(fd, 1, size - 1) != b"\n":
-                line = b"\n" + line
-            _write_all(fd, line)
+                data = b"\n" + data
+            _write_all(fd, data)
             os.fsync(fd)
-            return size + len(line)
+            return size + len(data)
     finally:
         os.close(fd)
 

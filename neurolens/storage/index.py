@@ -143,12 +143,16 @@ def _parse_block_arrow(offset: int, block: bytes, result: ManifestSlice) -> None
     result.tables.append(rows_from_entries(lines.entries).table)
 
 
-def read_tail(root: Path, start: int, *, progress: Progress | None = None) -> tuple[Rows, ManifestSlice]:
-    """Rows of the manifest from byte ``start``, in manifest order, duplicates included."""
+def read_tail(
+    root: Path, start: int, *, progress: Progress | None = None, stop: int | None = None
+) -> tuple[Rows, ManifestSlice]:
+    """Rows of the manifest from byte ``start`` (to ``stop``), in manifest order, duplicates included."""
     if arrow() is None:
-        tail = read_manifest(root, start, warn=False, progress=progress)
+        tail = read_manifest(root, start, warn=False, progress=progress, stop=stop)
         return Rows(records=tail.entries), tail
-    tail = read_manifest(root, start, warn=False, progress=progress, parse_block=_parse_block_arrow)
+    tail = read_manifest(
+        root, start, warn=False, progress=progress, parse_block=_parse_block_arrow, stop=stop
+    )
     return concat_rows([Rows(table=t) for t in tail.tables]), tail
 
 

@@ -142,13 +142,15 @@ def manifest_size(root: Path) -> int:
         return 0
 
 
-def _chunks(path: Path, start: int) -> Iterator[bytes]:
-    """Consecutive slices of the file from ``start``, as read."""
+def _chunks(path: Path, start: int, stop: int | None) -> Iterator[bytes]:
+    """Consecutive slices of the file from ``start`` (to ``stop``), as read."""
     if not path.exists():
         return
     with open(path, "rb") as handle:
         handle.seek(start)
-        while data := handle.read(_READ_CHUNK):
+        position = start
+        while data := handle.read(_READ_CHUNK if stop is None else min(_READ_CHUNK, stop - position)):
+            position += len(data)
             yield data
 
 
@@ -159,21 +161,23 @@ def read_manifest(
     warn: bool = True,
     progress: Progress | None = None,
     parse_block: BlockParser | None = None,
+    stop: int | None = None,
 ) -> ManifestSlice:
     """Parse the manifest from byte ``start`` (a line boundary) to its last complete line.
 
     Torn, unparsable or invalid lines are skipped and reported in ``problems`` (and as
     ManifestWarning when ``warn``); an unterminated last line is left for the next reader,
     since it may be an append still in progress or the remains of a killed writer.
-    Blocks of complete lines go to ``parse_block`` (``parse_lines`` by default).
+    Blocks of complete lines go to ``parse_block`` (``parse_lines`` by default); reading
+    ends at byte ``stop`` when given (a line boundary).
     """
     parse = parse_block or parse_lines
     result = ManifestSlice(start=start, end=start)
     carry = b""
     carry_offset = start
     last_line = b""
-    total = manifest_size(root)
-    for data in _chunks(manifest_path(root), start):
+    total = manifest_size(root) if stop is None else stop
+    for data in _chunks(manifest_path(root), start, stop):
         if progress is not None:
             progress(carry_offset + len(carry) + len(data) - start, total - start)
         buffer = carry + data

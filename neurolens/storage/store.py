@@ -26,7 +26,7 @@ from neurolens.storage.document import (
     prepare_run,
     run_relpaths,
 )
-from neurolens.storage.files import append_line_durably, create_file_atomically, fsync_dir
+from neurolens.storage.files import append_lines_durably, create_file_atomically, fsync_dir
 from neurolens.storage.manifest import Progress, encode_entry, entry_for, manifest_path
 
 __all__ = [
@@ -92,7 +92,7 @@ def write_run(
             created.append(fp_path)
         fsync_dir(run_path.parent)
         entry = entry_for(document, run_rel, fp_rel, hashlib.sha256(run_bytes).hexdigest())
-        manifest_bytes = append_line_durably(manifest_path(root), encode_entry(entry))
+        manifest_bytes = append_lines_durably(manifest_path(root), [encode_entry(entry)])
     except BaseException:
         # Nothing half-stored: a run is in the store only once its manifest line is.
         for path in created:
