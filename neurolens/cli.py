@@ -563,6 +563,10 @@ def cmd_verify(args: argparse.Namespace, out: TextIO) -> int:
     else:
         for problem in report.problems:
             out.write(f"{problem.kind:<20} {problem.where}: {problem.message}\n")
+        for leftover in report.leftovers:
+            sys.stderr.write(
+                f"{PROG}: note: {leftover}: temporary file of an interrupted writer (safe to delete)\n"
+            )
         verdict = "clean" if report.clean else f"{len(report.problems)} problem(s)"
         counts = ", ".join(f"{n} {k}" for k, n in sorted(report.counts().items()))
         out.write(

@@ -263,8 +263,9 @@ class Snapshot:
     manifest_problems: list[str]
 
 
-def snapshot(root: Path) -> Snapshot:
-    """What readers see: never reads run JSON files, never writes."""
+def snapshot(root: Path, *, warn: bool = True) -> Snapshot:
+    """What readers see: never reads run JSON files, never writes. Problems with the index
+    or the manifest are warnings (``warn``) and are listed on the snapshot."""
     state, problem = read_index(root)
     if state is None and manifest_size(root) == 0:
         problem = None  # an empty or new store has nothing to index
@@ -278,13 +279,13 @@ def snapshot(root: Path) -> Snapshot:
     rows = fresh
     if state is not None:
         rows = concat_rows([state.rows, fresh]) if len(fresh) else state.rows
-    if problem:
+    if problem and warn:
         warnings.warn(
             f"{problem}; answering from the manifest (`neurolens rebuild` restores the index)",
             IndexWarning,
             stacklevel=2,
         )
-    for message in tail.problems:
+    for message in tail.problems if warn else ():
         warnings.warn(message, ManifestWarning, stacklevel=2)
     return Snapshot(rows=rows, index_problem=problem, manifest_problems=tail.problems)
 

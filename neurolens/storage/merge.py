@@ -179,7 +179,7 @@ def merge_stores(dest: str | os.PathLike[str], sources: Sequence[str | os.PathLi
 
 def _known_runs(root: Path) -> dict[str, str]:
     """run id -> sha256 of the runs a store holds (index plus manifest tail)."""
-    rows = _index.snapshot(root).rows if manifest_path(root).exists() else _index.Rows()
+    rows = _index.snapshot(root, warn=False).rows if manifest_path(root).exists() else _index.Rows()
     if rows.table is not None:
         return dict(
             zip(rows.table.column("run_id").to_pylist(), rows.table.column("sha256").to_pylist(), strict=True)

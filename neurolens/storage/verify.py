@@ -47,6 +47,8 @@ class VerifyReport:
     runs: int = 0
     files: int = 0
     problems: list[Problem] = field(default_factory=list)
+    # harmless litter: temporary files of writers killed before they renamed them
+    leftovers: list[str] = field(default_factory=list)
 
     @property
     def clean(self) -> bool:
@@ -66,6 +68,7 @@ class VerifyReport:
             "files": self.files,
             "counts": self.counts(),
             "problems": [asdict(p) for p in self.problems],
+            "leftovers": self.leftovers,
         }
 
 
@@ -148,6 +151,9 @@ def _check_orphans(root: Path, named: set[str], report: VerifyReport) -> None:
             relative = (relative_folder / name).as_posix()
             if relative_folder == Path(".") and name.startswith("_"):
                 continue  # manifest, index, locks
+            if name.startswith(".") and name.endswith(".tmp"):
+                report.leftovers.append(relative)
+                continue
             report.files += 1
             if relative not in named:
                 report.add("orphan_file", relative, "no manifest entry names this file")

@@ -1,0 +1,315 @@
+"""neurolens merge and verify: overlapping, conflicting, damaged and hostile sources; damage found."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from neurolens.cli import main
+from neurolens.errors import StoreError
+from neurolens.storage.merge import merge_stores
+from neurolens.storage.query import query
+from neurolens.storage.store import rebuild_index_from_manifest, write_run
+from neurolens.storage.verify import verify_store
+from tests.conftest import make_run
+
+
+def fill(root: Path, count: int, prefix: str, **fields: object) -> list[str]:
+    return [
+        write_run(
+            root, make_run(run_id=f"{prefix}{i:04d}", batch_size=i + 1, **fields), fingerprint={"p": prefix}
+        )["run_id"]
+        for i in range(count)
+    ]
+
+
+def ids(root: Path) -> list[str]:
+    return sorted(r["run_id"] for r in query(root))
+
+
+def manifest_ids(root: Path) -> list[str]:
+    return [json.loads(line)["run_id"] for line in (root / "_manifest.jsonl").read_text().splitlines()]
+
+
+def run_cli(*argv: str) -> tuple[int, str]:
+    out = io.StringIO()
+    return main(list(argv), out=out), out.getvalue()
+
+
+# --- merge -------------------------------------------------------------------------------
+
+
+def test_merge_overlapping_stores_is_idempotent(tmp_path: Path) -> None:
+    a, b, dest = tmp_path / "a", tmp_path / "b", tmp_path / "dest"
+    fill(a, 3, "a")
+    shutil.copytree(a, b)
+    fill(b, 2, "b")
+    report = merge_stores(dest, [a, b])
+    assert (report.added, report.skipped, report.conflicts, report.damaged) == (5, 3, [], [])
+    assert ids(dest) == ["a0000", "a0001", "a0002", "b0000", "b0001"]
+    for row in query(dest):  # files and fingerprints copied with the layout
+        assert (dest / row["run_json"]).read_bytes() == (
+            (a if row["run_id"][0] == "a" else b) / row["run_json"]
+        ).read_bytes()
+        assert (dest / row["fp_json"]).is_file()
+    again = merge_stores(dest, [a, b])
+    assert (again.added, again.skipped) == (0, 8)
+    assert sorted(manifest_ids(dest)) == ids(dest)  # no duplicate lines
+    assert verify_store(dest).clean
+    assert rebuild_index_from_manifest(dest).read_bytes() == (dest / "_index.parquet").read_bytes()
+
+
+def test_conflicting_run_is_reported_not_copied(tmp_path: Path) -> None:
+    a, b, dest = tmp_path / "a", tmp_path / "b", tmp_path / "dest"
+    write_run(a, make_run(run_id="same", created_at="2025-01-01T00:00:00Z"))
+    write_run(b, make_run(run_id="same", created_at="2025-01-01T00:00:00Z", model="other"))
+    merge_stores(dest, [a])
+    before = (dest / "2025/01/01/onnxrt/same.json").read_bytes()
+    report = merge_stores(dest, [b])
+    assert report.added == 0 and len(report.conflicts) == 1 and "same" in report.conflicts[0]
+    assert (dest / "2025/01/01/onnxrt/same.json").read_bytes() == before
+    assert [r["model"] for r in query(dest)] == ["gpt2"]
+
+
+def test_damaged_source_runs_are_reported_and_skipped(tmp_path: Path) -> None:
+    src, dest = tmp_path / "src", tmp_path / "dest"
+    fill(src, 4, "r", created_at="2025-02-02T00:00:00Z")
+    folder = src / "2025/02/02/onnxrt"
+    (folder / "r0000.json").write_text((folder / "r0000.json").read_text().replace("gpt2", "gpt3"))  # hash
+    (folder / "r0001.json").unlink()  # missing
+    (folder / "r0002.fp.json").write_text("{not json")  # broken fingerprint
+    with open(src / "_manifest.jsonl", "ab") as handle:
+        handle.write(b'{"torn\n')
+    report = merge_stores(dest, [src])
+    assert report.added == 1 and ids(dest) == ["r0003"]
+    text = "\n".join(report.damaged)
+    assert "r0000.json does not match its manifest hash" in text
+    assert "r0001.json cannot be read" in text
+    assert "r0002.fp.json cannot be read" in text
+    assert "torn or unparsable line" in text
+    assert not (dest / "2025/02/02/onnxrt/r0000.json").exists()
+
+
+def test_manifest_entry_pointing_outside_is_never_followed(tmp_path: Path) -> None:
+    src, dest = tmp_path / "src", tmp_path / "dest"
+    write_run(src, make_run(run_id="r1", created_at="2025-02-02T00:00:00Z"))
+    manifest = src / "_manifest.jsonl"
+    entry = json.loads(manifest.read_text())
+    evil = (src / entry["run_json"]).read_bytes()
+    (tmp_path / "evil.json").write_bytes(evil)
+    entry["run_json"] = "../evil.json"
+    manifest.write_text(json.dumps(entry) + "\n")
+    report = merge_stores(dest, [src])
+    assert report.added == 0 and "expected 2025/02/02/onnxrt/r1.json" in report.damaged[0]
+    assert list(dest.rglob("*.json")) == [] and (tmp_path / "evil.json").read_bytes() == evil
+
+
+def make_archive(path: Path, store: Path, arcname: str) -> Path:
+    with tarfile.open(path, "w:gz") as tar:
+        tar.add(store, arcname=arcname)
+    return path
+
+
+@pytest.mark.parametrize("arcname", [".", "runs_store"])
+def test_merge_from_archives(tmp_path: Path, arcname: str) -> None:
+    src, dest = tmp_path / "src", tmp_path / "dest"
+    fill(src, 3, "t")
+    archive = make_archive(tmp_path / "store.tar.gz", src, arcname)
+    report = merge_stores(dest, [archive])
+    assert report.added == 3 and ids(dest) == ["t0000", "t0001", "t0002"]
+    assert verify_store(dest).clean
+
+
+def test_hostile_archive_members_are_refused(tmp_path: Path) -> None:
+    src, dest = tmp_path / "src", tmp_path / "dest"
+    fill(src, 2, "h")
+    archive = tmp_path / "hostile.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(src, arcname=".")
+        for name in ("/tmp/neurolens-abs-escape.json", "../escape.json", "2025/../../escape2.json"):
+            info = tarfile.TarInfo(name)
+            payload = b'{"evil": true}'
+            info.size = len(payload)
+            tar.addfile(info, io.BytesIO(payload))
+        link = tarfile.TarInfo("2025/link.json")
+        link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        tar.addfile(link)
+        hard = tarfile.TarInfo("hard.json")
+        hard.type, hard.linkname = tarfile.LNKTYPE, "_manifest.jsonl"
+        tar.addfile(hard)
+    report = merge_stores(dest, [archive])
+    assert report.added == 2
+    refused = "\n".join(report.refused)
+    assert len(report.refused) == 5
+    assert "absolute path" in refused and "'..'" in refused and "link" in refused
+    assert not Path("/tmp/neurolens-abs-escape.json").exists()
+    assert not (tmp_path / "escape.json").exists() and not (tmp_path.parent / "escape2.json").exists()
+    assert not any(p.is_symlink() for p in dest.rglob("*"))
+
+
+def test_archive_without_a_store_is_an_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    archive = tmp_path / "empty.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        info = tarfile.TarInfo("readme.txt")
+        tar.addfile(info, io.BytesIO(b""))
+    with pytest.raises(StoreError, match="holds no run store"):
+        merge_stores(tmp_path / "dest", [archive])
+    assert run_cli("merge", str(archive), "--root", str(tmp_path / "dest"))[0] == 1
+    assert run_cli("merge", str(tmp_path / "nope"), "--root", str(tmp_path / "dest"))[0] == 1
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_merge_cli_reports_counts(tmp_path: Path) -> None:
+    fill(tmp_path / "a", 2, "c")
+    status, out = run_cli("merge", str(tmp_path / "a"), "--root", str(tmp_path / "dest"))
+    assert status == 0 and out.startswith(f"merged into {tmp_path / 'dest'}: 2 added, 0 already present")
+    status, out = run_cli("merge", str(tmp_path / "a"), "--root", str(tmp_path / "dest"), "--json")
+    assert json.loads(out) == {"added": 0, "skipped": 2, "conflicts": [], "damaged": [], "refused": []}
+
+
+WRITER = textwrap.dedent(
+    """
+    import sys
+    from neurolens.storage.store import write_run
+    for i in range(int(sys.argv[2])):
+        write_run(sys.argv[1], {"model": "live", "backend": "ort", "precision": "fp32", "batch_size": 1,
+                                "metrics": {"total_latency_ms": float(i)}})
+    """
+)
+
+MERGER = textwrap.dedent(
+    """
+    import sys
+    import neurolens.storage.merge as merge
+    merge._BATCH = int(sys.argv[3])
+    print(merge.merge_stores(sys.argv[1], [sys.argv[2]]).to_dict())
+    """
+)
+
+
+@pytest.mark.slow
+def test_merge_while_another_process_writes(tmp_path: Path) -> None:
+    src, dest = tmp_path / "src", tmp_path / "dest"
+    fill(src, 150, "m")
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(dest), "150"])
+    merger = subprocess.run(
+        [sys.executable, "-c", MERGER, str(dest), str(src), "20"], capture_output=True, text=True
+    )
+    assert writer.wait(timeout=120) == 0
+    assert merger.returncode == 0, merger.stderr
+    rows = query(dest)
+    assert len(rows) == 300 and sum(r["model"] == "live" for r in rows) == 150
+    assert verify_store(dest).clean
+
+
+@pytest.mark.slow
+def test_merge_killed_then_rerun_completes_without_duplicates(tmp_path: Path) -> None:
+    src, dest = tmp_path / "src", tmp_path / "dest"
+    fill(src, 400, "k")
+    proc = subprocess.Popen([sys.executable, "-c", MERGER, str(dest), str(src), "25"])
+    manifest = dest / "_manifest.jsonl"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and (not manifest.exists() or manifest.stat().st_size == 0):
+        time.sleep(0.005)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    partial = len(manifest_ids(dest))
+    assert 0 < partial < 400  # killed half way
+    report = merge_stores(dest, [src])
+    assert report.added == 400 - partial and report.skipped == partial
+    assert sorted(manifest_ids(dest)) == [f"k{i:04d}" for i in range(400)]
+    final = verify_store(dest)
+    assert final.clean, final.problems
+    assert all(name.endswith(".tmp") for name in final.leftovers)  # the kill's litter, named
+
+
+# --- verify ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Path:
+    root = tmp_path / "store"
+    fill(root, 6, "v", created_at="2025-03-03T00:00:00Z")
+    rebuild_index_from_manifest(root)
+    return root
+
+
+def kinds(root: Path) -> dict[str, int]:
+    return verify_store(root).counts()
+
+
+def test_clean_store_verifies(store: Path) -> None:
+    report = verify_store(store, full=True)
+    assert report.clean and report.runs == 6 and report.files == 12
+    assert run_cli("verify", "--root", str(store)) == (0, f"{store}: 6 runs, 12 files: clean\n")
+
+
+def test_verify_finds_each_kind_of_damage(store: Path) -> None:
+    folder = store / "2025/03/03/onnxrt"
+    manifest = store / "_manifest.jsonl"
+    lines = manifest.read_text().splitlines(keepends=True)
+    # entry mismatch: the manifest says another model for v0000 (its file is intact)
+    lines[0] = lines[0].replace('"model":"gpt2"', '"model":"bert"')
+    manifest.write_text("".join(lines) + lines[1] + '{"torn\n' + "[1]\n")  # duplicate, torn, invalid
+    (folder / "v0001.json").write_text("{broken")  # hash mismatch + invalid
+    (folder / "v0002.json").unlink()  # missing
+    (folder / "v0003.json").unlink()
+    (folder / "v0003.json").mkdir()  # unreadable
+    (folder / "v0004.fp.json").unlink()  # missing fingerprint
+    (folder / "stray.json").write_text("{}")  # orphan
+    (folder / ".v0009.json.123.tmp").write_text("{")  # a killed writer's temporary file
+    assert verify_store(store).leftovers == ["2025/03/03/onnxrt/.v0009.json.123.tmp"]
+    counts = kinds(store)
+    assert counts == {
+        "manifest_line": 2,
+        "duplicate_run_id": 1,
+        "entry_mismatch": 1,
+        "hash_mismatch": 1,
+        "invalid_run": 1,
+        "missing_run_file": 1,
+        "unreadable_run_file": 1,
+        "missing_fingerprint": 1,
+        "orphan_file": 1,
+        "index": 1,
+    }
+    problems = verify_store(store).problems
+    assert any(p.kind == "entry_mismatch" and "model" in p.message for p in problems)
+    assert any(p.kind == "orphan_file" and p.where == "2025/03/03/onnxrt/stray.json" for p in problems)
+
+
+def test_verify_index_problems(store: Path) -> None:
+    index = store / "_index.parquet"
+    index.unlink()
+    assert kinds(store) == {"index": 1}
+    rebuild_index_from_manifest(store)
+    # same size and same last line, other content before it: the cheap check passes, rows differ
+    manifest = store / "_manifest.jsonl"
+    lines = manifest.read_text().splitlines(keepends=True)
+    lines[0], lines[1] = lines[1], lines[0]
+    manifest.write_text("".join(lines))
+    problems = verify_store(store).problems
+    assert [p.kind for p in problems] == ["index"] and "differ" in problems[0].message
+    rebuild_index_from_manifest(store)
+    assert verify_store(store).clean
+
+
+def test_verify_cli_json_and_exit_status(store: Path) -> None:
+    (store / "2025/03/03/onnxrt/v0005.json").unlink()
+    status, out = run_cli("verify", "--root", str(store), "--json")
+    data = json.loads(out)
+    assert status == 1 and data["clean"] is False and data["counts"] == {"missing_run_file": 1}
+    assert data["problems"][0]["where"] == "2025/03/03/onnxrt/v0005.json"
+    status, out = run_cli("verify", "--root", str(store))
+    assert status == 1 and out.startswith("missing_run_file")
+    assert run_cli("verify", "--root", str(store.parent / "none"))[0] == 1
