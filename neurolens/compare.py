@@ -253,13 +253,14 @@ class Side:
     session: str | None = None
     exclude_session: str | None = None
 
-    def columns(self, root: Path) -> Columns:
-        """The side's runs as index columns (newest first), without building a dict per run."""
+    def columns(self, root: Path, needed: Sequence[str]) -> Columns:
+        """The side's runs as the ``needed`` index columns (newest first), no dict per run."""
+        wanted_columns = list(dict.fromkeys([*needed, "session_id"]))
         rows = select(root, self.filter)
         if rows.table is not None:
-            data: Columns = rows.table.drop_columns(["tags"]).to_pydict()
+            data: Columns = rows.table.select(wanted_columns).to_pydict()
         else:
-            data = {name: [r[name] for r in rows.records] for name in COLUMNS if name != "tags"}
+            data = {name: [r[name] for r in rows.records] for name in wanted_columns}
         sessions = data["session_id"]
         keep: Sequence[int] = range(len(sessions))
         if self.exclude_session is not None:
@@ -318,7 +319,10 @@ def compare(
         require_significance=require_significance,
         alpha=alpha,
     )
-    data = [baseline.columns(root_path), candidate.columns(root_path)]
+    needed = [*group_by, "run_id", "run_json", "gpu_name", "driver_version"]
+    if metric in COLUMNS:
+        needed.append(metric)
+    data = [baseline.columns(root_path, needed), candidate.columns(root_path, needed)]
     sides = [_group(data[0], group_by), _group(data[1], group_by)]
     docs = _Documents(root_path)
     for key in sorted(set(sides[0]) | set(sides[1]), key=repr):
