@@ -297,7 +297,7 @@ class NeurolensFixture:
             "iterations": iterations,
             "warmup": warmup,
         }
-        metrics.update(sampler.metrics() if sampler is not None else _no_gpu_metrics())
+        metrics.update(sampler.metrics() if sampler is not None else {"gpu_utilization": None})
         if sampler is not None and sampler.error and run.get("hardware") is not None:
             run["hardware"]["nvml_error"] = run["hardware"].get("nvml_error") or sampler.error
         run["metrics"] = metrics
@@ -355,10 +355,6 @@ class _NullContext:
 
     def __exit__(self, *exc: object) -> None:
         return None
-
-
-def _no_gpu_metrics() -> dict[str, Any]:
-    return {"gpu_utilization": None}
 
 
 def _check_count(name: str, value: Any, minimum: int) -> None:
