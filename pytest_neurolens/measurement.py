@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 
@@ -68,7 +68,6 @@ class Measurement:
     run: dict[str, Any]
     latency: LatencyStats | None = None
     recorded: bool = False  # False when no store is set: measured, not written
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def run_id(self) -> str:

@@ -60,33 +60,24 @@ class NeurolensContextError(ValueError):
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("neurolens", "NeuroLens run recording")
-    group.addoption("--neurolens-store", dest="neurolens_store", metavar="PATH", help=STORE_HELP)
-    parser.addini("neurolens_store", STORE_HELP)
-    group.addoption(
-        "--neurolens-tag",
-        dest="neurolens_tags",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help=TAGS_HELP,
-    )
-    parser.addini("neurolens_tags", TAGS_HELP, type="linelist")
-    group.addoption(
-        "--neurolens-sample-interval", dest="neurolens_sample_interval", metavar="MS", help=INTERVAL_HELP
-    )
-    parser.addini("neurolens_sample_interval", INTERVAL_HELP)
-    group.addoption("--neurolens-gpu", dest="neurolens_gpu", metavar="N", help=GPU_HELP)
-    parser.addini("neurolens_gpu", GPU_HELP)
-    group.addoption("--neurolens-compare", dest="neurolens_compare", metavar="FILTER", help=COMPARE_HELP)
-    parser.addini("neurolens_compare", COMPARE_HELP)
-    # argparse %-formats option help; ini help is printed as is
-    group.addoption(
-        "--neurolens-fail-above",
-        dest="neurolens_fail_above",
-        metavar="THRESHOLD",
-        help=FAIL_ABOVE_HELP.replace("%", "%%"),
-    )
-    parser.addini("neurolens_fail_above", FAIL_ABOVE_HELP)
+
+    def option(flag: str, ini: str, metavar: str, help: str, **kwargs: Any) -> None:
+        """``--neurolens-FLAG`` and its ini setting, with one help text."""
+        # argparse %-formats option help; ini help is printed as is
+        group.addoption(
+            f"--neurolens-{flag}", dest=ini, metavar=metavar, help=help.replace("%", "%%"), **kwargs
+        )
+        if kwargs.get("action") == "append":
+            parser.addini(ini, help, type="linelist")
+        else:
+            parser.addini(ini, help)
+
+    option("store", "neurolens_store", "PATH", STORE_HELP)
+    option("tag", "neurolens_tags", "KEY=VALUE", TAGS_HELP, action="append", default=[])
+    option("sample-interval", "neurolens_sample_interval", "MS", INTERVAL_HELP)
+    option("gpu", "neurolens_gpu", "N", GPU_HELP)
+    option("compare", "neurolens_compare", "FILTER", COMPARE_HELP)
+    option("fail-above", "neurolens_fail_above", "THRESHOLD", FAIL_ABOVE_HELP)
 
 
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
@@ -114,6 +105,8 @@ class Settings:
             ini_store = config.getini("neurolens_store")
             base = config.inipath.parent if config.inipath else config.rootpath
             store_path = base / ini_store if ini_store else None
+        if store_path is not None and store_path.exists() and not store_path.is_dir():
+            raise pytest.UsageError(f"--neurolens-store: {store_path} exists and is not a directory")
         tags: dict[str, str] = {}
         for source, values in (
             ("neurolens_tags", config.getini("neurolens_tags")),
@@ -247,12 +240,6 @@ class NeurolensFixture:
         self._item = item
         self._context = context
         self._recorder = recorder
-        self.measurements: list[Measurement] = []
-
-    @property
-    def context(self) -> dict[str, Any]:
-        """The merged marker context (a copy)."""
-        return {**self._context, "tags": dict(self._context.get("tags", {}))}
 
     def measure(
         self,
@@ -345,7 +332,6 @@ class NeurolensFixture:
 
     def _keep(self, measurement: Measurement) -> Measurement:
         measurement.recorded = self._recorder is not None
-        self.measurements.append(measurement)
         self._item.stash.setdefault(pending_key, []).append(measurement)
         return measurement
 

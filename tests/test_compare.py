@@ -238,6 +238,20 @@ def run_cli(*argv: str) -> tuple[int, str]:
     return main(list(argv), out=out), out.getvalue()
 
 
+def compare_cli(store: Path, *extra: str) -> tuple[int, str]:
+    """``neurolens compare`` of branch=main (baseline) against branch=pr (candidate)."""
+    return run_cli(
+        "compare",
+        "--root",
+        str(store),
+        "--baseline-tag",
+        "branch=main",
+        "--candidate-tag",
+        "branch=pr",
+        *extra,
+    )
+
+
 def test_cli_table_and_exit_status(store: Path, capsys: pytest.CaptureFixture[str]) -> None:
     args = ("compare", "--root", str(store), "--baseline-tag", "branch=main", "--candidate-tag", "branch=pr")
     status, out = run_cli(*args)
@@ -253,18 +267,7 @@ def test_cli_table_and_exit_status(store: Path, capsys: pytest.CaptureFixture[st
 
 
 def test_cli_json_parses_back(store: Path) -> None:
-    status, out = run_cli(
-        "compare",
-        "--root",
-        str(store),
-        "--baseline-tag",
-        "branch=main",
-        "--candidate-tag",
-        "branch=pr",
-        "--fail-above",
-        "0.5ms",
-        "--json",
-    )
+    status, out = compare_cli(store, "--fail-above", "0.5ms", "--json")
     data = json.loads(out)
     assert status == 1 and data["failed"] is True and data["threshold"] == "0.5"
     assert data["counts"] == {"regressed": 1, "improved": 1, "unchanged": 1, "new": 1, "missing": 1}
@@ -273,19 +276,7 @@ def test_cli_json_parses_back(store: Path) -> None:
 
 
 def test_cli_markdown_parses_back(store: Path) -> None:
-    status, out = run_cli(
-        "compare",
-        "--root",
-        str(store),
-        "--baseline-tag",
-        "branch=main",
-        "--candidate-tag",
-        "branch=pr",
-        "--format",
-        "markdown",
-        "--fail-above",
-        "5%",
-    )
+    status, out = compare_cli(store, "--format", "markdown", "--fail-above", "5%")
     assert status == 1
     lines = out.splitlines()
     assert lines[0] == "### neurolens compare: regression"

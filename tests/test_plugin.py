@@ -142,6 +142,15 @@ def test_malformed_options_are_usage_errors(tester: pytest.Pytester, args: list[
     assert not (tester.path / "runs").exists()
 
 
+def test_store_path_that_is_a_file_is_a_usage_error(tester: pytest.Pytester) -> None:
+    tester.makepyfile(BASIC)
+    (tester.path / "runs").write_text("not a folder")
+    result = run(tester, "--neurolens-store=runs")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--neurolens-store: *runs exists and is not a directory*"])
+    assert (tester.path / "runs").read_text() == "not a folder"
+
+
 def test_malformed_ini_tag_is_a_usage_error(tester: pytest.Pytester) -> None:
     tester.makeini("[pytest]\nneurolens_tags = oops\n")
     tester.makepyfile(BASIC)

@@ -127,6 +127,8 @@ def test_invalid_run_leaves_existing_store_untouched(tmp_path: Path) -> None:
         write_run(tmp_path, make_run(batch_size=-3))
     with pytest.raises(RunValidationError, match=r"fingerprint\.x"):
         write_run(tmp_path, make_run(), fingerprint={"x": float("nan")})
+    with pytest.raises(RunValidationError, match=r"^fingerprint: must be a mapping"):
+        write_run(tmp_path, make_run(), fingerprint=["not", "a", "mapping"])  # type: ignore[arg-type]
     assert all_files(tmp_path) == before
 
 

@@ -72,8 +72,7 @@ class Rows:
 @dataclass
 class IndexState:
     rows: Rows
-    manifest_bytes: int
-    last_line_sha256: str | None
+    manifest_bytes: int  # how much of the manifest the rows cover
 
 
 def _arrow_schema(pa: ModuleType) -> Any:
@@ -133,12 +132,10 @@ def _parse_block_arrow(offset: int, block: bytes, result: ManifestSlice) -> None
     except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
         complete = finite = False
     if complete and finite:
-        result.lines += table.num_rows
         result.tables.append(table)
         return
     lines = ManifestSlice()
     parse_lines(offset, block, lines)
-    result.lines += lines.lines
     result.problems.extend(lines.problems)
     result.tables.append(rows_from_entries(lines.entries).table)
 
@@ -237,7 +234,7 @@ def read_index(root: Path) -> tuple[IndexState | None, str | None]:
         rows = _read_rows(path)
     except Exception as exc:
         return None, f"index {path.name} cannot be read ({type(exc).__name__})"
-    return IndexState(rows=rows, manifest_bytes=covered, last_line_sha256=sha), None
+    return IndexState(rows=rows, manifest_bytes=covered), None
 
 
 def _read_rows(path: Path) -> Rows:
@@ -254,40 +251,38 @@ def _read_rows(path: Path) -> Rows:
         return Rows(records=[json.loads(line) for line in handle])
 
 
-@dataclass
-class Snapshot:
-    """Every valid manifest entry of a store: the index plus the uncovered manifest tail."""
-
-    rows: Rows
-    index_problem: str | None  # why the index could not be used, if it could not
-    manifest_problems: list[str]
-
-
-def snapshot(root: Path, *, warn: bool = True) -> Snapshot:
-    """What readers see: never reads run JSON files, never writes. Problems with the index
-    or the manifest are warnings (``warn``) and are listed on the snapshot."""
-    state, problem = read_index(root)
-    if state is None and manifest_size(root) == 0:
-        problem = None  # an empty or new store has nothing to index
+def _fold_tail(
+    root: Path, state: IndexState | None, progress: Progress | None = None
+) -> tuple[Rows, ManifestSlice]:
+    """The index's rows plus the manifest tail it does not cover, duplicates dropped."""
     start = state.manifest_bytes if state else 0
-    if state is not None and manifest_size(root) == start:
+    tail_rows, tail = read_tail(root, start, progress=progress)
+    fresh = drop_duplicates(tail_rows, state.rows if state else None, tail)
+    if state is None:
+        return fresh, tail
+    return (concat_rows([state.rows, fresh]) if len(fresh) else state.rows), tail
+
+
+def snapshot(root: Path, *, warn: bool = True) -> Rows:
+    """Every valid manifest entry, for readers: never reads run JSON files, never writes.
+    Problems with the index or the manifest are warnings when ``warn``."""
+    state, problem = read_index(root)
+    size = manifest_size(root)
+    if state is not None and size == state.manifest_bytes:
         # Fully compacted: the index alone answers. (Building even an empty Table in
         # Python makes pyarrow import pandas, which would double `neurolens ls` time.)
-        return Snapshot(rows=state.rows, index_problem=None, manifest_problems=[])
-    tail_rows, tail = read_tail(root, start)
-    fresh = drop_duplicates(tail_rows, state.rows if state else None, tail)
-    rows = fresh
-    if state is not None:
-        rows = concat_rows([state.rows, fresh]) if len(fresh) else state.rows
-    if problem and warn:
-        warnings.warn(
-            f"{problem}; answering from the manifest (`neurolens rebuild` restores the index)",
-            IndexWarning,
-            stacklevel=2,
-        )
-    for message in tail.problems if warn else ():
-        warnings.warn(message, ManifestWarning, stacklevel=2)
-    return Snapshot(rows=rows, index_problem=problem, manifest_problems=tail.problems)
+        return state.rows
+    rows, tail = _fold_tail(root, state)
+    if warn:
+        if problem and size:  # an empty or new store has nothing to index
+            warnings.warn(
+                f"{problem}; answering from the manifest (`neurolens rebuild` restores the index)",
+                IndexWarning,
+                stacklevel=2,
+            )
+        for message in tail.problems:
+            warnings.warn(message, ManifestWarning, stacklevel=2)
+    return rows
 
 
 # --- writing -------------------------------------------------------------------------
@@ -333,7 +328,6 @@ class IndexReport:
     path: Path
     rows: int
     problems: list[str]
-    compacted: bool = True
 
 
 def compact(
@@ -343,26 +337,24 @@ def compact(
     blocking: bool = True,
     warn: bool = True,
     progress: Progress | None = None,
-) -> IndexReport:
+) -> IndexReport | None:
     """Fold the manifest tail into the index (or rebuild it from the manifest alone).
 
-    Runs under the index lock; with ``blocking=False`` it gives up at once when another
-    process is compacting. Writers are never blocked: they only take the manifest lock.
+    Runs under the index lock; with ``blocking=False`` it gives up at once (None) when
+    another process is compacting. Writers are never blocked: they only take the
+    manifest lock.
     """
     path = index_path(root)
     with _index_lock(root, blocking=blocking) as acquired:
         if not acquired:
-            return IndexReport(path=path, rows=-1, problems=[], compacted=False)
+            return None
         state = None if from_scratch else read_index(root)[0]
-        start = state.manifest_bytes if state else 0
-        tail_rows, tail = read_tail(root, start, progress=progress)
-        fresh = drop_duplicates(tail_rows, state.rows if state else None, tail)
+        rows, tail = _fold_tail(root, state, progress)
         if warn:
             for message in tail.problems:
                 warnings.warn(message, ManifestWarning, stacklevel=3)
-        if state is not None and tail.end == start:  # nothing new: already compact
-            return IndexReport(path=path, rows=len(state.rows), problems=tail.problems)
-        rows = fresh if state is None else concat_rows([state.rows, fresh])
+        if state is not None and tail.end == state.manifest_bytes:  # nothing new: already compact
+            return IndexReport(path=path, rows=len(rows), problems=tail.problems)
         replace_file_atomically(path, _encode_index(rows, tail.end, tail.last_line_sha256))
         return IndexReport(path=path, rows=len(rows), problems=tail.problems)
 

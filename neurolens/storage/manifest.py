@@ -120,9 +120,7 @@ class ManifestSlice:
 
     entries: list[dict[str, Any]] = field(default_factory=list)  # parsed by parse_lines
     tables: list[Any] = field(default_factory=list)  # parsed to Arrow by the index
-    start: int = 0
     end: int = 0  # just past the last complete line read
-    lines: int = 0  # complete lines read, valid or not
     last_line_sha256: str | None = None
     problems: list[str] = field(default_factory=list)
 
@@ -172,7 +170,7 @@ def read_manifest(
     ends at byte ``stop`` when given (a line boundary).
     """
     parse = parse_block or parse_lines
-    result = ManifestSlice(start=start, end=start)
+    result = ManifestSlice(end=start)
     carry = b""
     carry_offset = start
     last_line = b""
@@ -211,7 +209,6 @@ def parse_lines(offset: int, block: bytes, result: ManifestSlice) -> None:
 
 
 def _parse_line(line: bytes, position: int, result: ManifestSlice) -> None:
-    result.lines += 1
     if not line.strip():
         result.problems.append(f"manifest byte {position}: empty line skipped")
         return

@@ -17,7 +17,7 @@ import shutil
 import tarfile
 import tempfile
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -39,13 +39,7 @@ class MergeReport:
     refused: list[str] = field(default_factory=list)  # hostile archive members
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "added": self.added,
-            "skipped": self.skipped,
-            "conflicts": self.conflicts,
-            "damaged": self.damaged,
-            "refused": self.refused,
-        }
+        return asdict(self)
 
 
 # --- archives ----------------------------------------------------------------------------
@@ -105,7 +99,7 @@ def _store_root_in(folder: Path, source: Path) -> Path:
     """The archive's top level, or its single top-level folder, holding a manifest."""
     if manifest_path(folder).is_file():
         return folder
-    entries = [p for p in folder.iterdir()]
+    entries = list(folder.iterdir())
     if len(entries) == 1 and entries[0].is_dir() and manifest_path(entries[0]).is_file():
         return entries[0]
     raise StoreError(f"{source} holds no run store (no _manifest.jsonl at its top or in its single folder)")
@@ -179,7 +173,7 @@ def merge_stores(dest: str | os.PathLike[str], sources: Sequence[str | os.PathLi
 
 def _known_runs(root: Path) -> dict[str, str]:
     """run id -> sha256 of the runs a store holds (index plus manifest tail)."""
-    rows = _index.snapshot(root, warn=False).rows if manifest_path(root).exists() else _index.Rows()
+    rows = _index.snapshot(root, warn=False) if manifest_path(root).exists() else _index.Rows()
     if rows.table is not None:
         return dict(
             zip(rows.table.column("run_id").to_pylist(), rows.table.column("sha256").to_pylist(), strict=True)

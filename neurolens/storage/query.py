@@ -77,7 +77,7 @@ def select(root: Path, flt: RunFilter) -> Rows:
         return Rows(records=[])
     if not root.is_dir():
         raise StoreError(f"store root {root} is not a directory")
-    rows = snapshot(root).rows
+    rows = snapshot(root)
     if rows.table is not None:
         return Rows(table=_select_arrow(rows.table, flt))
     chosen = [r for r in rows.records if flt.matches(r)]
@@ -125,7 +125,7 @@ def find_run(root: Path, prefix: str) -> dict[str, Any]:
         raise RunNotFoundError("a run id (or a prefix of one) is required")
     if not root.is_dir():
         raise RunNotFoundError(f"no store at {root}")
-    rows = snapshot(root).rows
+    rows = snapshot(root)
     if rows.table is not None:
         import pyarrow.compute as pc
 

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from neurolens.errors import StoreError
+from neurolens.errors import RunValidationError, StoreError
 from neurolens.storage import index as _index
 from neurolens.storage.document import (
     canonical_bytes,
@@ -71,7 +71,7 @@ def write_run(
     fp_bytes = None
     if fingerprint is not None:
         if not isinstance(fingerprint, Mapping):
-            raise StoreError(f"fingerprint must be a mapping, not {type(fingerprint).__name__}")
+            raise RunValidationError("fingerprint", f"must be a mapping, not {type(fingerprint).__name__}")
         check_json_value(dict(fingerprint), "fingerprint")
         fp_bytes = canonical_bytes(dict(fingerprint))
     run_bytes = canonical_bytes(document)
@@ -116,7 +116,9 @@ def compact_index(root: StrPath | None = None) -> Path:
     """Fold the uncovered manifest tail into the index (done at the end of a test session)."""
     root = resolve_root(root)
     _ensure_root(root)
-    return _index.compact(root).path
+    report = _index.compact(root)
+    assert report is not None  # a blocking compaction always runs
+    return report.path
 
 
 def rebuild_index_from_manifest(root: StrPath | None = None) -> Path:
@@ -136,4 +138,6 @@ def rebuild_index_report(
     root = resolve_root(root)
     if not root.is_dir():
         raise StoreError(f"no store at {root}")
-    return _index.compact(root, from_scratch=True, warn=warn, progress=progress)
+    report = _index.compact(root, from_scratch=True, warn=warn, progress=progress)
+    assert report is not None  # a blocking compaction always runs
+    return report

@@ -3,6 +3,10 @@
 Each manifest entry's run file is read and hashed: a matching sha256 proves the bytes are
 the ones ``write_run`` validated, so the schema is checked again only for files whose hash
 does not match (to say how they are wrong) or with ``full=True``.
+
+Problem kinds: manifest_line (torn, unparsable or invalid), duplicate_run_id,
+missing_run_file, unreadable_run_file, hash_mismatch, invalid_run, entry_mismatch,
+missing_fingerprint, orphan_file, index.
 """
 
 from __future__ import annotations
@@ -19,19 +23,6 @@ from neurolens.errors import NeurolensError
 from neurolens.storage import index as _index
 from neurolens.storage.document import prepare_run, run_relpaths
 from neurolens.storage.manifest import MANIFEST_NAME, Progress, entry_for, manifest_size
-
-KINDS = (
-    "manifest_line",  # torn, unparsable or invalid manifest line
-    "duplicate_run_id",
-    "missing_run_file",
-    "unreadable_run_file",
-    "hash_mismatch",
-    "invalid_run",
-    "entry_mismatch",
-    "missing_fingerprint",
-    "orphan_file",
-    "index",
-)
 
 
 @dataclass
@@ -75,7 +66,7 @@ class VerifyReport:
 def verify_store(
     root: str | os.PathLike[str], *, full: bool = False, progress: Progress | None = None
 ) -> VerifyReport:
-    """Every problem of the store at ``root`` (see ``KINDS``); reads, never writes."""
+    """Every problem of the store at ``root`` (kinds in the module docstring); reads, never writes."""
     root_path = Path(root)
     report = VerifyReport(root=root_path)
     if not root_path.is_dir():
