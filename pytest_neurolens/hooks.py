@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 
+@pytest.hookspec
 def pytest_neurolens_run(run: dict[str, Any], item: pytest.Item) -> None:
     """Add or change fields of ``run`` (in place) just before it is validated and written.
 
@@ -14,6 +15,7 @@ def pytest_neurolens_run(run: dict[str, Any], item: pytest.Item) -> None:
     """
 
 
+@pytest.hookspec
 def pytest_neurolens_hardware(snapshot: dict[str, Any]) -> None:
     """Extend the session's hardware snapshot (in place), once, when it is first taken.
 

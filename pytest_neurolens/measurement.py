@@ -61,6 +61,22 @@ class LatencyStats:
         }
 
 
+def latency_metrics(
+    latencies_ms: Sequence[float], batch_size: int, **counts: Any
+) -> tuple[LatencyStats, dict[str, Any]]:
+    """The statistics of per-call latencies and the run metrics built from them: the one
+    place a run's latency metrics are made (the fixture and the pytest-benchmark bridge).
+    ``counts`` (iterations, warmup, rounds, ...) are stored beside them."""
+    stats = LatencyStats.from_ms(latencies_ms)
+    metrics: dict[str, Any] = {
+        "total_latency_ms": stats.p50_ms,
+        **stats.as_metrics(),
+        "throughput_per_s": batch_size * 1000 / stats.mean_ms if stats.mean_ms > 0 else None,
+        **counts,
+    }
+    return stats, metrics
+
+
 @dataclass
 class Measurement:
     """What one ``measure``/``record`` call produced; ``run`` is the document to be stored."""

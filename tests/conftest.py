@@ -1,30 +1,46 @@
+"""Shared fixtures: a run factory, a store factory and the CLI run in-process."""
+
 from __future__ import annotations
 
-import copy
+import io
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-BASE_RUN: dict[str, Any] = {
-    "model": "gpt2",
-    "backend": "onnxrt",
-    "precision": "fp16",
-    "batch_size": 8,
-    "seq_len": 128,
-    "metrics": {"total_latency_ms": 12.5, "gpu_utilization": 73.0, "p99_ms": 14.0},
-    "hardware": {"gpu_name": "NVIDIA H100 80GB HBM3", "driver_version": "550.54.15", "cuda_version": "12.4"},
-    "tags": {"experiment": "smoke"},
-}
+from neurolens.cli import main
+from neurolens.storage.store import write_run
+from tests.factories import make_run as _make_run
 
-
-def make_run(**overrides: Any) -> dict[str, Any]:
-    """A valid run document with top-level fields replaced (``metrics`` etc. replaced whole)."""
-    run = copy.deepcopy(BASE_RUN)
-    run.update(overrides)
-    return run
+CliResult = tuple[int, str]
 
 
 @pytest.fixture
-def run_doc() -> Callable[..., dict[str, Any]]:
-    return make_run
+def make_run() -> Callable[..., dict[str, Any]]:
+    """``make_run(**fields)``: a valid run document with those fields replaced."""
+    return _make_run
+
+
+@pytest.fixture
+def make_store(tmp_path: Path) -> Callable[..., Path]:
+    """``make_store(*runs, name="store", fingerprint=None)``: a store under tmp_path holding ``runs``."""
+
+    def build(*runs: dict[str, Any], name: str = "store", fingerprint: dict[str, Any] | None = None) -> Path:
+        root = tmp_path / name
+        for run in runs:
+            write_run(root, run, fingerprint=fingerprint)
+        return root
+
+    return build
+
+
+@pytest.fixture
+def cli() -> Callable[..., CliResult]:
+    """``cli("ls", "--root", ...)``: the ``neurolens`` command in-process: (exit status, stdout)."""
+
+    def run(*argv: str) -> CliResult:
+        out = io.StringIO()
+        return main(list(argv), out=out), out.getvalue()
+
+    return run

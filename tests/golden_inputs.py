@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-GOLDEN_FINGERPRINT: dict[str, Any] = {"python": "3.11.7", "git_commit": "0" * 40, "fingerprint_hash": "f" * 16}
+GOLDEN_FINGERPRINT: dict[str, Any] = {
+    "python": "3.11.7",
+    "git_commit": "0" * 40,
+    "fingerprint_hash": "f" * 16,
+}
 
 GOLDEN_RUNS: list[dict[str, Any]] = [
     {
@@ -19,7 +23,11 @@ GOLDEN_RUNS: list[dict[str, Any]] = [
         "fingerprint_hash": "f" * 16,
         "metrics": {"total_latency_ms": 12.5, "gpu_utilization": 73.0, "latency_p99_ms": 14.0},
         "latencies_ms": [12.0, 12.5, 14.0],
-        "hardware": {"gpu_name": "NVIDIA H100 80GB HBM3", "driver_version": "550.54.15", "cuda_version": "12.4"},
+        "hardware": {
+            "gpu_name": "NVIDIA H100 80GB HBM3",
+            "driver_version": "550.54.15",
+            "cuda_version": "12.4",
+        },
         "tags": {"branch": "main", "résumé": "ünïcode"},
         "test": {"nodeid": "tests/test_a.py::test_x", "outcome": "passed"},
     },

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import io
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -13,14 +13,11 @@ import pytest
 from neurolens import __version__
 from neurolens.cli import main
 from neurolens.storage.store import write_run
-from tests.conftest import make_run
+from tests.factories import make_run
 
 SCRIPT = str(Path(sys.executable).with_name("neurolens"))
 
-
-def run_cli(*argv: str) -> tuple[int, str]:
-    out = io.StringIO()
-    return main(list(argv), out=out), out.getvalue()
+Cli = Callable[..., tuple[int, str]]
 
 
 @pytest.fixture
@@ -65,10 +62,14 @@ def store(tmp_path: Path) -> Path:
     return root
 
 
-def ls_json(root: Path, *args: str) -> list[dict]:
-    status, out = run_cli("ls", "--root", str(root), "--json", *args)
-    assert status == 0
-    return json.loads(out)
+@pytest.fixture
+def ls_json(cli: Cli) -> Callable[..., list[dict]]:
+    def run(root: Path, *args: str) -> list[dict]:
+        status, out = cli("ls", "--root", str(root), "--json", *args)
+        assert status == 0
+        return json.loads(out)
+
+    return run
 
 
 @pytest.mark.parametrize(
@@ -87,17 +88,21 @@ def ls_json(root: Path, *args: str) -> list[dict]:
         (("--limit", "0"), []),
     ],
 )
-def test_ls_filters_combine(store: Path, args: tuple[str, ...], models: list[str]) -> None:
+def test_ls_filters_combine(
+    ls_json: Callable[..., list[dict]], store: Path, args: tuple[str, ...], models: list[str]
+) -> None:
     assert [r["model"] for r in ls_json(store, *args)] == models
 
 
-def test_ls_orders_newest_first_and_limit_takes_the_latest(store: Path) -> None:
+def test_ls_orders_newest_first_and_limit_takes_the_latest(
+    ls_json: Callable[..., list[dict]], store: Path
+) -> None:
     rows = ls_json(store)
     assert [r["day"] for r in rows] == ["2025-10-22", "2025-10-21", "2025-10-20"]
     assert [r["day"] for r in ls_json(store, "--limit", "1")] == ["2025-10-22"]
 
 
-def test_ls_json_shape(store: Path) -> None:
+def test_ls_json_shape(ls_json: Callable[..., list[dict]], store: Path) -> None:
     row = ls_json(store, "--model", "bert")[0]
     assert row["tags"] == {"branch": "main"}
     assert row["seq_len"] is None and row["gpu_utilization"] is None
@@ -106,8 +111,8 @@ def test_ls_json_shape(store: Path) -> None:
     assert set(row) >= {"run_id", "created_at", "model", "backend", "precision", "gpu_name", "sha256"}
 
 
-def test_ls_table(store: Path) -> None:
-    status, out = run_cli("ls", "--root", str(store))
+def test_ls_table(cli: Cli, store: Path) -> None:
+    status, out = cli("ls", "--root", str(store))
     lines = out.splitlines()
     assert status == 0
     assert lines[0].split()[:3] == ["RUN", "ID", "CREATED"]
@@ -121,30 +126,34 @@ def test_ls_table(store: Path) -> None:
 
 
 def test_root_flag_beats_env_which_beats_default(
-    store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    cli: Cli, store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     other = tmp_path / "other"
     write_run(other, make_run(model="from-env"))
     monkeypatch.chdir(tmp_path)
     write_run(tmp_path / "runs_store", make_run(model="from-default"))
     monkeypatch.delenv("NEUROLENS_STORE_ROOT", raising=False)
-    assert [r["model"] for r in json.loads(run_cli("ls", "--json")[1])] == ["from-default"]
+    assert [r["model"] for r in json.loads(cli("ls", "--json")[1])] == ["from-default"]
     monkeypatch.setenv("NEUROLENS_STORE_ROOT", str(other))
-    assert [r["model"] for r in json.loads(run_cli("ls", "--json")[1])] == ["from-env"]
-    assert len(json.loads(run_cli("ls", "--json", "--root", str(store))[1])) == 3
+    assert [r["model"] for r in json.loads(cli("ls", "--json")[1])] == ["from-env"]
+    assert len(json.loads(cli("ls", "--json", "--root", str(store))[1])) == 3
 
 
-def test_empty_or_missing_store_says_so_and_creates_nothing(tmp_path: Path) -> None:
-    missing = tmp_path / "missing"
-    assert run_cli("ls", "--root", str(missing)) == (0, f"no runs in {missing}\n")
-    assert not missing.exists()
-    assert run_cli("ls", "--root", str(missing), "--json") == (0, "[]\n")
-    (tmp_path / "empty").mkdir()
-    assert run_cli("ls", "--root", str(tmp_path / "empty"))[0] == 0
-    assert list((tmp_path / "empty").iterdir()) == []
+def test_a_root_that_is_not_a_store_gets_one_answer_and_nothing_is_written(
+    cli: Cli, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing, empty = tmp_path / "missing", tmp_path / "empty"
+    empty.mkdir()
+    for root in (missing, empty):
+        for argv in (["ls"], ["ls", "--json"], ["show", "01"], ["rebuild"], ["verify"], ["verify", "--fix"]):
+            assert cli(*argv, "--root", str(root)) == (1, "")
+            assert f"no store at {root}" in capsys.readouterr().err
+    assert not missing.exists() and list(empty.iterdir()) == []
 
 
-def test_corrupt_or_missing_index_still_answers(store: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_corrupt_or_missing_index_still_answers(
+    ls_json: Callable[..., list[dict]], store: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     (store / "_index.parquet").write_bytes(b"not parquet")
     assert len(ls_json(store)) == 3
     assert "neurolens rebuild" in capsys.readouterr().err
@@ -174,44 +183,52 @@ def test_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]
     assert "usage:" in capsys.readouterr().err
 
 
-def test_show_by_prefix_and_json(store: Path) -> None:
+def test_show_by_prefix_and_json(ls_json: Callable[..., list[dict]], cli: Cli, store: Path) -> None:
     bert = ls_json(store, "--model", "bert")[0]
-    status, out = run_cli("show", "--root", str(store), bert["run_id"][:30])
+    status, out = cli("show", "--root", str(store), bert["run_id"][:30])
     assert status == 0
     assert out.startswith(f"run {bert['run_id']}")
     assert '"python": "3.11"' in out  # the fingerprint
-    status, out = run_cli("show", "--root", str(store), bert["run_id"], "--json")
+    status, out = cli("show", "--root", str(store), bert["run_id"], "--json")
     assert out.encode() == (store / bert["run_json"]).read_bytes()
 
 
-def test_show_unknown_and_ambiguous_ids(store: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert run_cli("show", "--root", str(store), "zzz")[0] == 1
+def test_show_unknown_and_ambiguous_ids(
+    ls_json: Callable[..., list[dict]], cli: Cli, store: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli("show", "--root", str(store), "zzz")[0] == 1
     assert "no run id starts with 'zzz'" in capsys.readouterr().err
     common = ls_json(store)[0]["run_id"][:2]  # ids generated in one test share a prefix
-    assert run_cli("show", "--root", str(store), common)[0] == 1
+    assert cli("show", "--root", str(store), common)[0] == 1
     assert "ambiguous: 3 runs match" in capsys.readouterr().err
 
 
-def test_show_missing_run_file_is_a_clean_error(store: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_show_missing_run_file_is_a_clean_error(
+    ls_json: Callable[..., list[dict]], cli: Cli, store: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     row = ls_json(store)[0]
     (store / row["run_json"]).unlink()
-    assert run_cli("show", "--root", str(store), row["run_id"])[0] == 1
+    assert cli("show", "--root", str(store), row["run_id"])[0] == 1
     err = capsys.readouterr().err
     assert err.startswith("neurolens: error: cannot read") and "Traceback" not in err
 
 
-def test_rebuild_reports_rows_and_skipped_lines(store: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_rebuild_reports_rows_and_skipped_lines(
+    cli: Cli, store: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     with open(store / "_manifest.jsonl", "ab") as handle:
         handle.write(b"{torn\n")
-    status, out = run_cli("rebuild", "--root", str(store))
+    status, out = cli("rebuild", "--root", str(store))
     assert status == 0
     assert out == f"rebuilt {store / '_index.parquet'} (3 rows)\n"
     err = capsys.readouterr().err
-    assert "skipped: manifest byte" in err and "1 manifest line(s) skipped" in err
+    assert "skipped: manifest byte" in err and "1 manifest line skipped" in err
 
 
-def test_rebuild_of_missing_store_is_exit_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert run_cli("rebuild", "--root", str(tmp_path / "nope"))[0] == 1
+def test_rebuild_of_missing_store_is_exit_1(
+    cli: Cli, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli("rebuild", "--root", str(tmp_path / "nope"))[0] == 1
     assert "no store at" in capsys.readouterr().err
 
 
@@ -252,14 +269,14 @@ def test_python_dash_m_and_help_do_not_import_heavy_modules() -> None:
 
 
 def test_rebuild_shows_progress_on_a_large_store(
-    store: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    cli: Cli, store: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import neurolens.cli as cli
+    import neurolens.cli.common as common
     import neurolens.storage.manifest as manifest
 
-    monkeypatch.setattr(cli, "_PROGRESS_MIN_BYTES", 1)  # every store counts as large
+    monkeypatch.setattr(common, "_PROGRESS_MIN_BYTES", 1)  # every store counts as large
     monkeypatch.setattr(manifest, "_READ_CHUNK", 512)  # several slices to report
-    assert run_cli("rebuild", "--root", str(store))[0] == 0
+    assert cli("rebuild", "--root", str(store))[0] == 0
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.startswith("reading manifest:")]
     assert len(lines) >= 2 and "100%" in lines[-1]

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import io
 import json
 import random
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,14 +13,18 @@ import pyarrow.compute
 import pyarrow.parquet  # noqa: F401
 import pytest
 
-from neurolens.cli import main, parse_filter_spec
-from neurolens.compare import Side, Threshold, compare, compare_frame, mann_whitney_u
+from neurolens.cli import main
+from neurolens.compare import Threshold, compare, compare_frame
+from neurolens.stats import mann_whitney_u
+from neurolens.storage.filters import parse_filter_spec
 from neurolens.storage.query import RunFilter
 from neurolens.storage.store import write_run
-from tests.conftest import make_run
+from tests.factories import make_run
 
-MAIN = Side(filter=RunFilter(tags={"branch": "main"}))
-PR = Side(filter=RunFilter(tags={"branch": "pr"}))
+MAIN = RunFilter(tags={"branch": "main"})
+PR = RunFilter(tags={"branch": "pr"})
+
+Cli = Callable[..., tuple[int, str]]
 
 
 def add(root: Path, model: str, branch: str, latency: float, **fields: Any) -> None:
@@ -68,7 +72,7 @@ def test_mann_whitney_normal_approximation_with_ties() -> None:
         ("5%", 0.05, True),
         (" 12.5% ", 0.125, True),
         ("0.5ms", 0.5, False),
-        ("2", 2.0, False),
+        ("2ms", 2.0, False),
         ("0%", 0.0, True),
     ],
 )
@@ -77,7 +81,7 @@ def test_threshold_parse(text: str, value: float, relative: bool) -> None:
     assert parsed.value == pytest.approx(value) and parsed.relative is relative
 
 
-@pytest.mark.parametrize("text", ["", "fast", "-5%", "nan%", "5 percent"])
+@pytest.mark.parametrize("text", ["", "fast", "-5%", "nan%", "5 percent", "5", "0.05", "2 s"])
 def test_threshold_parse_rejects(text: str) -> None:
     with pytest.raises(ValueError, match="threshold"):
         Threshold.parse(text)
@@ -205,13 +209,15 @@ def test_groups_split_by_gpu_and_mixed_hardware_warns(tmp_path: Path) -> None:
     assert "NVIDIA A10G (driver 550)" in pooled.warnings[0]
 
 
-def test_latest_session_and_excluded_session(tmp_path: Path) -> None:
+def test_latest_session_and_runs_on_both_sides(tmp_path: Path) -> None:
     add(tmp_path, "m", "main", 10.0, session_id="s1", created_at="2025-01-01T00:00:00Z")
     add(tmp_path, "m", "main", 20.0, session_id="s2", created_at="2025-01-02T00:00:00Z")
-    latest = compare(tmp_path, Side(session="latest"), Side(session="s1"))
+    latest = compare(tmp_path, {"session_id": "latest"}, {"session_id": "s1"})
     assert latest.groups[0].baseline == 20.0 and latest.groups[0].candidate == 10.0
-    excluded = compare(tmp_path, Side(exclude_session="s2"), Side(session="s2"))
-    assert excluded.groups[0].baseline == 10.0
+    # s2's run matches both sides: it counts for the candidate only, and a warning says so
+    both = compare(tmp_path, MAIN, RunFilter(session_id="s2"))
+    assert both.groups[0].baseline == 10.0 and both.groups[0].candidate == 20.0
+    assert any("match both sides" in w for w in both.warnings)
 
 
 def test_bad_arguments_name_themselves(store: Path) -> None:
@@ -233,49 +239,48 @@ def test_dataframe_from_python(store: Path) -> None:
 # --- output formats and the CLI ---------------------------------------------------------
 
 
-def run_cli(*argv: str) -> tuple[int, str]:
-    out = io.StringIO()
-    return main(list(argv), out=out), out.getvalue()
+@pytest.fixture
+def compare_cli(cli: Cli) -> Callable[..., tuple[int, str]]:
+    def run(store: Path, *extra: str) -> tuple[int, str]:
+        """``neurolens compare`` of branch=main (baseline) against branch=pr (candidate)."""
+        return cli(
+            "compare",
+            "--root",
+            str(store),
+            "--baseline-tag",
+            "branch=main",
+            "--candidate-tag",
+            "branch=pr",
+            *extra,
+        )
+
+    return run
 
 
-def compare_cli(store: Path, *extra: str) -> tuple[int, str]:
-    """``neurolens compare`` of branch=main (baseline) against branch=pr (candidate)."""
-    return run_cli(
-        "compare",
-        "--root",
-        str(store),
-        "--baseline-tag",
-        "branch=main",
-        "--candidate-tag",
-        "branch=pr",
-        *extra,
-    )
-
-
-def test_cli_table_and_exit_status(store: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_table_and_exit_status(cli: Cli, store: Path, capsys: pytest.CaptureFixture[str]) -> None:
     args = ("compare", "--root", str(store), "--baseline-tag", "branch=main", "--candidate-tag", "branch=pr")
-    status, out = run_cli(*args)
+    status, out = cli(*args)
     assert status == 0
     lines = out.splitlines()
     assert lines[0].split() == ["GROUP", "BASELINE", "CANDIDATE", "CHANGE", "DELTA", "P", "RUNS", "VERDICT"]
     assert lines[1].startswith("regressed ") and lines[1].split()[-1] == "regressed"
-    assert lines[-1].startswith("5 group(s): 1 regressed, 1 improved, 1 unchanged, 1 new, 1 missing")
-    status, out = run_cli(*args, "--fail-above", "5%")
+    assert lines[-1].startswith("5 groups: 1 regressed, 1 improved, 1 unchanged, 1 new, 1 missing")
+    status, out = cli(*args, "--fail-above", "5%")
     assert status == 1 and out.splitlines()[1].split()[-1] == "REGRESSED"
-    assert "1 group(s) regressed by more than 5%" in capsys.readouterr().err
-    assert run_cli(*args, "--fail-above", "25%")[0] == 0
+    assert "1 group failed the gate (threshold 5%)" in capsys.readouterr().err
+    assert cli(*args, "--fail-above", "25%")[0] == 0
 
 
-def test_cli_json_parses_back(store: Path) -> None:
+def test_cli_json_parses_back(compare_cli: Callable[..., tuple[int, str]], store: Path) -> None:
     status, out = compare_cli(store, "--fail-above", "0.5ms", "--json")
     data = json.loads(out)
-    assert status == 1 and data["failed"] is True and data["threshold"] == "0.5"
+    assert status == 1 and data["failed"] is True and data["threshold"] == "0.5 ms"
     assert data["counts"] == {"regressed": 1, "improved": 1, "unchanged": 1, "new": 1, "missing": 1}
     first = data["groups"][0]
     assert first["group"]["model"] == "regressed" and first["baseline"] == 10.0 and first["candidate"] == 12.0
 
 
-def test_cli_markdown_parses_back(store: Path) -> None:
+def test_cli_markdown_parses_back(compare_cli: Callable[..., tuple[int, str]], store: Path) -> None:
     status, out = compare_cli(store, "--format", "markdown", "--fail-above", "5%")
     assert status == 1
     lines = out.splitlines()
@@ -302,7 +307,7 @@ def test_cli_usage_errors(store: Path, extra: list[str]) -> None:
     assert excinfo.value.code == 2
 
 
-def test_cli_group_by_adds_a_column(tmp_path: Path) -> None:
+def test_cli_group_by_adds_a_column(cli: Cli, tmp_path: Path) -> None:
     add(tmp_path, "m", "main", 10.0, fingerprint_hash="aaa")
     add(tmp_path, "m", "pr", 12.0, fingerprint_hash="bbb")
     base = (
@@ -314,15 +319,15 @@ def test_cli_group_by_adds_a_column(tmp_path: Path) -> None:
         "--candidate-tag",
         "branch=pr",
     )
-    assert [g["verdict"] for g in json.loads(run_cli(*base, "--json")[1])["groups"]] == ["regressed"]
-    split = json.loads(run_cli(*base, "--json", "--group-by", "+fingerprint_hash")[1])["groups"]
+    assert [g["verdict"] for g in json.loads(cli(*base, "--json")[1])["groups"]] == ["regressed"]
+    split = json.loads(cli(*base, "--json", "--group-by", "+fingerprint_hash")[1])["groups"]
     assert sorted(g["verdict"] for g in split) == ["missing", "new"]
 
 
 def test_filter_spec_language() -> None:
     side = parse_filter_spec("--tag branch=main --day 2025-10-20 --model gpt2 --session latest")
-    assert side.filter.tags == {"branch": "main"} and side.filter.day == "2025-10-20"
-    assert side.filter.model == "gpt2" and side.session == "latest"
+    assert side.tags == {"branch": "main"} and side.day == "2025-10-20"
+    assert side.model == "gpt2" and side.session_id == "latest"
     with pytest.raises(ValueError, match="--day"):
         parse_filter_spec("--day tomorrow")
     with pytest.raises(ValueError, match="unrecognized"):

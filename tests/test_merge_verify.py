@@ -12,17 +12,19 @@ import sys
 import tarfile
 import textwrap
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from neurolens.cli import main
 from neurolens.errors import StoreError
 from neurolens.storage.merge import merge_stores
 from neurolens.storage.query import query
 from neurolens.storage.store import rebuild_index_from_manifest, write_run
 from neurolens.storage.verify import verify_store
-from tests.conftest import make_run
+from tests.factories import make_run
+
+Cli = Callable[..., tuple[int, str]]
 
 
 def fill(root: Path, count: int, prefix: str, **fields: object) -> list[str]:
@@ -40,11 +42,6 @@ def ids(root: Path) -> list[str]:
 
 def manifest_ids(root: Path) -> list[str]:
     return [json.loads(line)["run_id"] for line in (root / "_manifest.jsonl").read_text().splitlines()]
-
-
-def run_cli(*argv: str) -> tuple[int, str]:
-    out = io.StringIO()
-    return main(list(argv), out=out), out.getvalue()
 
 
 # --- merge -------------------------------------------------------------------------------
@@ -111,7 +108,7 @@ def test_manifest_entry_pointing_outside_is_never_followed(tmp_path: Path) -> No
     entry["run_json"] = "../evil.json"
     manifest.write_text(json.dumps(entry) + "\n")
     report = merge_stores(dest, [src])
-    assert report.added == 0 and "expected 2025/02/02/onnxrt/r1.json" in report.damaged[0]
+    assert report.added == 0 and "not a run file path of the store layout" in report.damaged[0]
     assert list(dest.rglob("*.json")) == [] and (tmp_path / "evil.json").read_bytes() == evil
 
 
@@ -158,24 +155,33 @@ def test_hostile_archive_members_are_refused(tmp_path: Path) -> None:
     assert not any(p.is_symlink() for p in dest.rglob("*"))
 
 
-def test_archive_without_a_store_is_an_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_archive_without_a_store_is_an_error(
+    cli: Cli, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     archive = tmp_path / "empty.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:
         info = tarfile.TarInfo("readme.txt")
         tar.addfile(info, io.BytesIO(b""))
     with pytest.raises(StoreError, match="holds no run store"):
         merge_stores(tmp_path / "dest", [archive])
-    assert run_cli("merge", str(archive), "--root", str(tmp_path / "dest"))[0] == 1
-    assert run_cli("merge", str(tmp_path / "nope"), "--root", str(tmp_path / "dest"))[0] == 1
+    assert cli("merge", str(archive), "--root", str(tmp_path / "dest"))[0] == 1
+    assert cli("merge", str(tmp_path / "nope"), "--root", str(tmp_path / "dest"))[0] == 1
     assert "does not exist" in capsys.readouterr().err
 
 
-def test_merge_cli_reports_counts(tmp_path: Path) -> None:
+def test_merge_cli_reports_counts(cli: Cli, tmp_path: Path) -> None:
     fill(tmp_path / "a", 2, "c")
-    status, out = run_cli("merge", str(tmp_path / "a"), "--root", str(tmp_path / "dest"))
+    status, out = cli("merge", str(tmp_path / "a"), "--root", str(tmp_path / "dest"))
     assert status == 0 and out.startswith(f"merged into {tmp_path / 'dest'}: 2 added, 0 already present")
-    status, out = run_cli("merge", str(tmp_path / "a"), "--root", str(tmp_path / "dest"), "--json")
-    assert json.loads(out) == {"added": 0, "skipped": 2, "conflicts": [], "damaged": [], "refused": []}
+    status, out = cli("merge", str(tmp_path / "a"), "--root", str(tmp_path / "dest"), "--json")
+    assert json.loads(out) == {
+        "added": 0,
+        "skipped": 2,
+        "conflicts": [],
+        "damaged": [],
+        "refused": [],
+        "complete": True,
+    }
 
 
 WRITER = textwrap.dedent(
@@ -249,10 +255,10 @@ def kinds(root: Path) -> dict[str, int]:
     return verify_store(root).counts()
 
 
-def test_clean_store_verifies(store: Path) -> None:
+def test_clean_store_verifies(cli: Cli, store: Path) -> None:
     report = verify_store(store, full=True)
     assert report.clean and report.runs == 6 and report.files == 12
-    assert run_cli("verify", "--root", str(store)) == (0, f"{store}: 6 runs, 12 files: clean\n")
+    assert cli("verify", "--root", str(store)) == (0, f"{store}: 6 runs, 12 files: clean\n")
 
 
 def test_verify_finds_each_kind_of_damage(store: Path) -> None:
@@ -304,12 +310,12 @@ def test_verify_index_problems(store: Path) -> None:
     assert verify_store(store).clean
 
 
-def test_verify_cli_json_and_exit_status(store: Path) -> None:
+def test_verify_cli_json_and_exit_status(cli: Cli, store: Path) -> None:
     (store / "2025/03/03/onnxrt/v0005.json").unlink()
-    status, out = run_cli("verify", "--root", str(store), "--json")
+    status, out = cli("verify", "--root", str(store), "--json")
     data = json.loads(out)
     assert status == 1 and data["clean"] is False and data["counts"] == {"missing_run_file": 1}
     assert data["problems"][0]["where"] == "2025/03/03/onnxrt/v0005.json"
-    status, out = run_cli("verify", "--root", str(store))
+    status, out = cli("verify", "--root", str(store))
     assert status == 1 and out.startswith("missing_run_file")
-    assert run_cli("verify", "--root", str(store.parent / "none"))[0] == 1
+    assert cli("verify", "--root", str(store.parent / "none"))[0] == 1

@@ -39,13 +39,16 @@ def tester(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest
     return pytester
 
 
-def run(tester: pytest.Pytester, *args: str, benchmark: bool = False) -> pytest.RunResult:
+def run(tester: pytest.Pytester, *args: str) -> pytest.RunResult:
     # pytest-benchmark writes its own .benchmarks folder; it is on only where a test needs it.
-    plugins = ("-p", "no:hypothesispytest") + (() if benchmark else ("-p", "no:benchmark"))
+    plugins = ("-p", "no:hypothesispytest", "-p", "no:benchmark")
     return tester.runpytest("-W", "error", "-p", "no:cacheprovider", *plugins, *args)
 
 
 def stored(tester: pytest.Pytester, store: str = "runs") -> list[dict[str, Any]]:
+    """The runs in the store; none where nothing was ever written (no manifest)."""
+    if not (tester.path / store / "_manifest.jsonl").exists():
+        return []
     return query(tester.path / store)
 
 
@@ -147,7 +150,9 @@ def test_store_path_that_is_a_file_is_a_usage_error(tester: pytest.Pytester) -> 
     (tester.path / "runs").write_text("not a folder")
     result = run(tester, "--neurolens-store=runs")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["*--neurolens-store: *runs exists and is not a directory*"])
+    result.stderr.fnmatch_lines(
+        ["*--neurolens-store *runs: cannot write there*runs exists and is not a directory*"]
+    )
     assert (tester.path / "runs").read_text() == "not a folder"
 
 
@@ -398,8 +403,13 @@ def test_gpu_utilization_and_hardware_through_fake_nvml(
     ]
 
 
-def test_pytest_benchmark_statistics_become_a_run(tester: pytest.Pytester) -> None:
+def test_pytest_benchmark_statistics_become_a_run(
+    tester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
     pytest.importorskip("pytest_benchmark")
+    # pytest-benchmark turns itself off inside an xdist worker: run the inner session as a
+    # process of its own that is not one (so the suite passes under `pytest -n auto`)
+    monkeypatch.delenv("PYTEST_XDIST_WORKER", raising=False)
     tester.makepyfile(
         """
         import pytest
@@ -412,10 +422,13 @@ def test_pytest_benchmark_statistics_become_a_run(tester: pytest.Pytester) -> No
             benchmark(sum, [1])
         """
     )
-    run(tester, "--neurolens-store=runs", benchmark=True).assert_outcomes(passed=2)
+    result = tester.runpytest_subprocess("-W", "error", "-p", "no:cacheprovider", "--neurolens-store=runs")
+    result.assert_outcomes(passed=2)
     (doc,) = documents(tester)
     assert doc["metrics"]["source"] == "pytest-benchmark"
     assert len(doc["latencies_ms"]) == 7 and doc["batch_size"] == 4
+    # both of pytest-benchmark's counts: rounds, and calls per round
+    assert doc["metrics"]["rounds"] == 7 and doc["metrics"]["iterations"] == 1
 
 
 @pytest.mark.slow
@@ -441,10 +454,12 @@ def test_xdist_workers_write_each_run_once_with_one_session_id(tester: pytest.Py
     result.stdout.fnmatch_lines(["recorded 12 runs in *"])
     frame = load_runs(tester.path / "runs", session_id=rows[0]["session_id"])
     assert len(frame) == 12
-    from neurolens.storage.index import read_index_header
+    from neurolens.storage.rows import backend
 
-    header = read_index_header(tester.path / "runs")
-    assert header is not None and header[0] == (tester.path / "runs" / "_manifest.jsonl").stat().st_size
+    meta = backend().read_meta(tester.path / "runs")
+    assert (
+        meta is not None and meta.manifest_bytes == (tester.path / "runs" / "_manifest.jsonl").stat().st_size
+    )
 
 
 @pytest.mark.slow

@@ -13,8 +13,9 @@ from neurolens import load_runs
 from neurolens.errors import IndexWarning, ManifestWarning, RunExistsError, RunValidationError, StoreError
 from neurolens.storage import index as index_module
 from neurolens.storage.document import new_run_id
+from neurolens.storage.rows import backend
 from neurolens.storage.store import compact_index, rebuild_index_from_manifest, write_run
-from tests.conftest import make_run
+from tests.factories import make_run
 
 
 def manifest_lines(root: Path) -> list[dict]:
@@ -196,7 +197,9 @@ def test_incremental_compaction_equals_rebuild(tmp_path: Path, monkeypatch: pyte
     monkeypatch.setattr(index_module, "_TAIL_FLOOR_BYTES", 10**9)  # then leave a tail
     for i in range(3):
         write_run(tmp_path, make_run(seq_len=100 + i))
-    covered, _ = index_module.read_index_header(tmp_path)  # type: ignore[misc]
+    meta = backend().read_meta(tmp_path)
+    assert meta is not None
+    covered = meta.manifest_bytes
     assert 0 < covered < (tmp_path / "_manifest.jsonl").stat().st_size  # a tail exists
     assert len(load_runs(tmp_path)) == 43  # readers add the uncovered tail
     incremental = compact_index(tmp_path).read_bytes()
@@ -243,9 +246,21 @@ def test_torn_last_line_is_skipped_and_next_writer_starts_fresh(tmp_path: Path) 
     assert manifest.read_bytes().endswith(b"\n")
 
 
+def test_a_run_id_is_unique_in_the_store_whatever_its_path(tmp_path: Path) -> None:
+    write_run(tmp_path, make_run(run_id="dup", created_at="2025-01-01T00:00:00Z"))
+    before = all_files(tmp_path)
+    for other in ({"created_at": "2025-01-02T00:00:00Z"}, {"backend": "tensorrt"}):
+        with pytest.raises(RunExistsError, match="dup"):
+            write_run(tmp_path, make_run(run_id="dup", **other))
+    assert all_files(tmp_path) == before
+
+
 def test_duplicate_run_ids_keep_the_first_entry(tmp_path: Path) -> None:
     write_run(tmp_path, make_run(run_id="dup", model="first", created_at="2025-01-01T00:00:00Z"))
-    write_run(tmp_path, make_run(run_id="dup", model="second", created_at="2025-01-02T00:00:00Z"))
+    second = write_run(tmp_path / "other", make_run(run_id="dup", model="second"))
+    with open(tmp_path / "_manifest.jsonl", "ab") as handle:  # a hand-merged manifest
+        handle.write((tmp_path / "other" / "_manifest.jsonl").read_bytes())
+    assert second["run_id"] == "dup"
     with pytest.warns(ManifestWarning, match="duplicate run id 'dup'"):
         rebuild_index_from_manifest(tmp_path)
     assert list(load_runs(tmp_path)["model"]) == ["first"]
@@ -282,7 +297,8 @@ def test_load_runs_filters(tmp_path: Path) -> None:
     assert load_runs(tmp_path, tags={"x": "3"}).empty
     assert list(load_runs(tmp_path, limit=1)["day"]) == ["2025-01-03"]
     assert load_runs(tmp_path, limit=0).empty
-    assert load_runs(tmp_path / "missing").empty
+    with pytest.raises(StoreError, match="no store"):
+        load_runs(tmp_path / "missing")
     assert not (tmp_path / "missing").exists()
     with pytest.raises(ValueError, match="day"):
         load_runs(tmp_path, day="2025-13-01")

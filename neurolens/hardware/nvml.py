@@ -125,9 +125,6 @@ class Nvml:
         gpu["power_limit_w"] = None if power is None else power / 1000
         return gpu
 
-    def handle(self, index: int) -> Any:
-        return None if self.lib is None else self.lib.nvmlDeviceGetHandleByIndex(index)
-
 
 def _opt(convert: Any, value: Any) -> Any:
     return None if value is None else convert(value)

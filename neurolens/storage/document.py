@@ -6,7 +6,6 @@ import datetime as dt
 import functools
 import json
 import math
-import os
 import secrets
 import threading
 import time
@@ -50,14 +49,27 @@ def _field_path(parts: Any) -> str:
     return ".".join(str(p) for p in parts)
 
 
+# Limits that keep every accepted document readable by every reader: integers fit the
+# index's int64 columns (and any JSON parser), nesting stays far from recursion limits.
+MAX_DEPTH = 64
+INT_MIN, INT_MAX = -(2**63), 2**63 - 1
+
+
 def _find_non_json(value: Any, path: list[str | int]) -> tuple[str, str] | None:
-    """First value that JSON cannot hold faithfully (NaN, infinities, odd types)."""
+    """First value that JSON cannot hold faithfully (NaN, infinities, huge integers, odd
+    types, nesting deeper than MAX_DEPTH)."""
     if isinstance(value, float):
         if not math.isfinite(value):
             return _field_path(path), f"{value!r} is not allowed (NaN and infinities are rejected)"
         return None
-    if value is None or isinstance(value, (str, int)):
+    if isinstance(value, int) and not isinstance(value, bool):
+        if not INT_MIN <= value <= INT_MAX:
+            return _field_path(path), "integers must fit in 64 bits (-2**63 to 2**63-1)"
         return None
+    if value is None or isinstance(value, (str, bool)):
+        return None
+    if len(path) > MAX_DEPTH:
+        return _field_path(path[:MAX_DEPTH]), f"is nested deeper than {MAX_DEPTH} levels"
     if isinstance(value, Mapping):
         for key, item in value.items():
             if not isinstance(key, str):
@@ -100,7 +112,14 @@ def normalize_created_at(value: Any) -> str:
         raise RunValidationError("created_at", f"{value!r} is not an RFC 3339 timestamp")
     if moment.tzinfo is None or moment.utcoffset() is None:
         raise RunValidationError("created_at", f"{value!r} has no UTC offset (add 'Z' or '+HH:MM')")
-    return moment.astimezone(dt.timezone.utc).strftime(_CREATED_AT_FORMAT)
+    try:
+        utc = moment.astimezone(dt.timezone.utc)
+    except OverflowError:
+        utc = None
+    # four-digit years only: the text sorts as time and names the day folder
+    if utc is None or not 1000 <= utc.year <= 9999:
+        raise RunValidationError("created_at", f"{value!r} is outside the years 1000 to 9999 in UTC")
+    return utc.strftime(_CREATED_AT_FORMAT)
 
 
 def utc_now() -> str:
@@ -109,6 +128,18 @@ def utc_now() -> str:
 
 _id_lock = threading.Lock()
 _last_id_state: tuple[int, int] = (0, 0)
+# Ids new_run_id made in this process and not yet stored: unique by construction, so
+# write_run need not look for them in the store (a caller-chosen id it looks up).
+_minted: set[str] = set()
+
+
+def take_minted(run_id: str) -> bool:
+    """Whether this process minted ``run_id`` (and forget it: an id is stored once)."""
+    with _id_lock:
+        if run_id in _minted:
+            _minted.discard(run_id)
+            return True
+        return False
 
 
 def new_run_id() -> str:
@@ -131,7 +162,16 @@ def new_run_id() -> str:
     rand_b = secrets.randbits(62)
     value = (now_ms << 80) | (0x7 << 76) | (seq << 64) | (0b10 << 62) | rand_b
     h = f"{value:032x}"
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    run_id = f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    with _id_lock:
+        _minted.add(run_id)
+    return run_id
+
+
+def _fresh_id() -> str:
+    run_id = new_run_id()
+    take_minted(run_id)  # generated here and stored by this caller: never looked up
+    return run_id
 
 
 def canonical_bytes(value: Any, *, indent: int | None = 2) -> bytes:
@@ -157,10 +197,13 @@ def prepare_run(run: Mapping[str, Any]) -> dict[str, Any]:
         )
     document["schema_version"] = SCHEMA_VERSION
     if document.get("run_id") is None:
-        document["run_id"] = new_run_id()
+        document["run_id"] = _fresh_id()
     created = run.get("created_at")  # the original, which may be a datetime
     document["created_at"] = utc_now() if created is None else normalize_created_at(created)
 
+    for name in ("batch_size", "seq_len"):  # JSON Schema calls 1.0 an integer; the index does not
+        if isinstance(document.get(name), float):
+            raise RunValidationError(name, f"{document[name]!r} is not an integer (write {name}=1, not 1.0)")
     problems = sorted(_describe(e) for e in _validator().iter_errors(document))
     if problems:
         field, message = problems[0]
@@ -204,8 +247,3 @@ def run_relpaths(document: Mapping[str, Any], with_fingerprint: bool) -> tuple[s
     run_json = f"{folder}/{document['run_id']}.json"
     fp_json = f"{folder}/{document['run_id']}.fp.json" if with_fingerprint else None
     return run_json, fp_json
-
-
-def default_root() -> Path:
-    """``$NEUROLENS_STORE_ROOT`` when set, else ``./runs_store``."""
-    return Path(os.environ.get("NEUROLENS_STORE_ROOT") or "runs_store")

@@ -1,41 +1,132 @@
-"""File primitives of the store: no-clobber atomic creation, durable appends, locks."""
+"""File primitives of the store: every path inside a root, opened without following links.
+
+A store's files are untrusted (stores are merged from other machines and edited by
+hand), so every open walks from the root one component at a time with ``O_NOFOLLOW``:
+nothing is read or written through a symlink, nothing outside the root is reached, and
+anything but a regular file (a FIFO, a device) is refused before it can block a reader.
+On top of that: no-clobber atomic creation, atomic replacement, durable appends, locks.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import errno
 import os
+import re
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 
-from neurolens.errors import RunExistsError
+from neurolens.errors import RunExistsError, StoreError
 
 if os.name == "posix":
     import fcntl
 else:  # pragma: no cover - exercised on Windows only
     fcntl = None  # type: ignore[assignment]
 
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_DIRECTORY = getattr(os, "O_DIRECTORY", 0)
+_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 
-def fsync_dir(path: Path) -> None:
-    """Make a rename or link inside ``path`` durable (no-op where unsupported)."""
-    if os.name != "posix":  # pragma: no cover
-        return
-    fd = os.open(path, os.O_RDONLY)
+# A run's files: YYYY/MM/DD/<backend>/<run_id>.json or .fp.json (see document.run_relpaths).
+_RUN_FILE = re.compile(
+    r"\d{4}/\d{2}/\d{2}/(?!\.{1,2}/)[^/\\\x00-\x1f\x7f]{1,100}/[A-Za-z0-9][A-Za-z0-9_-]{0,127}(\.fp)?\.json"
+)
+
+
+def check_run_path(relative: str) -> str:
+    """``relative`` if it has the layout of a run file under a root, else StoreError."""
+    if not isinstance(relative, str) or not _RUN_FILE.fullmatch(relative):
+        raise StoreError(
+            f"{relative!r} is not a run file path of the store layout (YYYY/MM/DD/<backend>/<id>.json)"
+        )
+    return relative
+
+
+def _parts(relative: str) -> list[str]:
+    parts = relative.split("/")
+    if not relative or relative.startswith("/") or any(p in ("", ".", "..") for p in parts):
+        raise StoreError(f"{relative!r} is not a path inside the store")
+    return parts
+
+
+def _refusal(root: Path, relative: str, exc: OSError) -> StoreError:
+    if exc.errno in (errno.ELOOP, errno.ENOTDIR, errno.EMLINK):
+        return StoreError(f"{root / relative}: refusing to follow a symlink or a non-folder inside the store")
+    return StoreError(f"{root / relative}: {exc.strerror or exc}")
+
+
+def open_dir(root: Path, relative: str = "", *, create: bool = False) -> int:
+    """A file descriptor of the folder ``relative`` under ``root`` (created when ``create``)."""
+    fd = os.open(root, os.O_RDONLY | _DIRECTORY | _CLOEXEC)
+    if not relative:
+        return fd
     try:
-        os.fsync(fd)
-    finally:
+        for part in _parts(relative):
+            if create:
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(part, 0o755, dir_fd=fd)
+            try:
+                child = os.open(part, os.O_RDONLY | _DIRECTORY | _NOFOLLOW | _CLOEXEC, dir_fd=fd)
+            except OSError as exc:
+                raise _refusal(root, relative, exc) from None
+            os.close(fd)
+            fd = child
+    except BaseException:
         os.close(fd)
+        raise
+    return fd
 
 
-def create_file_atomically(path: Path, data: bytes, *, durable: bool = True) -> None:
-    """Write ``data`` to a new file at ``path``: all of it or nothing, never overwriting.
+def open_in_store(root: Path, relative: str, flags: int, mode: int = 0o644) -> int:
+    """Open the regular file ``relative`` under ``root`` without following any link."""
+    folder, _, name = relative.rpartition("/")
+    dir_fd = open_dir(root, folder)
+    try:
+        _parts(name)
+        try:
+            fd = os.open(name, flags | _NOFOLLOW | _NONBLOCK | _CLOEXEC, mode, dir_fd=dir_fd)
+        except FileNotFoundError:
+            raise
+        except OSError as exc:
+            if exc.errno == errno.EISDIR:
+                raise StoreError(f"{root / relative} is a folder, not a file") from None
+            raise _refusal(root, relative, exc) from None
+    finally:
+        os.close(dir_fd)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise StoreError(f"{root / relative} is not a regular file")
+    if _NONBLOCK and fcntl is not None:  # only there so a FIFO cannot block the open
+        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~_NONBLOCK)
+    return fd
+
+
+def read_store_file(root: Path, relative: str) -> bytes:
+    """The bytes of a regular file inside the store (see ``open_in_store``)."""
+    fd = open_in_store(root, relative, os.O_RDONLY)
+    with os.fdopen(fd, "rb") as handle:
+        return handle.read()
+
+
+def fsync_dir(dir_fd: int) -> None:
+    """Make a rename or link inside a folder durable (no-op where unsupported)."""
+    if os.name == "posix":
+        os.fsync(dir_fd)
+
+
+def create_file_atomically(dir_fd: int, name: str, data: bytes, *, durable: bool = True) -> None:
+    """Write ``data`` to a new file ``name`` in the folder ``dir_fd``: all or nothing, never
+    overwriting, never through a link.
 
     The bytes go to a temporary file that is fsynced, then hard-linked into place: the
-    link fails if ``path`` exists, so a clash raises RunExistsError and leaves both files
-    as they were. ``durable=False`` skips the fsync for callers that sync a whole batch.
+    link fails if ``name`` exists (a symlink included), so a clash raises RunExistsError
+    and leaves both files as they were. ``durable=False`` skips the fsync for callers
+    that sync a whole batch.
     """
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    tmp = f".{name}.{os.getpid()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC, 0o644, dir_fd=dir_fd)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
@@ -43,37 +134,48 @@ def create_file_atomically(path: Path, data: bytes, *, durable: bool = True) -> 
             if durable:
                 os.fsync(handle.fileno())
         try:
-            os.link(tmp, path)
+            os.link(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
         except FileExistsError:
-            raise RunExistsError(f"{path} already exists; runs are never overwritten") from None
+            raise RunExistsError(f"{name} already exists; runs are never overwritten") from None
         except OSError as exc:  # file systems without hard links
             if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
                 raise
-            _create_exclusive(path, data)
+            _create_exclusive(dir_fd, name, data)
     finally:
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+            os.unlink(tmp, dir_fd=dir_fd)
 
 
-def _create_exclusive(path: Path, data: bytes) -> None:
+def _create_exclusive(dir_fd: int, name: str, data: bytes) -> None:
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o644, dir_fd=dir_fd)
     except FileExistsError:
-        raise RunExistsError(f"{path} already exists; runs are never overwritten") from None
+        raise RunExistsError(f"{name} already exists; runs are never overwritten") from None
     with os.fdopen(fd, "wb") as handle:
         handle.write(data)
         handle.flush()
         os.fsync(handle.fileno())
 
 
-def replace_file_atomically(path: Path, data: bytes) -> None:
-    """Replace a derived file (the index) in one rename: readers see old or new, never half."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+def replace_file_atomically(root: Path, name: str, data: bytes) -> None:
+    """Replace a derived file (the index) at the top of ``root`` in one rename: readers see
+    old or new, never half. The temporary file is removed on every failure."""
+    tmp = f".{name}.{os.getpid()}.tmp"
+    dir_fd = open_dir(root)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _NOFOLLOW | _CLOEXEC, 0o644, dir_fd=dir_fd)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp, dir_fd=dir_fd)
+            raise
+    finally:
+        os.close(dir_fd)
 
 
 @contextlib.contextmanager
@@ -93,13 +195,13 @@ def locked(fd: int, *, blocking: bool = True) -> Iterator[bool]:
         fcntl.flock(fd, fcntl.LOCK_UN)
 
 
-def append_lines_durably(path: Path, lines: list[bytes]) -> int:
-    """Append newline-terminated lines in one write under an exclusive lock; fsync; return
-    the new size. A line torn by a writer killed mid-append is closed first, so these
-    lines start fresh."""
+def append_lines_durably(root: Path, name: str, lines: list[bytes]) -> int:
+    """Append newline-terminated lines to ``root/name`` in one write under an exclusive
+    lock; fsync; return the new size. A line torn by a writer killed mid-append is closed
+    first, so these lines start fresh."""
     assert all(line.endswith(b"\n") and b"\n" not in line[:-1] for line in lines)
     data = b"".join(lines)
-    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+    fd = open_in_store(root, name, os.O_RDWR | os.O_APPEND | os.O_CREAT)
     try:
         with locked(fd):
             size = os.fstat(fd).st_size

@@ -9,64 +9,34 @@ folds the tail in; a rebuild makes the same bytes from the manifest alone.
 from __future__ import annotations
 
 import contextlib
-import importlib
-import io
-import json
 import os
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
-from typing import Any
 
 from neurolens.errors import IndexWarning, ManifestWarning
-from neurolens.storage.files import locked, replace_file_atomically
+from neurolens.storage.files import locked, open_in_store, replace_file_atomically
 from neurolens.storage.manifest import (
-    COLUMNS,
-    ManifestSlice,
+    MANIFEST_NAME,
+    ManifestRead,
     Progress,
     last_line_sha256_before,
     manifest_size,
-    parse_lines,
-    read_manifest,
+    read_blocks,
 )
+from neurolens.storage.rows import IndexMeta, Rows, backend
 
-PARQUET_NAME = "_index.parquet"
-JSONL_NAME = "_index.jsonl"
 LOCK_NAME = "_index.lock"
-INDEX_VERSION = "1"
 
 # Compact once the uncovered tail passes this share of the covered manifest (and a
 # floor): amortised O(1) per write, while readers parse at most ~1/64 of the manifest.
 _TAIL_FLOOR_BYTES = 1024 * 1024
 _TAIL_SHARE = 64
-_ROW_GROUP_SIZE = 256 * 1024
-
-
-def arrow() -> ModuleType | None:
-    """pyarrow, or None where it cannot be imported (the index falls back to JSONL)."""
-    try:
-        module = importlib.import_module("pyarrow")
-        importlib.import_module("pyarrow.parquet")
-    except ImportError:
-        return None
-    return module
 
 
 def index_path(root: Path) -> Path:
-    return root / (PARQUET_NAME if arrow() is not None else JSONL_NAME)
-
-
-@dataclass
-class Rows:
-    """Index rows in manifest order: a pyarrow Table, or a list of dicts without pyarrow."""
-
-    table: Any = None  # pyarrow.Table when pyarrow is available
-    records: list[dict[str, Any]] = field(default_factory=list)
-
-    def __len__(self) -> int:
-        return self.table.num_rows if self.table is not None else len(self.records)
+    return root / backend().index_name
 
 
 @dataclass
@@ -75,192 +45,60 @@ class IndexState:
     manifest_bytes: int  # how much of the manifest the rows cover
 
 
-def _arrow_schema(pa: ModuleType) -> Any:
-    kinds = {str: pa.string(), int: pa.int64(), float: pa.float64()}
-    return pa.schema([pa.field(name, kinds[kind], nullable) for name, (kind, nullable) in COLUMNS.items()])
-
-
-def _index_metadata(manifest_bytes: int, last_sha: str | None) -> dict[str, str]:
-    return {
-        "neurolens.index_version": INDEX_VERSION,
-        "neurolens.manifest_bytes": str(manifest_bytes),
-        "neurolens.last_line_sha256": last_sha or "",
-    }
-
-
-def rows_from_entries(entries: list[dict[str, Any]]) -> Rows:
-    pa = arrow()
-    if pa is None:
-        return Rows(records=entries)
-    columns = {name: [e[name] for e in entries] for name in COLUMNS}
-    return Rows(table=pa.Table.from_pydict(columns, schema=_arrow_schema(pa)))
-
-
-def concat_rows(parts: list[Rows]) -> Rows:
-    pa = arrow()
-    if pa is None:
-        return Rows(records=[r for part in parts for r in part.records])
-    tables = [part.table for part in parts if part.table is not None]
-    if not tables:
-        return rows_from_entries([])
-    return Rows(table=pa.concat_tables(tables).combine_chunks())
-
-
-def _parse_block_arrow(offset: int, block: bytes, result: ManifestSlice) -> None:
-    """Parse a block of manifest lines with Arrow's JSON reader (C++, ~20x faster than
-    line by line); any block it cannot take whole is parsed line by line instead."""
-    import pyarrow as pa
-    import pyarrow.json as pa_json
-
-    schema = _arrow_schema(pa)
-    try:
-        table = pa_json.read_json(
-            io.BytesIO(block),
-            read_options=pa_json.ReadOptions(block_size=1 << 22),
-            parse_options=pa_json.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore"),
-        )
-        table = table.select(list(COLUMNS)).cast(schema)
-        complete = table.num_rows == block.count(b"\n") and all(
-            nullable or table.column(name).null_count == 0 for name, (_, nullable) in COLUMNS.items()
-        )
-        finite = all(
-            not pa.compute.any(pa.compute.is_nan(table.column(name))).as_py()
-            and not pa.compute.any(pa.compute.is_inf(table.column(name))).as_py()
-            for name, (kind, _) in COLUMNS.items()
-            if kind is float
-        )
-    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
-        complete = finite = False
-    if complete and finite:
-        result.tables.append(table)
-        return
-    lines = ManifestSlice()
-    parse_lines(offset, block, lines)
-    result.problems.extend(lines.problems)
-    result.tables.append(rows_from_entries(lines.entries).table)
-
-
 def read_tail(
-    root: Path, start: int, *, progress: Progress | None = None, stop: int | None = None
-) -> tuple[Rows, ManifestSlice]:
-    """Rows of the manifest from byte ``start`` (to ``stop``), in manifest order, duplicates included."""
-    if arrow() is None:
-        tail = read_manifest(root, start, warn=False, progress=progress, stop=stop)
-        return Rows(records=tail.entries), tail
-    tail = read_manifest(
-        root, start, warn=False, progress=progress, parse_block=_parse_block_arrow, stop=stop
-    )
-    return concat_rows([Rows(table=t) for t in tail.tables]), tail
+    root: Path, start: int = 0, *, progress: Progress | None = None, stop: int | None = None
+) -> tuple[Rows, ManifestRead]:
+    """Rows of the manifest from byte ``start`` (to ``stop``), in manifest order, duplicates
+    included; skipped lines are in the ``ManifestRead``'s problems."""
+    rows = backend()
+    read = ManifestRead()
+    parts = []
+    for offset, block in read_blocks(root, read, start, progress=progress, stop=stop):
+        part, problems = rows.parse_block(offset, block)
+        parts.append(part)
+        read.problems.extend(problems)
+    return rows.concat(parts), read
 
 
-def drop_duplicates(rows: Rows, known: Rows | None, tail: ManifestSlice) -> Rows:
-    """``rows`` without run ids seen in ``known`` or earlier in ``rows``: the first wins."""
-    if rows.table is None:
-        known_ids = {r["run_id"] for r in known.records} if known else set()
-        fresh = []
-        for record in rows.records:
-            if record["run_id"] in known_ids:
-                tail.problems.append(_duplicate(record["run_id"]))
-            else:
-                known_ids.add(record["run_id"])
-                fresh.append(record)
-        return Rows(records=fresh)
-    import pyarrow.compute as pc
-
-    ids = rows.table.column("run_id")
-    clash = None
-    if known is not None and len(known) and len(rows):
-        clash = pc.is_in(ids, value_set=known.table.column("run_id"))
-        if not pc.any(clash).as_py():
-            clash = None
-    if clash is None and pc.count_distinct(ids).as_py() == len(rows):
-        return rows  # the common case: nothing to drop, no Python loop
-    clashes = clash.to_pylist() if clash is not None else [False] * len(rows)
-    seen: set[str] = set()
-    keep = []
-    for run_id, known_already in zip(ids.to_pylist(), clashes, strict=True):
-        duplicate = known_already or run_id in seen
-        if duplicate:
-            tail.problems.append(_duplicate(run_id))
-        seen.add(run_id)
-        keep.append(not duplicate)
-    return Rows(table=rows.table.filter(keep))
-
-
-def _duplicate(run_id: str) -> str:
+def duplicate_message(run_id: str) -> str:
     return f"duplicate run id {run_id!r}: the first manifest entry is kept"
-
-
-# --- reading -------------------------------------------------------------------------
-
-
-def read_index_header(root: Path) -> tuple[int, str | None] | None:
-    """(manifest_bytes, last_line_sha256) the index claims to cover; None if unreadable."""
-    path = index_path(root)
-    try:
-        pa = arrow()
-        if pa is not None:
-            import pyarrow.parquet as pq
-
-            meta = pq.read_schema(path).metadata or {}
-            if meta.get(b"neurolens.index_version") != INDEX_VERSION.encode():
-                return None
-            covered = int(meta[b"neurolens.manifest_bytes"])
-            sha = meta[b"neurolens.last_line_sha256"].decode() or None
-            return covered, sha
-        with open(path, "rb") as handle:
-            header = json.loads(handle.readline())
-        if header.get("neurolens_index") != int(INDEX_VERSION):
-            return None
-        return int(header["manifest_bytes"]), header.get("last_line_sha256")
-    except Exception:  # any damage means "no usable index"; the manifest still answers
-        return None
 
 
 def read_index(root: Path) -> tuple[IndexState | None, str | None]:
     """The index, checked against the manifest; else (None, why it cannot be used)."""
-    path = index_path(root)
-    if not path.exists():
-        return None, f"index {path.name} is missing"
-    header = read_index_header(root)
-    if header is None:
-        return None, f"index {path.name} is corrupt or from another version"
-    covered, sha = header
-    if covered > manifest_size(root):
-        return None, f"index {path.name} covers more than the manifest holds"
+    name = backend().index_name
+    if not os.path.lexists(root / name):
+        return None, f"index {name} is missing"
     try:
-        if covered and last_line_sha256_before(root, covered) != sha:
-            return None, f"index {path.name} does not match the manifest"
-        rows = _read_rows(path)
-    except Exception as exc:
-        return None, f"index {path.name} cannot be read ({type(exc).__name__})"
-    return IndexState(rows=rows, manifest_bytes=covered), None
-
-
-def _read_rows(path: Path) -> Rows:
-    pa = arrow()
-    if pa is not None:
-        import pyarrow.parquet as pq
-
-        table = pq.ParquetFile(path).read().replace_schema_metadata(None)
-        if not table.schema.equals(_arrow_schema(pa)):
-            raise ValueError("unexpected index columns")
-        return Rows(table=table)
-    with open(path, "rb") as handle:
-        handle.readline()
-        return Rows(records=[json.loads(line) for line in handle])
+        found = backend().read_index(root)
+    except Exception as exc:  # any damage means "no usable index"; the manifest still answers
+        return None, f"index {name} is corrupt or unreadable ({type(exc).__name__})"
+    if found is None:
+        return None, f"index {name} is corrupt or from another version"
+    meta, rows = found
+    if meta.manifest_bytes > manifest_size(root):
+        return None, f"index {name} covers more than the manifest holds"
+    try:
+        if (
+            meta.manifest_bytes
+            and last_line_sha256_before(root, meta.manifest_bytes) != meta.last_line_sha256
+        ):
+            return None, f"index {name} does not match the manifest"
+    except OSError as exc:
+        return None, f"the manifest cannot be read ({exc.strerror or exc})"
+    return IndexState(rows=rows, manifest_bytes=meta.manifest_bytes), None
 
 
 def _fold_tail(
     root: Path, state: IndexState | None, progress: Progress | None = None
-) -> tuple[Rows, ManifestSlice]:
+) -> tuple[Rows, ManifestRead]:
     """The index's rows plus the manifest tail it does not cover, duplicates dropped."""
-    start = state.manifest_bytes if state else 0
-    tail_rows, tail = read_tail(root, start, progress=progress)
-    fresh = drop_duplicates(tail_rows, state.rows if state else None, tail)
+    tail_rows, tail = read_tail(root, state.manifest_bytes if state else 0, progress=progress)
+    fresh, duplicates = tail_rows.without_duplicates(state.rows if state else None)
+    tail.problems.extend(duplicate_message(run_id) for run_id in duplicates)
     if state is None:
         return fresh, tail
-    return (concat_rows([state.rows, fresh]) if len(fresh) else state.rows), tail
+    return (backend().concat([state.rows, fresh]) if len(fresh) else state.rows), tail
 
 
 def snapshot(root: Path, *, warn: bool = True) -> Rows:
@@ -285,37 +123,16 @@ def snapshot(root: Path, *, warn: bool = True) -> Rows:
     return rows
 
 
-# --- writing -------------------------------------------------------------------------
-
-
-def _encode_index(rows: Rows, covered: int, last_sha: str | None) -> bytes:
-    pa = arrow()
-    if pa is not None:
-        import pyarrow.parquet as pq
-
-        table = rows.table.combine_chunks().replace_schema_metadata(_index_metadata(covered, last_sha))
-        sink = pa.BufferOutputStream()
-        # Fixed writer options: the same rows always give the same bytes.
-        pq.write_table(
-            table,
-            sink,
-            compression="zstd",
-            row_group_size=_ROW_GROUP_SIZE,
-            write_statistics=True,
-            store_schema=True,
-        )
-        return bytes(sink.getvalue().to_pybytes())
-    out = io.StringIO()
-    header = {"neurolens_index": int(INDEX_VERSION), "manifest_bytes": covered, "last_line_sha256": last_sha}
-    out.write(json.dumps(header, sort_keys=True) + "\n")
-    for record in rows.records:
-        out.write(json.dumps(record, sort_keys=True, ensure_ascii=False) + "\n")
-    return out.getvalue().encode("utf-8")
+def has_run(root: Path, run_id: str) -> bool:
+    """Whether the store holds a run of this id (whatever its day or backend)."""
+    if not os.path.lexists(root / MANIFEST_NAME):
+        return False
+    return run_id in snapshot(root, warn=False).with_prefix("run_id", run_id).ids()
 
 
 @contextlib.contextmanager
 def _index_lock(root: Path, *, blocking: bool) -> Iterator[bool]:
-    fd = os.open(root / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = open_in_store(root, LOCK_NAME, os.O_RDWR | os.O_CREAT)
     try:
         with locked(fd, blocking=blocking) as acquired:
             yield acquired
@@ -353,16 +170,17 @@ def compact(
         if warn:
             for message in tail.problems:
                 warnings.warn(message, ManifestWarning, stacklevel=3)
-        if state is not None and tail.end == state.manifest_bytes:  # nothing new: already compact
-            return IndexReport(path=path, rows=len(rows), problems=tail.problems)
-        replace_file_atomically(path, _encode_index(rows, tail.end, tail.last_line_sha256))
+        if state is None or tail.end != state.manifest_bytes:  # else nothing new: already compact
+            files = backend().write_index(rows, IndexMeta(tail.end, tail.last_line_sha256))
+            for name, data in files.items():
+                replace_file_atomically(root, name, data)
         return IndexReport(path=path, rows=len(rows), problems=tail.problems)
 
 
 def needs_compaction(root: Path, manifest_bytes: int) -> bool:
     """Whether a writer that just grew the manifest to ``manifest_bytes`` should compact."""
-    header = read_index_header(root)
-    if header is None:
+    meta = backend().read_meta(root)
+    if meta is None:
         return True
-    covered = header[0]
+    covered = meta.manifest_bytes
     return manifest_bytes - covered > max(_TAIL_FLOOR_BYTES, covered // _TAIL_SHARE)

@@ -9,13 +9,10 @@ import hashlib
 import json
 import math
 import os
-import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-from neurolens.errors import ManifestWarning
 
 MANIFEST_NAME = "_manifest.jsonl"
 
@@ -91,6 +88,11 @@ def encode_entry(entry: Mapping[str, Any]) -> bytes:
     return (line + "\n").encode("utf-8")
 
 
+# What the index stores an integer in: anything outside is refused by the schema and
+# skipped by readers.
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
 def coerce_entry(raw: Any) -> dict[str, Any] | str:
     """A parsed manifest line as a typed entry with every column, or why it is invalid."""
     if not isinstance(raw, dict):
@@ -102,31 +104,46 @@ def coerce_entry(raw: Any) -> dict[str, Any] | str:
             if not nullable:
                 return f"'{name}' is missing"
         elif kind is float:
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                return f"'{name}' is not a number"
+            try:
+                value = float(value)
+            except OverflowError:
+                return f"'{name}' is out of range"
+            if not math.isfinite(value):
                 return f"'{name}' is not a finite number"
-            value = float(value)
         elif kind is int:
             if isinstance(value, bool) or not isinstance(value, int):
                 return f"'{name}' is not an integer"
+            if not INT64_MIN <= value <= INT64_MAX:
+                return f"'{name}' is outside the 64-bit integer range"
         elif not isinstance(value, str):
             return f"'{name}' is not a string"
         entry[name] = value
+    tags = _decode_tags(entry["tags"])
+    if tags is None:
+        return "'tags' is not a JSON object of strings"
+    entry["tags"] = encode_tags(tags)  # canonical, so tag filters can match its text
     return entry
 
 
-@dataclass
-class ManifestSlice:
-    """What was read of the complete lines in ``[start, end)`` of the manifest."""
+def _decode_tags(text: str) -> dict[str, str] | None:
+    try:
+        tags = json.loads(text)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(tags, dict) or not all(isinstance(v, str) for v in tags.values()):
+        return None
+    return tags
 
-    entries: list[dict[str, Any]] = field(default_factory=list)  # parsed by parse_lines
-    tables: list[Any] = field(default_factory=list)  # parsed to Arrow by the index
+
+@dataclass
+class ManifestRead:
+    """What reading complete lines in ``[start, end)`` of the manifest found out."""
+
     end: int = 0  # just past the last complete line read
     last_line_sha256: str | None = None
     problems: list[str] = field(default_factory=list)
-
-
-# parse_block(offset, block of complete lines, slice to add to)
-BlockParser = Callable[[int, bytes, ManifestSlice], None]
 
 
 def manifest_path(root: Path) -> Path:
@@ -152,25 +169,22 @@ def _chunks(path: Path, start: int, stop: int | None) -> Iterator[bytes]:
             yield data
 
 
-def read_manifest(
+def read_blocks(
     root: Path,
+    read: ManifestRead,
     start: int = 0,
     *,
-    warn: bool = True,
     progress: Progress | None = None,
-    parse_block: BlockParser | None = None,
     stop: int | None = None,
-) -> ManifestSlice:
-    """Parse the manifest from byte ``start`` (a line boundary) to its last complete line.
+) -> Iterator[tuple[int, bytes]]:
+    """Blocks of complete manifest lines from byte ``start`` (a line boundary), each with
+    its byte offset; ``read`` learns how far they went.
 
-    Torn, unparsable or invalid lines are skipped and reported in ``problems`` (and as
-    ManifestWarning when ``warn``); an unterminated last line is left for the next reader,
-    since it may be an append still in progress or the remains of a killed writer.
-    Blocks of complete lines go to ``parse_block`` (``parse_lines`` by default); reading
+    An unterminated last line is left for the next reader (it may be an append still in
+    progress or the remains of a killed writer) and noted in ``read.problems``. Reading
     ends at byte ``stop`` when given (a line boundary).
     """
-    parse = parse_block or parse_lines
-    result = ManifestSlice(end=start)
+    read.end = start
     carry = b""
     carry_offset = start
     last_line = b""
@@ -185,43 +199,14 @@ def read_manifest(
         if cut == 0:
             continue
         block = buffer[:cut]
-        parse(buffer_offset, block, result)
         last_line = block[block.rfind(b"\n", 0, cut - 1) + 1 : cut - 1]
-        result.end = carry_offset
-    if result.end > start:
-        result.last_line_sha256 = hashlib.sha256(last_line).hexdigest()
+        read.end = carry_offset
+        read.last_line_sha256 = hashlib.sha256(last_line).hexdigest()
+        yield buffer_offset, block
     if carry:
-        result.problems.append(
+        read.problems.append(
             f"manifest byte {carry_offset}: incomplete last line ({len(carry)} bytes) ignored"
         )
-    if warn:
-        for problem in result.problems:
-            warnings.warn(problem, ManifestWarning, stacklevel=3)
-    return result
-
-
-def parse_lines(offset: int, block: bytes, result: ManifestSlice) -> None:
-    """Parse a block of complete lines one by one into ``result.entries``."""
-    position = offset
-    for line in block.split(b"\n")[:-1]:
-        _parse_line(line, position, result)
-        position += len(line) + 1
-
-
-def _parse_line(line: bytes, position: int, result: ManifestSlice) -> None:
-    if not line.strip():
-        result.problems.append(f"manifest byte {position}: empty line skipped")
-        return
-    try:
-        raw = json.loads(line)
-    except ValueError:
-        result.problems.append(f"manifest byte {position}: torn or unparsable line skipped")
-        return
-    entry = coerce_entry(raw)
-    if isinstance(entry, str):
-        result.problems.append(f"manifest byte {position}: invalid entry skipped ({entry})")
-        return
-    result.entries.append(entry)
 
 
 def last_line_sha256_before(root: Path, end: int) -> str | None:

@@ -16,6 +16,7 @@ import os
 import shutil
 import tarfile
 import tempfile
+import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
@@ -24,8 +25,15 @@ from typing import Any
 from neurolens.errors import NeurolensError, RunExistsError, StoreError
 from neurolens.storage import index as _index
 from neurolens.storage.document import canonical_bytes, prepare_run, run_relpaths
-from neurolens.storage.files import append_lines_durably, create_file_atomically
-from neurolens.storage.manifest import encode_entry, entry_for, manifest_path, read_manifest
+from neurolens.storage.files import (
+    append_lines_durably,
+    check_run_path,
+    create_file_atomically,
+    open_dir,
+    read_store_file,
+)
+from neurolens.storage.manifest import MANIFEST_NAME, encode_entry, entry_for, manifest_path
+from neurolens.storage.root import ensure_root, require_store
 
 _BATCH = 2000  # runs copied, then synced, then appended to the manifest in one write
 
@@ -38,8 +46,13 @@ class MergeReport:
     damaged: list[str] = field(default_factory=list)
     refused: list[str] = field(default_factory=list)  # hostile archive members
 
+    @property
+    def complete(self) -> bool:
+        """Every source run is now in the destination: nothing refused, damaged or in conflict."""
+        return not (self.conflicts or self.damaged or self.refused)
+
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "complete": self.complete}
 
 
 # --- archives ----------------------------------------------------------------------------
@@ -58,41 +71,69 @@ def _unsafe_reason(member: tarfile.TarInfo) -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class ArchiveLimits:
+    """Caps on what one archive may unpack to: a small archive can expand without bound."""
+
+    max_bytes: int = 4 * 2**30
+    max_members: int = 2_000_000
+
+
 @contextlib.contextmanager
-def _opened_source(source: Path, report: MergeReport) -> Iterator[Path]:
+def _opened_source(source: Path, report: MergeReport, limits: ArchiveLimits) -> Iterator[Path]:
     """The store root of a directory, or of a ``.tar.gz`` unpacked (safely) to a temp folder."""
     if source.is_dir():
+        require_store(source)
         yield source
         return
     if not source.is_file():
         raise StoreError(f"source {source} does not exist")
-    try:
-        archive = tarfile.open(source, mode="r:*")  # noqa: SIM115 - closed below, after checks
-    except (tarfile.TarError, OSError) as exc:
-        raise StoreError(
-            f"source {source} is neither a store folder nor a readable archive ({exc})"
-        ) from None
     scratch = Path(tempfile.mkdtemp(prefix="neurolens-merge-"))
     try:
-        with archive:
-            for member in archive:
-                reason = _unsafe_reason(member)
-                if reason:
-                    report.refused.append(f"{source}: member {member.name!r} refused ({reason})")
-                    continue
-                target = scratch / member.name
-                if member.isdir():
-                    target.mkdir(parents=True, exist_ok=True)
-                    continue
-                target.parent.mkdir(parents=True, exist_ok=True)
-                extracted = archive.extractfile(member)
-                if extracted is None:
-                    continue
-                with extracted, open(target, "wb") as out:
-                    shutil.copyfileobj(extracted, out)
+        try:
+            _unpack(source, scratch, report, limits)
+        except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
+            raise StoreError(
+                f"source {source} is neither a store folder nor a readable archive ({exc})"
+            ) from None
         yield _store_root_in(scratch, source)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _unpack(source: Path, scratch: Path, report: MergeReport, limits: ArchiveLimits) -> None:
+    total = members = 0
+    seen: set[str] = set()
+    with tarfile.open(source, mode="r:*") as archive:
+        for member in archive:
+            members += 1
+            if members > limits.max_members:
+                raise StoreError(
+                    f"source {source} has more than {limits.max_members:,} members (raise the cap)"
+                )
+            reason = _unsafe_reason(member)
+            name = PurePosixPath(member.name).as_posix()
+            if reason is None and name in seen:
+                reason = "duplicate member name"
+            if reason:
+                report.refused.append(f"{source}: member {member.name!r} refused ({reason})")
+                continue
+            seen.add(name)
+            target = scratch / name
+            if member.isdir():
+                target.mkdir(parents=True, exist_ok=True)
+                continue
+            total += member.size
+            if total > limits.max_bytes:
+                raise StoreError(
+                    f"source {source} unpacks to more than {limits.max_bytes:,} bytes (raise the cap)"
+                )
+            target.parent.mkdir(parents=True, exist_ok=True)
+            extracted = archive.extractfile(member)
+            if extracted is None:
+                continue
+            with extracted, open(target, "xb") as out:
+                shutil.copyfileobj(extracted, out)
 
 
 def _store_root_in(folder: Path, source: Path) -> Path:
@@ -111,25 +152,25 @@ def _store_root_in(folder: Path, source: Path) -> Path:
 def _check_run(src: Path, entry: dict[str, Any]) -> tuple[dict[str, Any], bytes, bytes | None] | str:
     """(document, run bytes, fingerprint bytes) of a sound source run, or what is wrong."""
     try:
-        run_bytes = (src / entry["run_json"]).read_bytes()
-    except OSError as exc:
-        return f"run file {entry['run_json']} cannot be read ({exc.strerror or exc})"
+        run_bytes = read_store_file(src, check_run_path(entry["run_json"]))
+    except (OSError, StoreError) as exc:
+        return f"run file {entry['run_json']} cannot be read ({_reason(exc)})"
     if hashlib.sha256(run_bytes).hexdigest() != entry["sha256"]:
         return f"run file {entry['run_json']} does not match its manifest hash"
     try:
         document = json.loads(run_bytes)
         canonical = prepare_run(document)
-    except (ValueError, NeurolensError) as exc:
+    except (ValueError, NeurolensError, RecursionError) as exc:
         return f"run file {entry['run_json']} is not a valid run ({exc})"
     if canonical_bytes(canonical) != run_bytes:
         return f"run file {entry['run_json']} is not in canonical form"
     fp_bytes = None
     if entry["fp_json"]:
         try:
-            fp_bytes = (src / entry["fp_json"]).read_bytes()
+            fp_bytes = read_store_file(src, check_run_path(entry["fp_json"]))
             json.loads(fp_bytes)
-        except (OSError, ValueError) as exc:
-            return f"fingerprint {entry['fp_json']} cannot be read ({exc})"
+        except (OSError, ValueError, StoreError, RecursionError) as exc:
+            return f"fingerprint {entry['fp_json']} cannot be read ({_reason(exc)})"
     run_rel, fp_rel = run_relpaths(canonical, with_fingerprint=fp_bytes is not None)
     if (run_rel, fp_rel) != (entry["run_json"], entry["fp_json"]):
         return f"manifest entry of {entry['run_id']} names {entry['run_json']}, expected {run_rel}"
@@ -138,54 +179,67 @@ def _check_run(src: Path, entry: dict[str, Any]) -> tuple[dict[str, Any], bytes,
     return canonical, run_bytes, fp_bytes
 
 
+def _reason(exc: Exception) -> str:
+    return (exc.strerror if isinstance(exc, OSError) else None) or str(exc)
+
+
 def _place(dest: Path, relative: str, data: bytes) -> None:
     """Copy one file in; an identical file left by an interrupted merge is accepted."""
-    path = dest / relative
-    path.parent.mkdir(parents=True, exist_ok=True)
+    folder, _, name = relative.rpartition("/")
+    dir_fd = open_dir(dest, folder, create=True)
     try:
-        create_file_atomically(path, data, durable=False)
+        create_file_atomically(dir_fd, name, data, durable=False)
     except RunExistsError:
-        if path.read_bytes() != data:
+        if read_store_file(dest, relative) != data:
             raise
+    finally:
+        os.close(dir_fd)
 
 
-def merge_stores(dest: str | os.PathLike[str], sources: Sequence[str | os.PathLike[str]]) -> MergeReport:
+def merge_stores(
+    dest: str | os.PathLike[str],
+    sources: Sequence[str | os.PathLike[str]],
+    limits: ArchiveLimits | None = None,
+) -> MergeReport:
     """Copy every sound run of ``sources`` (store folders or ``.tar.gz`` archives) into ``dest``.
 
     Runs already in ``dest`` are skipped (identical) or reported as conflicts (different
-    content); damaged source runs are reported and never copied. Ends with the index
-    compacted. Safe beside concurrent ``write_run`` calls on ``dest``.
+    content); damaged source runs are reported and never copied. Every source is opened
+    and checked to be a store before ``dest`` is created. Ends with the index compacted.
+    Safe beside concurrent ``write_run`` calls on ``dest``.
     """
     dest_root = Path(dest)
     if dest_root.exists() and not dest_root.is_dir():
         raise StoreError(f"destination {dest_root} is not a directory")
-    dest_root.mkdir(parents=True, exist_ok=True)
     report = MergeReport()
-    known = _known_runs(dest_root)
-    for source in sources:
-        with _opened_source(Path(source), report) as src:
+    with contextlib.ExitStack() as stack:
+        opened = [
+            (stack.enter_context(_opened_source(Path(s), report, limits or ArchiveLimits())), Path(s))
+            for s in sources
+        ]
+        ensure_root(dest_root)
+        known = _known_runs(dest_root)
+        for src, label in opened:
             if src.resolve() == dest_root.resolve():
-                raise StoreError(f"source {source} is the destination itself")
-            _merge_one(dest_root, src, Path(source), known, report)
+                raise StoreError(f"source {label} is the destination itself")
+            _merge_one(dest_root, src, label, known, report)
     _index.compact(dest_root, warn=False)
     return report
 
 
 def _known_runs(root: Path) -> dict[str, str]:
     """run id -> sha256 of the runs a store holds (index plus manifest tail)."""
-    rows = _index.snapshot(root, warn=False) if manifest_path(root).exists() else _index.Rows()
-    if rows.table is not None:
-        return dict(
-            zip(rows.table.column("run_id").to_pylist(), rows.table.column("sha256").to_pylist(), strict=True)
-        )
-    return {r["run_id"]: r["sha256"] for r in rows.records}
+    if not manifest_path(root).exists():
+        return {}
+    columns = _index.snapshot(root, warn=False).columns(["run_id", "sha256"])
+    return dict(zip(columns["run_id"], columns["sha256"], strict=True))
 
 
 def _merge_one(dest: Path, src: Path, label: Path, known: dict[str, str], report: MergeReport) -> None:
-    manifest = read_manifest(src, warn=False)
+    rows, manifest = _index.read_tail(src)
     report.damaged.extend(f"{label}: {problem}" for problem in manifest.problems)
     pending: list[bytes] = []
-    for entry in manifest.entries:
+    for entry in rows.records():
         run_id = entry["run_id"]
         if run_id in known:
             if known[run_id] == entry["sha256"]:
@@ -223,6 +277,6 @@ def _commit(dest: Path, pending: list[bytes], report: MergeReport) -> None:
     if not pending:
         return
     os.sync()
-    append_lines_durably(manifest_path(dest), pending)
+    append_lines_durably(dest, MANIFEST_NAME, pending)
     report.added += len(pending)
     pending.clear()

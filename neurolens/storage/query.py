@@ -2,137 +2,61 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import json
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from neurolens.errors import RunNotFoundError, StoreError
-from neurolens.storage.index import Rows, snapshot
-from neurolens.storage.manifest import COLUMNS, encode_tags
+from neurolens.storage.filters import LATEST_SESSION, RunFilter
+from neurolens.storage.index import snapshot
+from neurolens.storage.manifest import COLUMNS
+from neurolens.storage.root import StrPath, require_store, resolve_root
+from neurolens.storage.rows import Rows
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from neurolens.storage.store import StrPath
-
-_EQUALITY_FILTERS = ("model", "backend", "precision", "day", "session_id")
-
-
-@dataclass(frozen=True)
-class RunFilter:
-    """Conditions a run must meet, all together (AND). None means "any"."""
-
-    model: str | None = None
-    backend: str | None = None
-    precision: str | None = None
-    day: str | None = None
-    session_id: str | None = None
-    tags: Mapping[str, str] = field(default_factory=dict)
-    limit: int | None = None
-
-    def __post_init__(self) -> None:
-        for name in _EQUALITY_FILTERS:
-            value = getattr(self, name)
-            if value is not None and not isinstance(value, str):
-                raise ValueError(f"{name} must be a string, not {type(value).__name__}")
-        if self.day is not None:
-            parse_day(self.day)
-        if not isinstance(self.tags, Mapping) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in self.tags.items()
-        ):
-            raise ValueError("tags must map strings to strings")
-        if self.limit is not None and (
-            isinstance(self.limit, bool) or not isinstance(self.limit, int) or self.limit < 0
-        ):
-            raise ValueError(f"limit must be a non-negative integer, not {self.limit!r}")
-
-    def matches(self, record: Mapping[str, Any]) -> bool:
-        for name in _EQUALITY_FILTERS:
-            wanted = getattr(self, name)
-            if wanted is not None and record[name] != wanted:
-                return False
-        if self.tags:
-            tags = json.loads(record["tags"])
-            return all(tags.get(k) == v for k, v in self.tags.items())
-        return True
-
-
-def parse_day(text: str) -> str:
-    """Check a ``YYYY-MM-DD`` day; return it unchanged."""
-    try:
-        if len(text) != 10:
-            raise ValueError
-        dt.date.fromisoformat(text)
-    except (TypeError, ValueError):
-        raise ValueError(f"day must be a date as YYYY-MM-DD, not {text!r}") from None
-    return text
-
 
 def select(root: Path, flt: RunFilter) -> Rows:
-    """Matching rows, newest first (``created_at``, then ``run_id``), at most ``limit``."""
-    if not root.exists():
-        return Rows(records=[])
-    if not root.is_dir():
-        raise StoreError(f"store root {root} is not a directory")
-    rows = snapshot(root)
-    if rows.table is not None:
-        return Rows(table=_select_arrow(rows.table, flt))
-    chosen = [r for r in rows.records if flt.matches(r)]
-    chosen.sort(key=lambda r: (r["created_at"], r["run_id"]), reverse=True)
-    return Rows(records=chosen if flt.limit is None else chosen[: flt.limit])
+    """Matching rows, newest first (``created_at``, then ``run_id``), at most ``limit``.
+
+    A root that is not a store is a ``StoreError`` (see ``require_store``).
+    """
+    require_store(root)
+    rows = snapshot(root).filter(replace(flt, session_id=None))
+    if flt.session_id is not None:
+        rows = _session_rows(rows, flt.session_id)
+    return rows.newest(flt.limit)
 
 
-def _select_arrow(table: Any, flt: RunFilter) -> Any:
-    import pyarrow.compute as pc
-
-    mask = None
-
-    def both(condition: Any) -> None:
-        nonlocal mask
-        mask = condition if mask is None else pc.and_(mask, condition)
-
-    for name in _EQUALITY_FILTERS:
-        wanted = getattr(flt, name)
-        if wanted is not None:
-            both(pc.fill_null(pc.equal(table.column(name), wanted), False))
-    for key, value in flt.tags.items():
-        # '"key":"value"' inside the canonical tags JSON. It can only match falsely where
-        # the JSON holds an escaped quote, so rows with a backslash are checked exactly.
-        both(pc.match_substring(table.column("tags"), encode_tags({key: value})[1:-1]))
-    if mask is not None:
-        table = table.filter(mask)
-    if flt.tags and table.num_rows:
-        escaped = pc.match_substring(table.column("tags"), "\\").to_pylist()
-        if any(escaped):
-            tags = table.column("tags").to_pylist()
-            keep = [
-                not maybe or all(json.loads(t).get(k) == v for k, v in flt.tags.items())
-                for t, maybe in zip(tags, escaped, strict=False)
-            ]
-            table = table.filter(keep)
-    order = [("created_at", "descending"), ("run_id", "descending")]
-    if flt.limit is not None and flt.limit < table.num_rows:
-        table = table.take(pc.select_k_unstable(table, k=flt.limit, sort_keys=order))
-    return table.take(pc.sort_indices(table, sort_keys=order))
+def _session_rows(rows: Rows, wanted: str) -> Rows:
+    """The rows of one session: an exact id, a unique id prefix, or the latest session."""
+    if wanted == LATEST_SESSION:
+        newest = rows.with_prefix("session_id", "").newest(1).columns(["session_id"])["session_id"]
+        if not newest:
+            return rows.keep([False] * len(rows))
+        wanted = newest[0]
+    matching = rows.with_prefix("session_id", wanted)
+    sessions = set(matching.columns(["session_id"])["session_id"])
+    if len(sessions) > 1 and wanted not in sessions:
+        shown = ", ".join(sorted(sessions)[:5])
+        raise StoreError(f"session {wanted!r} is ambiguous: {len(sessions)} sessions start with it ({shown})")
+    if wanted in sessions and len(sessions) > 1:
+        return matching.filter(RunFilter(session_id=wanted))
+    return matching
 
 
 def find_run(root: Path, prefix: str) -> dict[str, Any]:
-    """The index row of the one run whose id is ``prefix`` or starts with it."""
+    """The index row of the one run whose id is ``prefix`` or starts with it (any case)."""
     if not prefix:
         raise RunNotFoundError("a run id (or a prefix of one) is required")
-    if not root.is_dir():
-        raise RunNotFoundError(f"no store at {root}")
+    require_store(root)
     rows = snapshot(root)
-    if rows.table is not None:
-        import pyarrow.compute as pc
-
-        table = rows.table.filter(pc.starts_with(rows.table.column("run_id"), prefix))
-        matches = to_records(Rows(table=table))
-    else:
-        matches = to_records(Rows(records=[r for r in rows.records if r["run_id"].startswith(prefix)]))
+    matches = to_records(rows.with_prefix("run_id", prefix))
+    if not matches and prefix != prefix.lower():  # generated ids are lowercase hex
+        matches = to_records(rows.with_prefix("run_id", prefix.lower()))
+        prefix = prefix.lower()
     exact = [m for m in matches if m["run_id"] == prefix]
     if exact or len(matches) == 1:
         return (exact or matches)[0]
@@ -145,7 +69,7 @@ def find_run(root: Path, prefix: str) -> dict[str, Any]:
 
 def to_records(rows: Rows) -> list[dict[str, Any]]:
     """Rows as plain dicts, with ``tags`` decoded to a dict."""
-    records = rows.table.to_pylist() if rows.table is not None else [dict(r) for r in rows.records]
+    records = rows.records()
     for record in records:
         record["tags"] = json.loads(record["tags"])
     return records
@@ -153,8 +77,6 @@ def to_records(rows: Rows) -> list[dict[str, Any]]:
 
 def query(root: StrPath | None = None, **filters: Any) -> list[dict[str, Any]]:
     """Matching runs as dicts, newest first. Filters as in :class:`RunFilter`."""
-    from neurolens.storage.store import resolve_root
-
     return to_records(select(resolve_root(root), RunFilter(**filters)))
 
 
@@ -162,7 +84,8 @@ def load_runs(root: StrPath | None = None, **filters: Any) -> pd.DataFrame:
     """Matching runs as a pandas DataFrame, newest first, without reading run JSON files.
 
     Filters: ``model``, ``backend``, ``precision``, ``day`` (``YYYY-MM-DD``),
-    ``session_id``, ``tags`` (a dict; every pair must match) and ``limit``.
+    ``session_id`` (an id, a unique prefix or ``"latest"``), ``tags`` (a dict; every
+    pair must match) and ``limit``.
     """
     import pandas as pd
 

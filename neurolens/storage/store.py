@@ -6,6 +6,7 @@ Layout under a root::
     YYYY/MM/DD/<backend>/<run_id>.fp.json   optional environment fingerprint
     _manifest.jsonl                         append-only ledger, the source of truth
     _index.parquet                          derived index (``_index.jsonl`` without pyarrow)
+    _index.lock                             taken while the index is rewritten
 """
 
 from __future__ import annotations
@@ -13,21 +14,22 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import warnings
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
-from neurolens.errors import RunValidationError, StoreError
+from neurolens.errors import IndexWarning, RunExistsError, RunValidationError, StoreError
 from neurolens.storage import index as _index
 from neurolens.storage.document import (
     canonical_bytes,
     check_json_value,
-    default_root,
     prepare_run,
     run_relpaths,
+    take_minted,
 )
-from neurolens.storage.files import append_lines_durably, create_file_atomically, fsync_dir
-from neurolens.storage.manifest import Progress, encode_entry, entry_for, manifest_path
+from neurolens.storage.files import append_lines_durably, create_file_atomically, fsync_dir, open_dir
+from neurolens.storage.manifest import MANIFEST_NAME, Progress, encode_entry, entry_for
+from neurolens.storage.root import StrPath, default_root, ensure_root, require_store, resolve_root
 
 __all__ = [
     "compact_index",
@@ -36,23 +38,6 @@ __all__ = [
     "resolve_root",
     "write_run",
 ]
-
-StrPath = str | os.PathLike[str]
-
-
-def resolve_root(root: StrPath | None) -> Path:
-    """``root`` as a Path; the default root (``$NEUROLENS_STORE_ROOT`` or ``./runs_store``) for None."""
-    if root is None:
-        return default_root()
-    if not isinstance(root, (str, os.PathLike)) or not os.fspath(root):
-        raise StoreError(f"root must be a non-empty path, not {root!r}")
-    return Path(root)
-
-
-def _ensure_root(root: Path) -> None:
-    if root.exists() and not root.is_dir():
-        raise StoreError(f"store root {root} exists and is not a directory")
-    root.mkdir(parents=True, exist_ok=True)
 
 
 def write_run(
@@ -63,9 +48,13 @@ def write_run(
     """Validate ``run``, store it and record it in the manifest; return where it went.
 
     Raises ``RunValidationError`` (a ``ValueError``) naming the field before anything is
-    written, and ``RunExistsError`` if the run's file already exists (nothing changes).
-    Returns ``run_id``, ``run_json`` and ``fp_json`` (absolute paths; ``fp_json`` None
-    without a fingerprint), ``created_at``, ``day`` and the manifest ``entry``.
+    written, ``RunExistsError`` if a run of that id is already in the store (nothing
+    changes), and ``StoreError`` for a store it must not write into (a symlink inside it,
+    a root that is a file). Returns ``run_id``, ``run_json`` and ``fp_json`` (``root``
+    joined with the file's path inside the store, so relative for a relative root;
+    ``fp_json`` None without a fingerprint), ``created_at``, ``day`` and the manifest
+    ``entry``. Once the manifest line is written the run is stored: a failure to update
+    the derived index afterwards is an ``IndexWarning``, never an exception.
     """
     document = prepare_run(run)
     fp_bytes = None
@@ -77,51 +66,61 @@ def write_run(
     run_bytes = canonical_bytes(document)
 
     root = resolve_root(root)
-    _ensure_root(root)
+    ensure_root(root)
     run_rel, fp_rel = run_relpaths(document, with_fingerprint=fp_bytes is not None)
-    run_path = root / run_rel
-    fp_path = root / fp_rel if fp_rel else None
-    run_path.parent.mkdir(parents=True, exist_ok=True)
+    folder, _, run_name = run_rel.rpartition("/")
+    entry = entry_for(document, run_rel, fp_rel, hashlib.sha256(run_bytes).hexdigest())
+    if (
+        run.get("run_id") is not None
+        and not take_minted(document["run_id"])
+        and _index.has_run(root, document["run_id"])
+    ):
+        raise RunExistsError(f"run {document['run_id']} is already in the store; runs are never overwritten")
 
-    created: list[Path] = []
+    dir_fd = open_dir(root, folder, create=True)
+    created: list[str] = []
     try:
-        create_file_atomically(run_path, run_bytes)
-        created.append(run_path)
-        if fp_path is not None and fp_bytes is not None:
-            create_file_atomically(fp_path, fp_bytes)
-            created.append(fp_path)
-        fsync_dir(run_path.parent)
-        entry = entry_for(document, run_rel, fp_rel, hashlib.sha256(run_bytes).hexdigest())
-        manifest_bytes = append_lines_durably(manifest_path(root), [encode_entry(entry)])
+        create_file_atomically(dir_fd, run_name, run_bytes)
+        created.append(run_name)
+        if fp_rel is not None and fp_bytes is not None:
+            create_file_atomically(dir_fd, fp_rel.rpartition("/")[2], fp_bytes)
+            created.append(fp_rel.rpartition("/")[2])
+        fsync_dir(dir_fd)
+        manifest_bytes = append_lines_durably(root, MANIFEST_NAME, [encode_entry(entry)])
     except BaseException:
         # Nothing half-stored: a run is in the store only once its manifest line is.
-        for path in created:
+        for name in created:
             with contextlib.suppress(OSError):
-                path.unlink()
+                os.unlink(name, dir_fd=dir_fd)
         raise
+    finally:
+        os.close(dir_fd)
 
-    if _index.needs_compaction(root, manifest_bytes):
-        _index.compact(root, blocking=False)
+    try:
+        if _index.needs_compaction(root, manifest_bytes):
+            _index.compact(root, blocking=False)
+    except (OSError, StoreError) as exc:  # the run is stored; readers fall back to the manifest
+        warnings.warn(f"run stored, but the index was not updated: {exc}", IndexWarning, stacklevel=2)
     return {
         "run_id": document["run_id"],
-        "run_json": str(run_path),
-        "fp_json": str(fp_path) if fp_path else None,
+        "run_json": str(root / run_rel),
+        "fp_json": str(root / fp_rel) if fp_rel else None,
         "created_at": document["created_at"],
         "day": entry["day"],
         "entry": entry,
     }
 
 
-def compact_index(root: StrPath | None = None) -> Path:
+def compact_index(root: StrPath | None = None) -> os.PathLike[str]:
     """Fold the uncovered manifest tail into the index (done at the end of a test session)."""
     root = resolve_root(root)
-    _ensure_root(root)
+    require_store(root)
     report = _index.compact(root)
     assert report is not None  # a blocking compaction always runs
     return report.path
 
 
-def rebuild_index_from_manifest(root: StrPath | None = None) -> Path:
+def rebuild_index_from_manifest(root: StrPath | None = None) -> os.PathLike[str]:
     """Rebuild the index from the manifest alone and return its path.
 
     Deterministic: the same manifest always gives a byte-identical index, equal to the
@@ -136,8 +135,7 @@ def rebuild_index_report(
 ) -> _index.IndexReport:
     """``rebuild_index_from_manifest`` with the row count and the skipped lines."""
     root = resolve_root(root)
-    if not root.is_dir():
-        raise StoreError(f"no store at {root}")
+    require_store(root)
     report = _index.compact(root, from_scratch=True, warn=warn, progress=progress)
     assert report is not None  # a blocking compaction always runs
     return report

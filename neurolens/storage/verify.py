@@ -6,7 +6,9 @@ does not match (to say how they are wrong) or with ``full=True``.
 
 Problem kinds: manifest_line (torn, unparsable or invalid), duplicate_run_id,
 missing_run_file, unreadable_run_file, hash_mismatch, invalid_run, entry_mismatch,
-missing_fingerprint, orphan_file, index.
+missing_fingerprint, symlink, orphan_file (a file that is not part of the layout), index.
+Run files no manifest line names (a writer killed between its file and its line) and
+temporary files are ``leftovers``: reported apart, harmless, removed by ``remove_leftovers``.
 """
 
 from __future__ import annotations
@@ -19,10 +21,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from neurolens.errors import NeurolensError
+from neurolens.errors import NeurolensError, StoreError
 from neurolens.storage import index as _index
 from neurolens.storage.document import prepare_run, run_relpaths
+from neurolens.storage.files import check_run_path, open_dir, read_store_file
 from neurolens.storage.manifest import MANIFEST_NAME, Progress, entry_for, manifest_size
+from neurolens.storage.root import require_store
 
 
 @dataclass
@@ -38,7 +42,7 @@ class VerifyReport:
     runs: int = 0
     files: int = 0
     problems: list[Problem] = field(default_factory=list)
-    # harmless litter: temporary files of writers killed before they renamed them
+    # harmless litter of killed writers: temporary files, run files without a manifest line
     leftovers: list[str] = field(default_factory=list)
 
     @property
@@ -66,18 +70,21 @@ class VerifyReport:
 def verify_store(
     root: str | os.PathLike[str], *, full: bool = False, progress: Progress | None = None
 ) -> VerifyReport:
-    """Every problem of the store at ``root`` (kinds in the module docstring); reads, never writes."""
+    """Every problem of the store at ``root`` (kinds in the module docstring); reads, never writes.
+
+    Consistent beside live writers: a file that no entry of the manifest as first read
+    names is checked again against what was appended since.
+    """
     root_path = Path(root)
     report = VerifyReport(root=root_path)
-    if not root_path.is_dir():
-        raise NeurolensError(f"no store at {root_path}")
-    rows, tail = _index.read_tail(root_path, 0)
+    require_store(root_path)
+    rows, tail = _index.read_tail(root_path)
     for problem in tail.problems:
         report.add("manifest_line", MANIFEST_NAME, problem)
-    unique = _index.drop_duplicates(rows, None, tail)
-    for problem in tail.problems[len(report.problems) :]:
-        report.add("duplicate_run_id", MANIFEST_NAME, problem)
-    entries = unique.table.to_pylist() if unique.table is not None else unique.records
+    unique, duplicates = rows.without_duplicates()
+    for run_id in duplicates:
+        report.add("duplicate_run_id", MANIFEST_NAME, _index.duplicate_message(run_id))
+    entries = unique.records()
     report.runs = len(entries)
     named: set[str] = set()
     for number, entry in enumerate(entries, 1):
@@ -89,7 +96,7 @@ def verify_store(
             progress(number, len(entries))
     if progress is not None:
         progress(len(entries), len(entries))
-    _check_orphans(root_path, named, report)
+    _check_files(root_path, named, tail.end, report)
     _check_index(root_path, report)
     return report
 
@@ -97,12 +104,13 @@ def verify_store(
 def _check_entry(root: Path, entry: dict[str, Any], full: bool, report: VerifyReport) -> None:
     where = entry["run_json"]
     try:
-        data = (root / where).read_bytes()
+        data = read_store_file(root, check_run_path(where))
     except FileNotFoundError:
         report.add("missing_run_file", where, f"run {entry['run_id']}: its run file is missing")
         return
-    except OSError as exc:
-        report.add("unreadable_run_file", where, f"run {entry['run_id']}: {exc.strerror or exc}")
+    except (OSError, StoreError) as exc:
+        reason = (exc.strerror if isinstance(exc, OSError) else None) or str(exc)
+        report.add("unreadable_run_file", where, f"run {entry['run_id']}: {reason}")
         return
     hash_ok = hashlib.sha256(data).hexdigest() == entry["sha256"]
     if not hash_ok:
@@ -114,7 +122,7 @@ def _check_entry(root: Path, entry: dict[str, Any], full: bool, report: VerifyRe
         if not isinstance(document, dict):
             raise ValueError("not a JSON object")
         canonical = prepare_run(document) if full or not hash_ok else document
-    except (ValueError, NeurolensError) as exc:
+    except (ValueError, NeurolensError, RecursionError) as exc:
         report.add("invalid_run", where, f"run {entry['run_id']}: {exc}")
         return
     try:
@@ -128,26 +136,77 @@ def _check_entry(root: Path, entry: dict[str, Any], full: bool, report: VerifyRe
         report.add(
             "entry_mismatch", where, f"run {entry['run_id']}: manifest disagrees on {', '.join(differing)}"
         )
-    if entry["fp_json"] and not (root / entry["fp_json"]).is_file():
-        report.add(
-            "missing_fingerprint", entry["fp_json"], f"run {entry['run_id']}: its fingerprint is missing"
-        )
+    if entry["fp_json"]:
+        try:
+            read_store_file(root, check_run_path(entry["fp_json"]))
+        except (OSError, StoreError):
+            report.add(
+                "missing_fingerprint", entry["fp_json"], f"run {entry['run_id']}: its fingerprint is missing"
+            )
 
 
-def _check_orphans(root: Path, named: set[str], report: VerifyReport) -> None:
+def _check_files(root: Path, named: set[str], manifest_end: int, report: VerifyReport) -> None:
+    """Files no manifest entry names: leftovers of killed writers, or damage."""
+    unnamed: list[str] = []
     for folder, dirs, files in os.walk(root):
         dirs.sort()
         relative_folder = Path(folder).relative_to(root)
-        for name in sorted(files):
+        for name in sorted([*files, *(d for d in dirs if os.path.islink(os.path.join(folder, d)))]):
             relative = (relative_folder / name).as_posix()
             if relative_folder == Path(".") and name.startswith("_"):
                 continue  # manifest, index, locks
+            if os.path.islink(os.path.join(folder, name)):
+                report.add("symlink", relative, "a symlink inside the store (never followed; remove it)")
+                continue
             if name.startswith(".") and name.endswith(".tmp"):
                 report.leftovers.append(relative)
                 continue
             report.files += 1
             if relative not in named:
-                report.add("orphan_file", relative, "no manifest entry names this file")
+                unnamed.append(relative)
+    if unnamed:  # a live writer may have appended their lines since the manifest was read
+        named |= {
+            name for entry in _index.read_tail(root, manifest_end)[0].records() for name in _names(entry)
+        }
+    for relative in unnamed:
+        if relative in named:
+            continue
+        if _written_by_a_killed_writer(root, relative):
+            report.leftovers.append(relative)
+        else:
+            report.add("orphan_file", relative, "no manifest entry names this file")
+
+
+def _written_by_a_killed_writer(root: Path, relative: str) -> bool:
+    """A sound run file (or fingerprint) at the path its own id, day and backend give:
+    what ``write_run`` leaves when it is killed between the file and the manifest line."""
+    try:
+        document = json.loads(read_store_file(root, check_run_path(relative)))
+        if relative.endswith(".fp.json"):
+            return isinstance(document, dict)
+        return run_relpaths(prepare_run(document), with_fingerprint=False)[0] == relative
+    except (OSError, ValueError, RecursionError, NeurolensError):
+        return False
+
+
+def _names(entry: dict[str, Any]) -> list[str]:
+    return [entry["run_json"], *([entry["fp_json"]] if entry["fp_json"] else [])]
+
+
+def remove_leftovers(report: VerifyReport) -> list[str]:
+    """Delete the leftovers ``verify_store`` found (``neurolens verify --fix``); return them."""
+    removed = []
+    for relative in report.leftovers:
+        folder, _, name = relative.rpartition("/")
+        dir_fd = open_dir(report.root, folder)
+        try:
+            os.unlink(name, dir_fd=dir_fd)
+            removed.append(relative)
+        except FileNotFoundError:
+            continue
+        finally:
+            os.close(dir_fd)
+    return removed
 
 
 def _check_index(root: Path, report: VerifyReport) -> None:
@@ -157,14 +216,9 @@ def _check_index(root: Path, report: VerifyReport) -> None:
     if state is None:
         report.add("index", _index.index_path(root).name, f"{problem} (`neurolens rebuild` restores it)")
         return
-    rows, tail = _index.read_tail(root, 0, stop=state.manifest_bytes)
-    expected = _index.drop_duplicates(rows, None, tail)
-    same = (
-        state.rows.table.equals(expected.table)
-        if state.rows.table is not None
-        else state.rows.records == expected.records
-    )
-    if not same:
+    rows, _ = _index.read_tail(root, 0, stop=state.manifest_bytes)
+    expected, _ = rows.without_duplicates()
+    if not state.rows.equals(expected):
         report.add(
             "index",
             _index.index_path(root).name,

@@ -1,0 +1,129 @@
+"""The ``neurolens`` command: query, compare, merge and check run stores.
+
+Commands (each in its own module here, its options beside its handler):
+  ls       list runs, newest first, with filters
+  show     print one run (and its fingerprint) by id or unique prefix
+  rebuild  regenerate the index from the manifest, byte for byte
+  compare  compare two sets of runs; the CI regression gate
+  merge    copy the runs of other stores (folders or .tar.gz) into one
+  verify   check a store; --fix removes what killed writers left
+
+Library errors become one-line messages here, at the edge, and nowhere else. Heavy
+modules (pyarrow, the store) are imported inside the commands so ``--help`` is instant.
+Exit codes: 0 ok, 1 runtime error (or a regression, an incomplete merge, a damaged
+store), 2 usage error, 3 nothing was compared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import warnings
+from collections.abc import Sequence
+from typing import TextIO
+
+from neurolens import __version__
+from neurolens.cli import compare, ls, merge, rebuild, show, verify
+from neurolens.cli.common import PROG, CommandError, UsageError, add_command
+
+MAIN_EPILOG = """\
+commands:
+  ls        list runs, newest first (filters: --model, --backend, --precision, --day, --session, --tag)
+  show      print one run and its fingerprint
+  rebuild   regenerate _index.parquet from _manifest.jsonl
+  compare   compare a baseline with a candidate; exit 1 on a regression
+  merge     copy other stores (folders or .tar.gz) into --root
+  verify    check a store; exit 1 when anything is wrong
+
+examples:
+  neurolens ls --backend onnxrt --model gpt2 --limit 10
+  neurolens ls --tag branch=main --json | jq '.[0]'
+  neurolens show 01a2
+  neurolens compare --baseline-tag branch=main --candidate-session latest --fail-above 5%
+  neurolens merge runner-a/runs_store runner-b.tar.gz --root all_runs
+  neurolens verify --root all_runs
+
+exit codes: 0 ok, 1 runtime error, regression, incomplete merge or damaged store,
+2 usage error, 3 nothing was compared (compare without --allow-empty)
+"""
+
+COMMANDS = (ls, show, rebuild, compare, merge, verify)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Query, compare, merge and check the NeuroLens run stores `pytest --neurolens-store` "
+        "records into.",
+        epilog=MAIN_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module in COMMANDS:
+        module.register(add_command(commands, module))
+    return parser
+
+
+# Options whose values may start with '-' (``--group-by -gpu_name``, ``--fail-above -5%``):
+# argparse would read such a value as an option, so it is joined to its option first.
+DASH_VALUE_OPTIONS = ("--group-by", "--fail-above")
+
+
+def _join_dash_values(argv: list[str]) -> list[str]:
+    joined: list[str] = []
+    position = 0
+    while position < len(argv):
+        word = argv[position]
+        if word == "--":
+            joined += argv[position:]
+            break
+        following = argv[position + 1] if position + 1 < len(argv) else None
+        if word in DASH_VALUE_OPTIONS and following is not None and following.startswith("-"):
+            joined.append(f"{word}={following}")
+            position += 2
+            continue
+        joined.append(word)
+        position += 1
+    return joined
+
+
+def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
+    """Run the command line; return the exit status (0 ok, 1 runtime error, 2 usage, 3 nothing compared)."""
+    parser = build_parser()
+    args = parser.parse_args(_join_dash_values(list(sys.argv[1:] if argv is None else argv)))
+    stream = out if out is not None else sys.stdout
+    from neurolens.errors import IndexWarning, ManifestWarning, NeurolensError
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", IndexWarning)
+        warnings.simplefilter("always", ManifestWarning)
+        try:
+            status: int = args.handler(args, stream)
+            stream.flush()
+        except BrokenPipeError:  # `neurolens ls | head`: the reader left, nothing to say
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 0
+        except UsageError as exc:
+            _flush_warnings(caught)
+            sys.stderr.write(f"{PROG} {args.command}: error: {exc}\n")
+            return 2
+        except (NeurolensError, CommandError, ValueError, OSError) as exc:
+            _flush_warnings(caught)
+            message = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            where = f" ({exc.filename})" if isinstance(exc, OSError) and exc.filename else ""
+            sys.stderr.write(f"{PROG}: error: {message}{where}\n")
+            return 1
+        except KeyboardInterrupt:
+            sys.stderr.write(f"{PROG}: interrupted\n")
+            return 130
+    _flush_warnings(caught)
+    return status
+
+
+def _flush_warnings(caught: list[warnings.WarningMessage]) -> None:
+    from neurolens.tables import escape
+
+    for warning in caught:
+        sys.stderr.write(f"{PROG}: warning: {escape(str(warning.message))}\n")

@@ -1,0 +1,60 @@
+"""A comparison as text: a terminal table, GitHub-flavoured Markdown, a summary line."""
+
+from __future__ import annotations
+
+from neurolens.compare import Comparison, GroupResult
+from neurolens.tables import escape, number, render
+
+HEADER = ("GROUP", "BASELINE", "CANDIDATE", "CHANGE", "DELTA", "P", "RUNS", "VERDICT")
+
+
+def summary_line(result: Comparison) -> str:
+    counts = ", ".join(f"{n} {v}" for v, n in result.counts().items() if n)
+    groups = len(result.groups)
+    line = (
+        f"{groups} group{'s' if groups != 1 else ''}: {counts or 'none'} "
+        f"({result.metric}, {'higher' if result.higher_is_better else 'lower'} is better, "
+        f"threshold {result.threshold})"
+    )
+    if result.nothing_compared:
+        line += f"\nnothing was compared: {result.nothing_compared}"
+    return line
+
+
+def _cells(g: GroupResult) -> list[str]:
+    change = "-" if g.change_pct is None else f"{g.change_pct:+.1f}%"
+    delta = "-" if g.change_abs is None else ("+" if g.change_abs >= 0 else "") + number(g.change_abs)
+    return [
+        g.label(),
+        number(g.baseline),
+        number(g.candidate),
+        change,
+        delta,
+        "-" if g.p_value is None else f"{g.p_value:.3g}",
+        f"{g.baseline_runs}/{g.candidate_runs}",
+        g.verdict.upper() if g.fails else g.verdict,
+    ]
+
+
+def to_table(result: Comparison) -> str:
+    table = render(HEADER, [_cells(g) for g in result.groups], right=range(1, 7))
+    return table + "".join(escape(line) + "\n" for line in summary_line(result).splitlines())
+
+
+def to_markdown(result: Comparison) -> str:
+    def cell(text: str) -> str:
+        return escape(text).replace("|", "\\|")
+
+    lines = [
+        f"### neurolens compare: {'regression' if result.failed else 'no regression'}",
+        "",
+        "| " + " | ".join(h.lower() for h in HEADER) + " |",
+        "| " + " | ".join(["---"] + ["---:"] * 6 + ["---"]) + " |",
+    ]
+    for g in result.groups:
+        cells = _cells(g)
+        cells[7] = f"**{cells[7]}**" if g.fails else cells[7]
+        lines.append("| " + " | ".join(cell(c) for c in cells) + " |")
+    lines += ["", *summary_line(result).splitlines()]
+    lines += [f"> warning: {cell(w)}" for w in result.warnings]
+    return "\n".join(lines) + "\n"

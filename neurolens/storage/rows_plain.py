@@ -1,0 +1,101 @@
+"""Index rows without pyarrow: a list of dicts, and ``_index.jsonl`` with a sidecar."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from neurolens.errors import StoreError
+from neurolens.storage.files import read_store_file
+from neurolens.storage.filters import RunFilter
+from neurolens.storage.rows import INDEX_VERSION, Backend, IndexMeta, Rows
+
+
+class RecordRows(Rows):
+    def __init__(self, records: list[dict[str, Any]]) -> None:
+        self._records = records
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def columns(self, names: Sequence[str]) -> dict[str, list[Any]]:
+        return {name: [r[name] for r in self._records] for name in names}
+
+    def records(self) -> list[dict[str, Any]]:
+        return [dict(r) for r in self._records]
+
+    def keep(self, mask: Sequence[bool]) -> Rows:
+        return RecordRows([r for r, k in zip(self._records, mask, strict=True) if k])
+
+    def filter(self, flt: RunFilter) -> Rows:
+        return RecordRows([r for r in self._records if flt.matches(r)])
+
+    def with_prefix(self, column: str, prefix: str) -> Rows:
+        return RecordRows(
+            [r for r in self._records if isinstance(r[column], str) and r[column].startswith(prefix)]
+        )
+
+    def without(self, column: str, values: Sequence[Any]) -> Rows:
+        excluded = set(values)
+        return RecordRows([r for r in self._records if r[column] is None or r[column] not in excluded])
+
+    def newest(self, limit: int | None = None) -> Rows:
+        ordered = sorted(self._records, key=lambda r: (r["created_at"], r["run_id"]), reverse=True)
+        return RecordRows(ordered if limit is None else ordered[:limit])
+
+    def equals(self, other: Rows) -> bool:
+        return self.records() == other.records()
+
+
+class PlainBackend(Backend):
+    """Without pyarrow: rows are dicts and the index is ``_index.jsonl``, rows only, with
+    its checkpoint metadata in a sidecar that also pins the rows file's hash."""
+
+    index_name = "_index.jsonl"
+    meta_name = "_index.jsonl.meta.json"
+
+    def from_entries(self, entries: list[dict[str, Any]]) -> Rows:
+        return RecordRows(entries)
+
+    def concat(self, parts: Sequence[Rows]) -> Rows:
+        return RecordRows([r for part in parts for r in part.records()])
+
+    def write_index(self, rows: Rows, meta: IndexMeta) -> dict[str, bytes]:
+        body = "".join(json.dumps(r, sort_keys=True, ensure_ascii=False) + "\n" for r in rows.records())
+        data = body.encode("utf-8")
+        sidecar = {
+            "neurolens_index": int(INDEX_VERSION),
+            "manifest_bytes": meta.manifest_bytes,
+            "last_line_sha256": meta.last_line_sha256,
+            "rows_sha256": hashlib.sha256(data).hexdigest(),
+        }
+        return {self.index_name: data, self.meta_name: (json.dumps(sidecar, sort_keys=True) + "\n").encode()}
+
+    def _sidecar(self, root: Path) -> dict[str, Any] | None:
+        try:
+            sidecar = json.loads(read_store_file(root, self.meta_name))
+        except (OSError, ValueError, StoreError):
+            return None
+        if not isinstance(sidecar, dict) or sidecar.get("neurolens_index") != int(INDEX_VERSION):
+            return None
+        if not isinstance(sidecar.get("manifest_bytes"), int):
+            return None
+        return sidecar
+
+    def read_meta(self, root: Path) -> IndexMeta | None:
+        sidecar = self._sidecar(root)
+        return (
+            None if sidecar is None else IndexMeta(sidecar["manifest_bytes"], sidecar.get("last_line_sha256"))
+        )
+
+    def read_index(self, root: Path) -> tuple[IndexMeta, Rows] | None:
+        sidecar = self._sidecar(root)
+        data = read_store_file(root, self.index_name)
+        # the rows and the sidecar are two files: a mismatch is a rewrite in progress
+        if sidecar is None or hashlib.sha256(data).hexdigest() != sidecar.get("rows_sha256"):
+            return None
+        meta = IndexMeta(sidecar["manifest_bytes"], sidecar.get("last_line_sha256"))
+        return meta, RecordRows([json.loads(line) for line in data.splitlines()])

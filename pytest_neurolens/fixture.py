@@ -1,0 +1,133 @@
+"""The ``neurolens`` fixture's object: time calls (``measure``) or take numbers (``record``)."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from pytest_neurolens.context import CONTEXT_FIELDS, merge_context, require_fields
+from pytest_neurolens.measurement import Measurement, latency_metrics
+
+if TYPE_CHECKING:
+    from pytest_neurolens.recorder import Recorder
+
+DEFAULT_WARMUP = 3
+DEFAULT_ITERATIONS = 20
+
+pending_key = pytest.StashKey[list[Measurement]]()
+
+
+class NeurolensFixture:
+    """Measure calls and record the numbers as runs (see ``measure`` and ``record``)."""
+
+    def __init__(
+        self, item: pytest.Item, context: dict[str, Any], session_id: str, recorder: Recorder | None
+    ) -> None:
+        self._item = item
+        self._context = context
+        self._session_id = session_id
+        self._recorder = recorder
+
+    def measure(
+        self,
+        fn: Callable[..., Any],
+        *args: Any,
+        warmup: int = DEFAULT_WARMUP,
+        iterations: int = DEFAULT_ITERATIONS,
+        sync: Callable[[], Any] | None = None,
+        **kwargs: Any,
+    ) -> Measurement:
+        """Call ``fn(*args, **kwargs)`` ``warmup`` times, then time ``iterations`` calls.
+
+        Context fields (model, backend, precision, batch_size, seq_len, tags) in
+        ``kwargs`` override the marker for this run and are not passed to ``fn``.
+        ``sync`` (e.g. ``torch.cuda.synchronize``) is called before each clock read.
+        """
+        if not callable(fn):
+            raise TypeError(f"measure() needs a callable, got {type(fn).__name__}")
+        _check_count("warmup", warmup, 0)
+        _check_count("iterations", iterations, 1)
+        overrides = {k: kwargs.pop(k) for k in (*CONTEXT_FIELDS, "tags") if k in kwargs}
+        run = self.new_run(overrides)  # fails on a missing field before any call is made
+        for _ in range(warmup):
+            fn(*args, **kwargs)
+        samples_ns = []
+        clock = time.perf_counter_ns
+        sampler = self._recorder.sampler() if self._recorder is not None else None
+        with sampler if sampler is not None else contextlib.nullcontext():
+            for _ in range(iterations):
+                if sync is not None:
+                    sync()
+                start = clock()
+                fn(*args, **kwargs)
+                if sync is not None:
+                    sync()
+                samples_ns.append(clock() - start)
+        latencies_ms = [ns / 1e6 for ns in samples_ns]
+        stats, metrics = latency_metrics(
+            latencies_ms, run["batch_size"], iterations=iterations, warmup=warmup
+        )
+        metrics.update(sampler.metrics() if sampler is not None else {"gpu_utilization": None})
+        if sampler is not None and sampler.error and run["hardware"]:
+            run["hardware"]["nvml_error"] = run["hardware"].get("nvml_error") or sampler.error
+        run["metrics"] = metrics
+        run["latencies_ms"] = latencies_ms
+        return self.keep(Measurement(run=run, latency=stats))
+
+    def record(
+        self, *, total_latency_ms: float, gpu_utilization: float | None = None, **kwargs: Any
+    ) -> Measurement:
+        """Record a run from numbers the test measured itself; other keywords are metrics."""
+        overrides = {k: kwargs.pop(k) for k in (*CONTEXT_FIELDS, "tags") if k in kwargs}
+        run = self.new_run(overrides, validate=False)
+        run["metrics"] = {"total_latency_ms": total_latency_ms, "gpu_utilization": gpu_utilization, **kwargs}
+        _validate(run)  # once, with the real metrics
+        return self.keep(Measurement(run=run))
+
+    def new_run(self, overrides: dict[str, Any], *, validate: bool = True) -> dict[str, Any]:
+        """A run document of this test's context (``overrides`` on top), not yet measured.
+
+        It has the same keys with or without a store; without one, ``hardware`` is empty
+        and ``fingerprint_hash`` null (nothing is sampled that would not be kept).
+        """
+        from neurolens.storage.document import new_run_id, utc_now
+
+        context = merge_context(self._context, overrides, "neurolens fixture")
+        require_fields(context, self._item.nodeid)
+        run: dict[str, Any] = {name: context.get(name) for name in CONTEXT_FIELDS}
+        run.update(
+            run_id=new_run_id(),
+            created_at=utc_now(),
+            tags=context.get("tags", {}),
+            test={"nodeid": self._item.nodeid, "outcome": None},
+            metrics={"total_latency_ms": 0.0},
+            session_id=self._session_id,
+            hardware={},
+            fingerprint_hash=None,
+        )
+        if self._recorder is not None:
+            self._recorder.annotate(run)
+        if validate:  # a bad backend name, say, fails here, before anything is measured
+            _validate(run)
+        return run
+
+    def keep(self, measurement: Measurement) -> Measurement:
+        """Queue a measurement to be written when the test's teardown ends."""
+        measurement.recorded = self._recorder is not None
+        self._item.stash.setdefault(pending_key, []).append(measurement)
+        return measurement
+
+
+def _check_count(name: str, value: Any, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def _validate(run: dict[str, Any]) -> None:
+    from neurolens.storage.document import prepare_run
+
+    prepare_run(run)

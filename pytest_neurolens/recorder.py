@@ -1,0 +1,243 @@
+"""The recorder, registered only when a store is set: hardware, writes, gate and summary."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Generator
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from pytest_neurolens.benchmark import benchmark_measurement
+from pytest_neurolens.fixture import pending_key
+from pytest_neurolens.settings import Settings
+
+if TYPE_CHECKING:
+    from neurolens.compare import Comparison
+    from neurolens.hardware.nvml import Nvml, UtilizationSampler
+
+outcome_key = pytest.StashKey[str]()
+
+
+class Recorder:
+    """Hardware and fingerprint (once, on first use), a write per run as each test ends,
+    index compaction, the regression gate and the terminal summary at the end."""
+
+    def __init__(self, config: pytest.Config, settings: Settings, session_id: str) -> None:
+        assert settings.store is not None
+        self.config = config
+        self.settings = settings
+        self.store = settings.store
+        self.session_id = session_id
+        self.summary: list[dict[str, Any]] = []
+        self.comparison: Comparison | None = None
+        self.errors: list[str] = []  # failures at session end, for the summary
+        self.stored_runs: int | None = None  # what the store holds for the session, at the end
+        self._nvml: Nvml | None = None
+        self._hardware: dict[str, Any] | None = None
+        self._gpu_index: int | None = None
+        self._fingerprint: dict[str, Any] | None = None
+        _check_writable(self.store)
+
+    @property
+    def is_worker(self) -> bool:
+        return hasattr(self.config, "workerinput")
+
+    def _ensure_hardware(self) -> None:
+        if self._hardware is not None:
+            return
+        from neurolens.hardware.fingerprint import build_fingerprint
+        from neurolens.hardware.host import host_facts
+        from neurolens.hardware.nvml import Nvml, run_hardware, select_gpu
+
+        self._nvml = Nvml()
+        snapshot = self._nvml.snapshot()
+        snapshot["host"] = host_facts()
+        base_keys = set(snapshot)
+        self.config.hook.pytest_neurolens_hardware(snapshot=snapshot)
+        gpu, reason = select_gpu(snapshot, self.settings.gpu_index)
+        hardware = run_hardware(snapshot, gpu, reason)
+        for key, value in snapshot.items():  # scalar additions from pytest_neurolens_hardware
+            if key not in base_keys and (value is None or isinstance(value, (str, int, float))):
+                hardware[key] = value
+        self._hardware = hardware
+        self._gpu_index = None if gpu is None else gpu["index"]
+        self._fingerprint = build_fingerprint(self.config.rootpath, snapshot)
+
+    def annotate(self, run: dict[str, Any]) -> None:
+        self._ensure_hardware()
+        assert self._hardware is not None and self._fingerprint is not None
+        run["hardware"] = dict(self._hardware)
+        run["fingerprint_hash"] = self._fingerprint["fingerprint_hash"]
+
+    def sampler(self) -> UtilizationSampler:
+        from neurolens.hardware.nvml import UtilizationSampler
+
+        self._ensure_hardware()
+        assert self._nvml is not None
+        return UtilizationSampler(self._nvml, self._gpu_index, self.settings.sample_interval_s)
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_makereport(
+        self, item: pytest.Item, call: pytest.CallInfo[None]
+    ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+        report = yield
+        if report.when == "call" or (report.when == "setup" and not report.passed):
+            outcome: str = report.outcome
+            if hasattr(report, "wasxfail"):
+                outcome = "xfailed" if report.skipped else "xpassed"
+            item.stash[outcome_key] = outcome
+        return report
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_teardown(
+        self, item: pytest.Item, nextitem: pytest.Item | None
+    ) -> Generator[None, None, None]:
+        try:
+            return (yield)
+        finally:
+            self._write_pending(item)
+
+    def _write_pending(self, item: pytest.Item) -> None:
+        from neurolens.storage.store import write_run
+
+        pending = item.stash.get(pending_key, [])
+        item.stash[pending_key] = []
+        benchmark = benchmark_measurement(item, self.settings.tags, self.session_id, self)
+        if benchmark is not None:
+            pending.append(benchmark)
+        outcome = item.stash.get(outcome_key, "unknown")
+        for measurement in pending:
+            run = measurement.run
+            run["test"]["outcome"] = outcome
+            item.ihook.pytest_neurolens_run(run=run, item=item)
+            write_run(self.store, run, fingerprint=self._fingerprint)
+            self.summary.append(
+                {
+                    "nodeid": item.nodeid,
+                    "model": run["model"],
+                    "backend": run["backend"],
+                    "precision": run["precision"],
+                    "batch_size": run["batch_size"],
+                    "p50_ms": run["metrics"]["total_latency_ms"],
+                    "gpu_utilization": run["metrics"].get("gpu_utilization"),
+                }
+            )
+
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        from neurolens.errors import NeurolensError
+
+        if self._nvml is not None:
+            self._nvml.close()
+        if self.is_worker:
+            self.config.workeroutput["neurolens_runs"] = self.summary  # type: ignore[attr-defined]
+            return
+        try:
+            self._finish(session)
+        except (NeurolensError, OSError, ValueError) as exc:  # a summary line, never a traceback
+            self.errors.append(f"{type(exc).__name__}: {exc}")
+        if self.errors and session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+    def _finish(self, session: pytest.Session) -> None:
+        from neurolens.storage.filters import RunFilter
+        from neurolens.storage.query import select
+        from neurolens.storage.store import compact_index
+
+        if not (self.store / "_manifest.jsonl").exists():
+            self.stored_runs = 0
+            return
+        compact_index(self.store)
+        # counted from the store: runs of a killed xdist worker count as stored
+        self.stored_runs = len(select(self.store, RunFilter(session_id=self.session_id)))
+        if self.settings.compare is not None:
+            self._compare(session)
+
+    def _compare(self, session: pytest.Session) -> None:
+        """The regression gate: this session's runs against the stored baseline."""
+        from neurolens.compare import compare
+        from neurolens.storage.filters import RunFilter
+
+        assert self.settings.compare is not None
+        self.comparison = compare(
+            self.store,
+            self.settings.compare,
+            RunFilter(session_id=self.session_id),
+            threshold=self.settings.fail_above,
+        )
+        if self.comparison.failed:
+            self.errors.append(f"regression above {self.comparison.threshold}: failing the session")
+        elif self.comparison.nothing_compared and not self.settings.allow_empty:
+            self.errors.append(
+                f"nothing was compared: {self.comparison.nothing_compared} "
+                "(--neurolens-allow-empty accepts this)"
+            )
+
+    def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
+        from neurolens.tables import escape, number, render
+
+        if self.is_worker:
+            return
+        tr = terminalreporter
+        tr.write_sep("-", "neurolens")
+        count = len(self.summary) if self.stored_runs is None else self.stored_runs
+        tr.write_line(
+            f"recorded {count} run{'s' if count != 1 else ''} in {self.store} (session {self.session_id})"
+        )
+        if self.summary:
+            header = ("TEST", "MODEL", "BACKEND", "PRECISION", "BATCH", "P50 MS", "GPU %")
+            rows = [
+                (
+                    r["nodeid"],
+                    r["model"],
+                    r["backend"],
+                    r["precision"],
+                    str(r["batch_size"]),
+                    number(r["p50_ms"]),
+                    number(r["gpu_utilization"], 1),
+                )
+                for r in self.summary
+            ]
+            for line in render(header, rows, right=(4, 5, 6)).splitlines():
+                tr.write_line(line)
+        if self.comparison is not None:
+            from neurolens.compare_format import to_table
+
+            tr.write_sep("-", "neurolens compare")
+            for line in to_table(self.comparison).splitlines():
+                tr.write_line(line)
+            for warning in self.comparison.warnings:
+                tr.write_line(escape(f"warning: {warning}"))
+        for error in self.errors:
+            tr.write_line(escape(f"neurolens: {error}"), red=True)
+
+
+def _check_writable(store: os.PathLike[str]) -> None:
+    """At startup, one clear error for a store that cannot be written (not one per test)."""
+    from pathlib import Path
+
+    from neurolens.errors import StoreError
+    from neurolens.storage.root import ensure_root
+
+    root = Path(store)
+    try:
+        ensure_root(root)
+        probe = root / f".neurolens-probe.{os.getpid()}.tmp"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except (OSError, StoreError) as exc:
+        reason = (exc.strerror if isinstance(exc, OSError) else None) or str(exc)
+        raise pytest.UsageError(f"--neurolens-store {root}: cannot write there ({reason})") from None
+
+
+class XdistBridge:
+    """Registered only with pytest-xdist: one session id for every worker, runs summarised."""
+
+    def __init__(self, recorder: Recorder) -> None:
+        self.recorder = recorder
+
+    def pytest_configure_node(self, node: Any) -> None:
+        node.workerinput["neurolens_session_id"] = self.recorder.session_id
+
+    def pytest_testnodedown(self, node: Any, error: Any) -> None:
+        self.recorder.summary.extend(getattr(node, "workeroutput", {}).get("neurolens_runs", []))

@@ -1,0 +1,140 @@
+"""The plugin's options: each defined once, its ``--neurolens-*`` flag and ini setting
+sharing one help text; ``Settings`` is what they resolve to (command line beats ini)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+if TYPE_CHECKING:
+    from neurolens.compare import Threshold
+    from neurolens.storage.filters import RunFilter
+
+STORE_HELP = "record runs into the run store at PATH (off when unset)"
+TAGS_HELP = "tag every run of the session with KEY=VALUE, e.g. a CI job id or branch (repeatable)"
+INTERVAL_HELP = "GPU utilization sampling interval in milliseconds while measuring (default: 50)"
+GPU_HELP = "which visible GPU the runs use, as an index into CUDA_VISIBLE_DEVICES (default: 0)"
+COMPARE_HELP = (
+    "at session end, compare this session's runs with the stored runs matching FILTER "
+    "(neurolens ls filters, e.g. '--tag branch=main') and print the comparison"
+)
+FAIL_ABOVE_HELP = (
+    "with --neurolens-compare: fail the session when a group is worse by more than THRESHOLD (5% or 0.5ms)"
+)
+ALLOW_EMPTY_HELP = "with --neurolens-compare: do not fail the session when nothing was compared"
+
+
+def add_options(parser: pytest.Parser) -> None:
+    group = parser.getgroup("neurolens", "NeuroLens run recording")
+
+    def option(flag: str, ini: str, metavar: str | None, help: str, **kwargs: Any) -> None:
+        """``--neurolens-FLAG`` and its ini setting, with one help text."""
+        # argparse %-formats option help; ini help is printed as is
+        if metavar is not None:
+            kwargs["metavar"] = metavar
+        group.addoption(f"--neurolens-{flag}", dest=ini, help=help.replace("%", "%%"), **kwargs)
+        kind = {"append": "linelist", "store_true": "bool"}.get(kwargs.get("action", ""), "string")
+        parser.addini(ini, help, type=kind)  # type: ignore[arg-type]
+
+    option("store", "neurolens_store", "PATH", STORE_HELP)
+    option("tag", "neurolens_tags", "KEY=VALUE", TAGS_HELP, action="append", default=[])
+    option("sample-interval", "neurolens_sample_interval", "MS", INTERVAL_HELP)
+    option("gpu", "neurolens_gpu", "N", GPU_HELP)
+    option("compare", "neurolens_compare", "FILTER", COMPARE_HELP)
+    option("fail-above", "neurolens_fail_above", "THRESHOLD", FAIL_ABOVE_HELP)
+    option("allow-empty", "neurolens_allow_empty", None, ALLOW_EMPTY_HELP, action="store_true", default=False)
+
+
+@dataclass(frozen=True)
+class Settings:
+    store: Path | None
+    tags: dict[str, str]
+    sample_interval_s: float
+    gpu_index: int
+    compare: RunFilter | None = None
+    fail_above: Threshold | None = None
+    allow_empty: bool = False
+
+    @classmethod
+    def from_config(cls, config: pytest.Config) -> Settings:
+        """Options win over ini settings; a malformed value is a ``pytest.UsageError``."""
+        store = config.getoption("neurolens_store")
+        if store:
+            store_path: Path | None = config.invocation_params.dir / store
+        else:
+            ini_store = config.getini("neurolens_store")
+            base = config.inipath.parent if config.inipath else config.rootpath
+            store_path = base / ini_store if ini_store else None
+        tags: dict[str, str] = {}
+        for source, values in (
+            ("neurolens_tags", config.getini("neurolens_tags")),
+            ("--neurolens-tag", config.getoption("neurolens_tags")),
+        ):
+            for text in values:
+                key, sep, value = text.partition("=")
+                if not sep or not key.strip():
+                    raise pytest.UsageError(f"{source} expects KEY=VALUE, got {text!r}")
+                tags[key.strip()] = value.strip()
+        interval_text = config.getoption("neurolens_sample_interval") or config.getini(
+            "neurolens_sample_interval"
+        )
+        interval = _parse_number("--neurolens-sample-interval", interval_text or "50", float)
+        if not interval > 0 or interval > 60_000:
+            raise pytest.UsageError(
+                f"--neurolens-sample-interval must be in (0, 60000] ms, got {interval_text!r}"
+            )
+        gpu_text = config.getoption("neurolens_gpu") or config.getini("neurolens_gpu") or "0"
+        gpu = _parse_number("--neurolens-gpu", gpu_text, int)
+        if gpu < 0:
+            raise pytest.UsageError(f"--neurolens-gpu must be >= 0, got {gpu_text!r}")
+        compare, fail_above = _compare_settings(config, store_path)
+        return cls(
+            store=store_path,
+            tags=tags,
+            sample_interval_s=interval / 1000,
+            gpu_index=gpu,
+            compare=compare,
+            fail_above=fail_above,
+            allow_empty=bool(
+                config.getoption("neurolens_allow_empty") or config.getini("neurolens_allow_empty")
+            ),
+        )
+
+
+def _compare_settings(config: pytest.Config, store: Path | None) -> tuple[RunFilter | None, Threshold | None]:
+    spec = config.getoption("neurolens_compare") or config.getini("neurolens_compare") or None
+    limit = config.getoption("neurolens_fail_above") or config.getini("neurolens_fail_above") or None
+    if limit and spec is None:
+        raise pytest.UsageError("--neurolens-fail-above needs --neurolens-compare (what to compare against)")
+    if spec is None:
+        return None, None
+    if store is None:
+        raise pytest.UsageError("--neurolens-compare needs --neurolens-store (where the runs are)")
+    from neurolens.compare import Threshold
+    from neurolens.storage.filters import parse_filter_spec
+
+    try:
+        baseline = parse_filter_spec(spec)
+    except ValueError as exc:
+        raise pytest.UsageError(f"--neurolens-compare {spec!r}: {exc}") from None
+    if not baseline.selects():
+        raise pytest.UsageError(
+            f"--neurolens-compare {spec!r} selects every run; "
+            "give the baseline a filter such as '--tag branch=main'"
+        )
+    try:
+        threshold = Threshold.parse(limit) if limit else None
+    except ValueError as exc:
+        raise pytest.UsageError(f"--neurolens-fail-above: {exc}") from None
+    return baseline, threshold
+
+
+def _parse_number(option: str, text: str, kind: Callable[[str], Any]) -> Any:
+    try:
+        return kind(str(text).strip())
+    except ValueError:
+        raise pytest.UsageError(f"{option} expects a number, got {text!r}") from None
