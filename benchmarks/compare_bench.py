@@ -17,9 +17,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from neurolens.compare import Side, compare
+from neurolens.compare import compare
+from neurolens.compare_format import summary_line
+from neurolens.storage.filters import RunFilter
 from neurolens.storage.manifest import encode_entry, encode_tags
-from neurolens.storage.query import RunFilter
 from neurolens.storage.store import compact_index
 
 BACKENDS = ["onnxrt", "tensorrt", "torch", "openvino"]
@@ -65,23 +66,23 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="neurolens-compare-bench-"))
     try:
         with open(root / "_manifest.jsonl", "wb") as handle:
-            for start in range(0, args.runs, 10000):
+            for first in range(0, args.runs, 10000):
                 handle.write(
                     b"".join(
                         encode_entry(entry(i, args.groups))
-                        for i in range(start, min(start + 10000, args.runs))
+                        for i in range(first, min(first + 10000, args.runs))
                     )
                 )
         compact_index(root)
         start = time.perf_counter()
         result = compare(
             root,
-            Side(filter=RunFilter(tags={"branch": "main"})),
-            Side(filter=RunFilter(tags={"branch": "pr"})),
+            RunFilter(tags={"branch": "main"}),
+            RunFilter(tags={"branch": "pr"}),
             threshold="5%",
         )
         in_process = time.perf_counter() - start
-        print(f"{args.runs:,} runs, {len(result.groups)} groups: {result.summary_line()}")
+        print(f"{args.runs:,} runs, {len(result.groups)} groups: {summary_line(result)}")
         print(f"compare() in-process: {in_process:.2f} s")
         cli = str(Path(sys.executable).with_name("neurolens"))
         start = time.perf_counter()

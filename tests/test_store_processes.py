@@ -183,7 +183,7 @@ def test_built_wheel_ships_the_schema_and_writes_runs(tmp_path: Path) -> None:
     import jsonschema
     import pyarrow
 
-    deps = {str(Path(m.__file__).resolve().parents[1]) for m in (jsonschema, pyarrow)}
+    deps = {str(Path(str(m.__file__)).resolve().parents[1]) for m in (jsonschema, pyarrow)}
     Path(site, "_deps.pth").write_text("\n".join(sorted(deps)) + "\n")
     subprocess.run(
         [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", site, str(wheel)], check=True

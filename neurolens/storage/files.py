@@ -14,15 +14,14 @@ import errno
 import os
 import re
 import stat
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 from neurolens.errors import RunExistsError, StoreError
 
-if os.name == "posix":
+if sys.platform != "win32":
     import fcntl
-else:  # pragma: no cover - exercised on Windows only
-    fcntl = None  # type: ignore[assignment]
 
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _DIRECTORY = getattr(os, "O_DIRECTORY", 0)
@@ -98,7 +97,7 @@ def open_in_store(root: Path, relative: str, flags: int, mode: int = 0o644) -> i
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
         raise StoreError(f"{root / relative} is not a regular file")
-    if _NONBLOCK and fcntl is not None:  # only there so a FIFO cannot block the open
+    if _NONBLOCK and sys.platform != "win32":  # only there so a FIFO cannot block the open
         fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~_NONBLOCK)
     return fd
 
@@ -181,7 +180,7 @@ def replace_file_atomically(root: Path, name: str, data: bytes) -> None:
 @contextlib.contextmanager
 def locked(fd: int, *, blocking: bool = True) -> Iterator[bool]:
     """Hold an exclusive OS lock (``flock``) on an open file; yields False if not acquired."""
-    if fcntl is None:  # pragma: no cover
+    if sys.platform == "win32":  # pragma: no cover
         yield True
         return
     try:

@@ -16,6 +16,7 @@ import hashlib
 import os
 import warnings
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from neurolens.errors import IndexWarning, RunExistsError, RunValidationError, StoreError
@@ -111,7 +112,7 @@ def write_run(
     }
 
 
-def compact_index(root: StrPath | None = None) -> os.PathLike[str]:
+def compact_index(root: StrPath | None = None) -> Path:
     """Fold the uncovered manifest tail into the index (done at the end of a test session)."""
     root = resolve_root(root)
     require_store(root)
@@ -120,7 +121,7 @@ def compact_index(root: StrPath | None = None) -> os.PathLike[str]:
     return report.path
 
 
-def rebuild_index_from_manifest(root: StrPath | None = None) -> os.PathLike[str]:
+def rebuild_index_from_manifest(root: StrPath | None = None) -> Path:
     """Rebuild the index from the manifest alone and return its path.
 
     Deterministic: the same manifest always gives a byte-identical index, equal to the
