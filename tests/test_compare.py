@@ -404,3 +404,21 @@ def test_pytest_compare_needs_a_store(pytester: pytest.Pytester) -> None:
     result = pytester.runpytest("--neurolens-compare=--tag branch=main")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*--neurolens-compare needs --neurolens-store*"])
+
+
+def test_pytest_gate_fails_when_nothing_was_compared(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytester.makepyfile(GATED)
+    compare_args = ("--neurolens-compare=--tag branch=main", "--neurolens-fail-above=5%")
+    first = gate(pytester, monkeypatch, 10.0, "--neurolens-tag", "branch=pr", *compare_args)
+    first.assert_outcomes(passed=1)
+    assert first.ret == pytest.ExitCode.TESTS_FAILED
+    first.stdout.fnmatch_lines(
+        ["*nothing was compared: the baseline is empty: no run matches --tag branch=main*"]
+    )
+    allowed = gate(
+        pytester, monkeypatch, 10.0, "--neurolens-tag", "branch=pr", *compare_args, "--neurolens-allow-empty"
+    )
+    assert allowed.ret == pytest.ExitCode.OK
+    assert "Traceback" not in allowed.stdout.str()

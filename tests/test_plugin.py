@@ -520,3 +520,48 @@ def test_store_path_is_relative_to_the_invocation_directory(tester: pytest.Pytes
     result = tester.runpytest("-W", "error", f"--neurolens-store={Path('sub') / 'runs'}")
     result.assert_outcomes(passed=1)
     assert len(query(sub / "runs")) == 1
+
+
+def test_a_marker_error_shows_its_message_not_a_traceback(tester: pytest.Pytester) -> None:
+    tester.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.neurolens(model="m", backend="cpu", precision="fp32", batch_size="eight")
+        def test_bad(neurolens):
+            neurolens.record(total_latency_ms=1.0)
+        """
+    )
+    result = run(tester)
+    result.assert_outcomes(errors=1)  # raised while the fixture is set up
+    result.stdout.fnmatch_lines(
+        ["neurolens: @pytest.mark.neurolens: batch_size must be an integer >= 1, got 'eight'"]
+    )
+    assert "pytest_neurolens" not in result.stdout.str()
+
+
+def test_a_run_has_the_same_keys_with_or_without_a_store(tester: pytest.Pytester) -> None:
+    tester.makepyfile(
+        """
+        import json, pathlib, pytest
+
+        @pytest.mark.neurolens(model="m", backend="cpu", precision="fp32", batch_size=1)
+        def test_keys(neurolens, request):
+            run = neurolens.measure(sum, [1, 2], iterations=3).run
+            out = pathlib.Path(request.config.rootpath, "keys-" + str(request.config.getoption("neurolens_store")))
+            out.write_text(json.dumps(sorted(run)))
+        """
+    )
+    run(tester).assert_outcomes(passed=1)
+    run(tester, "--neurolens-store=runs").assert_outcomes(passed=1)
+    without = json.loads((tester.path / "keys-None").read_text())
+    with_store = json.loads((tester.path / "keys-runs").read_text())
+    assert without == with_store and {"hardware", "session_id", "fingerprint_hash"} <= set(without)
+
+
+def test_a_store_under_a_file_is_one_usage_error(tester: pytest.Pytester) -> None:
+    tester.makepyfile(BASIC)
+    (tester.path / "afile").write_text("x")
+    result = run(tester, "--neurolens-store=afile/runs")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert result.stderr.str().count("cannot write there") == 1
