@@ -16,8 +16,7 @@ import pytest
 from neurolens.cli import main
 from neurolens.compare import Threshold, compare, compare_frame
 from neurolens.stats import mann_whitney_u
-from neurolens.storage.filters import parse_filter_spec
-from neurolens.storage.filters import RunFilter
+from neurolens.storage.filters import RunFilter, parse_filter_spec
 from neurolens.storage.store import write_run
 from tests.factories import make_run
 

@@ -548,7 +548,8 @@ def test_a_run_has_the_same_keys_with_or_without_a_store(tester: pytest.Pytester
         @pytest.mark.neurolens(model="m", backend="cpu", precision="fp32", batch_size=1)
         def test_keys(neurolens, request):
             run = neurolens.measure(sum, [1, 2], iterations=3).run
-            out = pathlib.Path(request.config.rootpath, "keys-" + str(request.config.getoption("neurolens_store")))
+            store = request.config.getoption("neurolens_store")
+            out = pathlib.Path(request.config.rootpath, f"keys-{store}")
             out.write_text(json.dumps(sorted(run)))
         """
     )

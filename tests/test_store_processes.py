@@ -205,3 +205,26 @@ def test_built_wheel_ships_the_schema_and_writes_runs(tmp_path: Path) -> None:
     assert result["module"].startswith(site)
     assert Path(site, "neurolens", "schema", "run.schema.json").is_file()
     assert Path(result["run_json"]).is_file()
+
+
+@pytest.mark.slow
+def test_writers_killed_at_random_points_leave_a_store_that_verifies(tmp_path: Path) -> None:
+    import random
+
+    from neurolens.storage.verify import verify_store
+
+    rng = random.Random(7)
+    for attempt in range(8):
+        proc = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path), f"kill{attempt}", "100000"])
+        time.sleep(0.3 + rng.random() * 0.7)  # import time, then somewhere among the writes
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    report = verify_store(tmp_path)
+    # a torn last line is possible; anything else is damage
+    assert {p.kind for p in report.problems} <= {"manifest_line", "index"}, report.problems
+    assert all("incomplete last line" in p.message for p in report.problems if p.kind == "manifest_line")
+    subprocess.run([sys.executable, "-c", WRITER, str(tmp_path), "after", "1"], check=True)
+    rebuild_index_from_manifest(tmp_path)
+    after = verify_store(tmp_path)
+    assert {p.kind for p in after.problems} <= {"manifest_line"}
+    assert all("torn or unparsable" in p.message for p in after.problems)

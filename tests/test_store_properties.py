@@ -85,3 +85,67 @@ def test_round_trip_rebuild_and_filters(batch: list[dict[str, Any]], pick: int) 
             assert row["tags"] == run["tags"]
             assert row["batch_size"] == run["batch_size"] and row["seq_len"] == run["seq_len"]
             assert row["total_latency_ms"] == run["metrics"]["total_latency_ms"]
+
+
+# Documents at the edges of what the schema allows: whatever write_run accepts, every
+# reader must read.
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=5),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3),
+    max_leaves=12,
+)
+edge_runs = st.fixed_dictionaries(
+    {
+        "model": st.text(min_size=1, max_size=10),
+        "backend": segments,
+        "precision": st.text(min_size=1, max_size=5),
+        "batch_size": st.integers(min_value=-5) | st.floats(allow_nan=False),
+        "seq_len": st.none() | st.integers() | st.floats(allow_nan=False),
+        "metrics": st.fixed_dictionaries(
+            {"total_latency_ms": st.integers() | st.floats(allow_nan=False)},
+            optional={
+                "gpu_utilization": st.none() | st.floats(0, 100),
+                "other": st.integers() | st.text(max_size=4),
+            },
+        ),
+        "tags": st.dictionaries(st.text(min_size=1, max_size=6), st.text(max_size=6), max_size=3),
+        "created_at": st.datetimes(
+            min_value=dt.datetime(1, 1, 2), max_value=dt.datetime(9999, 12, 30), timezones=st.timezones()
+        ).map(lambda m: m.isoformat()),
+        "extra": st.dictionaries(st.text(max_size=4), json_values, max_size=3),
+    }
+)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(edge_runs)
+def test_whatever_write_run_accepts_every_reader_reads(run: dict[str, Any]) -> None:
+    import io
+    import json
+    import warnings
+
+    from neurolens.cli import main
+    from neurolens.errors import RunValidationError
+    from neurolens.storage.merge import merge_stores
+    from neurolens.storage.verify import verify_store
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "store"
+        try:
+            result = write_run(root, run)
+        except RunValidationError as exc:
+            assert exc.field != "" or "mapping" in str(exc)  # a refusal names its field
+            return
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # no reader may skip an accepted run
+            out = io.StringIO()
+            assert main(["ls", "--root", str(root), "--json"], out=out) == 0
+            assert [r["run_id"] for r in json.loads(out.getvalue())] == [result["run_id"]]
+            out = io.StringIO()
+            assert main(["show", result["run_id"], "--root", str(root), "--json"], out=out) == 0
+            assert json.loads(out.getvalue())["run_id"] == result["run_id"]
+            assert main(["ls", "--root", str(root)], out=io.StringIO()) == 0
+            rebuild_index_from_manifest(root)
+            assert verify_store(root, full=True).clean
+            report = merge_stores(Path(tmp) / "merged", [root])
+            assert report.complete and report.added == 1
