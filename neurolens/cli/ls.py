@@ -7,7 +7,7 @@ import json
 import shutil
 from typing import Any, TextIO
 
-from neurolens.cli.common import plural, root_of
+from neurolens.cli.common import integer_at_least, plural, root_of
 
 NAME = "ls"
 SUMMARY = "list runs, newest first"
@@ -22,21 +22,11 @@ examples:
 """
 
 
-def _limit(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
-    return value
-
-
 def register(parser: argparse.ArgumentParser) -> None:
     from neurolens.storage.filters import add_filter_arguments
 
     add_filter_arguments(parser)
-    parser.add_argument("--limit", type=_limit, metavar="N", help="at most N runs (the N newest)")
+    parser.add_argument("--limit", type=integer_at_least(0), metavar="N", help="at most N runs, the newest")
     parser.add_argument("--json", action="store_true", help="print a JSON array of rows instead of a table")
 
 

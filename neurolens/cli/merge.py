@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import TextIO
 
-from neurolens.cli.common import plural, root_of, warn
+from neurolens.cli.common import integer_at_least, plural, root_of, warn
 
 NAME = "merge"
 SUMMARY = "copy the runs of other stores (folders or .tar.gz) into this one"
@@ -23,16 +23,6 @@ examples:
 """
 
 
-def _size(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
 def register(parser: argparse.ArgumentParser) -> None:
     from neurolens.storage.merge import ArchiveLimits
 
@@ -43,14 +33,14 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument(
         "--max-archive-bytes",
-        type=_size,
+        type=integer_at_least(1),
         default=defaults.max_bytes,
         metavar="N",
         help=f"refuse an archive that unpacks to more than N bytes (default {defaults.max_bytes:,})",
     )
     parser.add_argument(
         "--max-archive-members",
-        type=_size,
+        type=integer_at_least(1),
         default=defaults.max_members,
         metavar="N",
         help=f"refuse an archive of more than N members (default {defaults.max_members:,})",
