@@ -12,6 +12,7 @@ snapshot, the pytest output and the stored runs; exits non-zero if nothing was r
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -46,6 +47,19 @@ TEST = textwrap.dedent(
 )
 
 
+CPU_WORK = "a pure-Python 64x64 matmul on the CPU"
+
+
+def _what_is_timed() -> str:
+    try:
+        import torch  # type: ignore[import-not-found,unused-ignore]
+    except ImportError:
+        return f"NO GPU WORKLOAD: torch is not installed, so {CPU_WORK} is timed instead"
+    if not torch.cuda.is_available():
+        return f"NO GPU WORKLOAD: torch sees no CUDA device, so {CPU_WORK} is timed instead"
+    return f"a 4096x4096 fp16 matmul on {torch.cuda.get_device_name(0)} (torch {torch.__version__})"
+
+
 def main() -> int:
     from neurolens.hardware.host import host_facts
     from neurolens.hardware.nvml import Nvml
@@ -55,9 +69,18 @@ def main() -> int:
     nvml.close()
     print("== NVML snapshot")
     print(json.dumps({**snapshot, "host": host_facts()}, indent=2))
+    print(f"== timing: {_what_is_timed()}")
+    if snapshot.get("nvml_error"):
+        print(f"== NVML: {snapshot['nvml_error']}: GPU fields will be null, with this reason")
 
     work = Path(tempfile.mkdtemp(prefix="neurolens-smoke-"))
-    store = Path(sys.argv[1]) if len(sys.argv) > 1 else work / "runs_store"
+    try:
+        return _run(work, Path(sys.argv[1]) if len(sys.argv) > 1 else work / "runs_store")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)  # the temporary store too, unless STORE was given
+
+
+def _run(work: Path, store: Path) -> int:
     (work / "test_gpu_smoke.py").write_text(TEST)
     print("== pytest")
     done = subprocess.run(

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -45,3 +47,15 @@ def test_onnx_example_records_runs_and_ls_lists_them(tmp_path: Path) -> None:
     assert sorted(r["batch_size"] for r in rows) == [1, 8, 64]
     assert {r["backend"] for r in rows} == {"onnxrt"}
     assert all(r["total_latency_ms"] > 0 and r["tags"]["example"] == "onnx-mlp" for r in rows)
+
+
+@pytest.mark.slow
+def test_gpu_smoke_script_says_what_it_timed_and_cleans_up(tmp_path: Path) -> None:
+    script = Path(__file__).parents[1] / "scripts" / "gpu_smoke.py"
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    if importlib.util.find_spec("torch") is None:  # no GPU workload possible: it must say so
+        assert "== timing: NO GPU WORKLOAD: torch is not installed" in done.stdout
+        assert "on the CPU is timed instead" in done.stdout
+    assert list(tmp_path.iterdir()) == []  # its temporary store is gone
