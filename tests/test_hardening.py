@@ -326,3 +326,34 @@ def test_verify_beside_a_live_writer_reports_no_orphans(
     assert writer.returncode == 0 and reports
     for report in reports:
         assert [p for p in report.problems if p.kind != "index"] == [], report.problems
+
+
+def test_readers_racing_compaction_see_no_false_duplicates(
+    tmp_path: Path, make_run: Callable[..., dict[str, Any]]
+) -> None:
+    root = tmp_path / "store"
+    write_run(root, make_run())
+    compactor = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys; sys.path.insert(0, sys.argv[2])\n"
+            "from neurolens.storage.store import compact_index, write_run\n"
+            "from tests.factories import make_run\n"
+            "for i in range(120):\n"
+            "    write_run(sys.argv[1], make_run(seq_len=i)); compact_index(sys.argv[1])",
+            str(root),
+            str(Path(__file__).parents[1]),
+        ]
+    )
+    reads = 0
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            while compactor.poll() is None:
+                query(root)
+                reads += 1
+    finally:
+        compactor.wait(timeout=120)
+    assert compactor.returncode == 0 and reads > 10
+    assert [str(w.message) for w in caught if "duplicate" in str(w.message)] == []
