@@ -146,6 +146,8 @@ class Recorder:
 
         if not (self.store / "_manifest.jsonl").exists():
             self.stored_runs = 0
+            if self.settings.compare is not None and not self.settings.allow_empty:
+                self.errors.append("nothing was compared: this session recorded no runs")
             return
         compact_index(self.store)
         # counted from the store: runs of a killed xdist worker count as stored

@@ -421,3 +421,17 @@ def test_pytest_gate_fails_when_nothing_was_compared(
     )
     assert allowed.ret == pytest.ExitCode.OK
     assert "Traceback" not in allowed.stdout.str()
+
+
+def test_pytest_gate_with_no_runs_recorded_fails(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("def test_plain():\n    pass\n")
+    result = pytester.runpytest(
+        "-p",
+        "no:cacheprovider",
+        "-p",
+        "no:benchmark",
+        "--neurolens-store=runs",
+        "--neurolens-compare=--tag b=main",
+    )
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(["*nothing was compared: this session recorded no runs*"])
