@@ -299,24 +299,25 @@ def test_leftovers_of_a_killed_writer_are_not_damage_and_fix_removes_them(
     assert verify_store(root).leftovers == [] and not (root / relative).exists()
 
 
+def spawn_writer(root: Path, count: int, *, compact: bool = False) -> subprocess.Popen[bytes]:
+    """Another process writing ``count`` runs into ``root`` (compacting after each when ``compact``)."""
+    body = (
+        "import sys; sys.path.insert(0, sys.argv[2])\n"
+        "from neurolens.storage.store import compact_index, write_run\n"
+        "from tests.factories import make_run\n"
+        f"for i in range({count}):\n"
+        "    write_run(sys.argv[1], make_run(seq_len=i))\n"
+        + ("    compact_index(sys.argv[1])\n" if compact else "")
+    )
+    return subprocess.Popen([sys.executable, "-c", body, str(root), str(Path(__file__).parents[1])])
+
+
 def test_verify_beside_a_live_writer_reports_no_orphans(
     tmp_path: Path, make_run: Callable[..., dict[str, Any]]
 ) -> None:
     root = tmp_path / "store"
     write_run(root, make_run())
-    writer = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            (
-                "import sys; sys.path.insert(0, sys.argv[2]);"
-                "from neurolens.storage.store import write_run; from tests.factories import make_run\n"
-                "for i in range(150): write_run(sys.argv[1], make_run(seq_len=i))"
-            ),
-            str(root),
-            str(Path(__file__).parents[1]),
-        ],
-    )
+    writer = spawn_writer(root, 150)
     try:
         reports = []
         while writer.poll() is None:
@@ -333,19 +334,7 @@ def test_readers_racing_compaction_see_no_false_duplicates(
 ) -> None:
     root = tmp_path / "store"
     write_run(root, make_run())
-    compactor = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import sys; sys.path.insert(0, sys.argv[2])\n"
-            "from neurolens.storage.store import compact_index, write_run\n"
-            "from tests.factories import make_run\n"
-            "for i in range(120):\n"
-            "    write_run(sys.argv[1], make_run(seq_len=i)); compact_index(sys.argv[1])",
-            str(root),
-            str(Path(__file__).parents[1]),
-        ]
-    )
+    compactor = spawn_writer(root, 120, compact=True)
     reads = 0
     try:
         with warnings.catch_warnings(record=True) as caught:

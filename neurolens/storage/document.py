@@ -142,7 +142,7 @@ def take_minted(run_id: str) -> bool:
         return False
 
 
-def new_run_id() -> str:
+def _generate_id() -> str:
     """A UUIDv7 (RFC 9562): 48-bit Unix milliseconds, then random bits.
 
     Unique across processes and machines through 74 random bits; within a process a
@@ -162,15 +162,14 @@ def new_run_id() -> str:
     rand_b = secrets.randbits(62)
     value = (now_ms << 80) | (0x7 << 76) | (seq << 64) | (0b10 << 62) | rand_b
     h = f"{value:032x}"
-    run_id = f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def new_run_id() -> str:
+    """A fresh UUIDv7 for a run this process will store (write_run need not look it up)."""
+    run_id = _generate_id()
     with _id_lock:
         _minted.add(run_id)
-    return run_id
-
-
-def _fresh_id() -> str:
-    run_id = new_run_id()
-    take_minted(run_id)  # generated here and stored by this caller: never looked up
     return run_id
 
 
@@ -197,7 +196,7 @@ def prepare_run(run: Mapping[str, Any]) -> dict[str, Any]:
         )
     document["schema_version"] = SCHEMA_VERSION
     if document.get("run_id") is None:
-        document["run_id"] = _fresh_id()
+        document["run_id"] = _generate_id()  # made here, stored by this caller
     created = run.get("created_at")  # the original, which may be a datetime
     document["created_at"] = utc_now() if created is None else normalize_created_at(created)
 
