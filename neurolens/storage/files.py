@@ -169,9 +169,11 @@ def replace_file_atomically(root: Path, name: str, data: bytes) -> None:
                 handle.flush()
                 os.fsync(handle.fileno())
             os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-        except BaseException:
+        except BaseException as exc:
             with contextlib.suppress(OSError):
                 os.unlink(tmp, dir_fd=dir_fd)
+            if isinstance(exc, OSError) and exc.filename is None:  # fd writes name no file
+                raise OSError(exc.errno, exc.strerror, str(root / name)) from None
             raise
     finally:
         os.close(dir_fd)
