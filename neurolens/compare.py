@@ -1,10 +1,20 @@
 """Compare two sets of runs group by group and decide whether the candidate regressed.
 
 Runs are paired by a group key (model, backend, precision, batch size, sequence length and
-GPU by default). Within a group the runs of each side are pooled: the statistic compared
-is the median of the metric over the side's runs. Where each side has enough samples
-(several runs, or the per-iteration latencies ``measure`` stores) a two-sided
-Mann-Whitney U test says whether the difference is real.
+GPU by default). Within a group each side's runs form samples: one per pytest session (or
+per round, for a measurement repeated in one session; a run without a session is a sample
+of its own). The statistic compared is the median of the samples' values.
+
+Three rules decide a regression, all together (see the README):
+
+1. the threshold: the change is larger than ``--fail-above``;
+2. the noise floor: the change is larger than what the baseline's own newest sessions
+   spread over (3 robust standard deviations, from the median absolute deviation); a
+   change inside it is "noise", even above the threshold;
+3. significance (only under ``require_significance``): a Mann-Whitney U test over the
+   samples gives p < alpha. The test is made on sessions, never on the per-call
+   latencies of one session: those carry only the noise inside a session, so with one
+   session a side the answer is "cannot tell", and that does not fail the gate.
 
 A gate never passes by mistake: a comparison where nothing was compared (an empty
 side, no group on both sides) says why in ``nothing_compared``; a metric no run
@@ -17,10 +27,21 @@ import json
 import math
 import statistics
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from neurolens.comparison import (
+    COMPARED,
+    DEFAULT_METRIC,
+    VERDICT_ORDER,
+    Comparison,
+    GroupResult,
+    Threshold,
+    UnknownMetricError,
+    higher_is_better,
+    resolve_metric,
+)
 from neurolens.storage.files import check_run_path, read_store_file
 from neurolens.storage.filters import RunFilter
 from neurolens.storage.manifest import COLUMNS
@@ -31,121 +52,10 @@ if TYPE_CHECKING:
     import pandas as pd
 
 DEFAULT_GROUP_BY = ("model", "backend", "precision", "batch_size", "seq_len", "gpu_name")
-DEFAULT_METRIC = "total_latency_ms"
-METRIC_ALIASES = {
-    "latency": "total_latency_ms",
-    "mean": "latency_mean_ms",
-    "p50": "latency_p50_ms",
-    "p90": "latency_p90_ms",
-    "p95": "latency_p95_ms",
-    "p99": "latency_p99_ms",
-    "min": "latency_min_ms",
-    "max": "latency_max_ms",
-    "throughput": "throughput_per_s",
-}
-MIN_SAMPLES = 5  # fewer on a side and no significance test is made
-VERDICT_ORDER = {"regressed": 0, "improved": 1, "unchanged": 2, "new": 3, "missing": 4}
+NOISE_SESSIONS = 10  # the baseline's newest samples the noise floor is learned from
+NOISE_MIN_SAMPLES = 3  # fewer and there is no floor
+NOISE_SIGMAS = 3.0  # the floor, in robust standard deviations of the baseline's samples
 _EPSILON = 1e-9  # a change exactly at the threshold is within it, float noise included
-
-
-class UnknownMetricError(ValueError):
-    """No compared run carries the metric; ``known`` lists the metrics they do carry."""
-
-    def __init__(self, metric: str, known: Sequence[str]) -> None:
-        self.metric, self.known = metric, list(known)
-        super().__init__(
-            f"no run carries the metric {metric!r}; the runs carry: {', '.join(known) or 'none'}"
-        )
-
-
-def resolve_metric(name: str) -> str:
-    return METRIC_ALIASES.get(name, name)
-
-
-def higher_is_better(metric: str) -> bool:
-    return "throughput" in metric or metric.endswith("_per_s")
-
-
-@dataclass(frozen=True)
-class Threshold:
-    """``5%`` (relative to the baseline) or ``0.5ms`` (absolute, in milliseconds)."""
-
-    value: float
-    relative: bool
-
-    @classmethod
-    def parse(cls, text: str) -> Threshold:
-        raw = str(text).strip().lower()
-        relative = raw.endswith("%")
-        number = raw[:-1] if relative else raw[:-2] if raw.endswith("ms") else None
-        try:
-            value = float(number) if number is not None else math.nan
-        except ValueError:
-            value = math.nan
-        if math.isnan(value):
-            raise ValueError(
-                f"threshold {text!r} needs a unit: a share of the baseline like 5% "
-                "or an absolute change like 0.5ms"
-            )
-        if not math.isfinite(value) or value < 0:
-            raise ValueError(f"threshold must be a non-negative number, not {text!r}")
-        return cls(value / 100 if relative else value, relative)
-
-    def __str__(self) -> str:
-        return f"{self.value * 100:g}%" if self.relative else f"{self.value:g} ms"
-
-
-@dataclass
-class GroupResult:
-    group: dict[str, Any]
-    verdict: str  # regressed, improved, unchanged, new, missing
-    baseline: float | None = None
-    candidate: float | None = None
-    change_abs: float | None = None
-    change_pct: float | None = None
-    p_value: float | None = None
-    significant: bool | None = None
-    baseline_runs: int = 0
-    candidate_runs: int = 0
-    fails: bool = False
-
-    def label(self) -> str:
-        return " ".join("-" if v is None else str(v) for v in self.group.values())
-
-
-@dataclass
-class Comparison:
-    metric: str
-    higher_is_better: bool
-    threshold: Threshold
-    gate: bool
-    require_significance: bool
-    alpha: float
-    fail_on_missing: bool = False
-    groups: list[GroupResult] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-    nothing_compared: str | None = None  # why no group was compared, when none was
-
-    @property
-    def failed(self) -> bool:
-        return any(g.fails for g in self.groups)
-
-    def counts(self) -> dict[str, int]:
-        return {v: sum(g.verdict == v for g in self.groups) for v in VERDICT_ORDER}
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "metric": self.metric,
-            "higher_is_better": self.higher_is_better,
-            "threshold": str(self.threshold),
-            "require_significance": self.require_significance,
-            "alpha": self.alpha,
-            "failed": self.failed,
-            "nothing_compared": self.nothing_compared,
-            "counts": self.counts(),
-            "groups": [asdict(g) for g in self.groups],
-            "warnings": self.warnings,
-        }
 
 
 def compare(
@@ -161,6 +71,7 @@ def compare(
     fail_on_missing: bool = False,
     higher_better: bool | None = None,
     baseline_root: StrPath | None = None,
+    noise_floor: bool = True,
 ) -> Comparison:
     """Compare the candidate's runs with the baseline's, group by group.
 
@@ -169,9 +80,11 @@ def compare(
     select something. A run both select counts for the candidate only (a warning says
     so). ``threshold`` (``"5%"`` or ``"0.5ms"``; default 5%) separates regressions and
     improvements from noise; when given the comparison is a gate, and ``failed`` says
-    whether any group regressed by more (with ``require_significance``, only with
-    p < ``alpha``; with ``fail_on_missing``, also a group the candidate lacks).
-    ``baseline_root`` reads the baseline from another store.
+    whether any group regressed by more (and by more than the baseline's noise floor,
+    unless ``noise_floor=False``; with ``require_significance``, only with p < ``alpha``
+    across sessions; with ``fail_on_missing``, also a group the candidate lacks).
+    ``baseline_root`` reads the baseline from another store. Runs of tests that did not
+    pass are left out unless a side's filter has ``include_failed``.
     """
     sides = [RunFilter.coerce(baseline, "baseline"), RunFilter.coerce(candidate, "candidate")]
     for name, side in zip(("baseline", "candidate"), sides, strict=True):
@@ -194,9 +107,11 @@ def compare(
         require_significance=require_significance,
         alpha=alpha,
         fail_on_missing=fail_on_missing,
+        noise_floor=noise_floor,
     )
     roots = [resolve_root(baseline_root if baseline_root is not None else root), resolve_root(root)]
-    needed = list(dict.fromkeys([*group_by, "run_id", "run_json", "gpu_name", "driver_version"]))
+    per_run = ["run_id", "run_json", "gpu_name", "driver_version", "session_id", "repeat", "created_at"]
+    needed = list(dict.fromkeys([*group_by, *per_run]))
     if metric in COLUMNS:
         needed.append(metric)
     candidate_data = select(roots[1], sides[1]).columns(needed)
@@ -221,11 +136,14 @@ def compare(
         _warn_mixed_hardware(result, group, picks)
     if result.groups and all(g.baseline is None and g.candidate is None for g in result.groups):
         raise UnknownMetricError(metric, sorted(docs.metrics_seen | set(METRIC_COLUMNS)))
-    compared = any(g.verdict in ("regressed", "improved", "unchanged") for g in result.groups)
+    compared = any(g.verdict in COMPARED for g in result.groups)
     if result.nothing_compared is None and not compared:
         result.nothing_compared = "no group has runs on both sides"
     # compared groups worst first, then new, then missing
-    result.groups.sort(key=lambda g: (max(VERDICT_ORDER[g.verdict], 2), -_badness(result, g), g.label()))
+    compared_rank = VERDICT_ORDER["unchanged"]
+    result.groups.sort(
+        key=lambda g: (max(VERDICT_ORDER[g.verdict], compared_rank), -_badness(result, g), g.label())
+    )
     return result
 
 
@@ -269,38 +187,43 @@ class _Documents:
 Side = tuple[int, dict[str, list[Any]], list[int]]  # (0 baseline / 1 candidate, columns, positions)
 
 
-def _values(
-    docs: _Documents, metric: str, side: Side, warnings: list[str]
-) -> tuple[list[float], list[float]]:
-    """(per-run metric values, pooled per-iteration latencies where there are any)."""
+def _samples(docs: _Documents, metric: str, side: Side, warnings: list[str]) -> list[float]:
+    """The side's sample values, oldest first: per session (and round), the median of its
+    runs' metric. A run without a session is a sample of its own."""
     which, data, positions = side
-    values: list[float] = []
-    iterations: list[float] = []
     indexed = metric in data
-    if indexed and len(positions) >= MIN_SAMPLES:  # the common, large case: the index alone
-        column = data[metric]
-        return [float(column[i]) for i in positions if column[i] is not None], iterations
+    by_sample: dict[tuple[str, Any], list[float]] = {}
+    newest: dict[tuple[str, Any], str] = {}
     for i in positions:
-        document = docs.read(which, data["run_json"][i])
-        if document is None:
-            warnings.append(f"run {data['run_id'][i]}: its run file cannot be read")
-        value = data[metric][i] if indexed else (document or {}).get("metrics", {}).get(metric)
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            values.append(float(value))
-        if document is not None and (metric == "total_latency_ms" or metric.startswith("latency_")):
-            iterations.extend(v for v in document.get("latencies_ms") or [] if isinstance(v, (int, float)))
-    return values, iterations
+        if indexed:
+            value = data[metric][i]
+        else:
+            document = docs.read(which, data["run_json"][i])
+            if document is None:
+                warnings.append(f"run {data['run_id'][i]}: its run file cannot be read")
+            value = (document or {}).get("metrics", {}).get(metric)
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            continue
+        session = data["session_id"][i]
+        key = (f"session {session}" if session is not None else f"run {data['run_id'][i]}", data["repeat"][i])
+        by_sample.setdefault(key, []).append(float(value))
+        newest[key] = max(newest.get(key, ""), data["created_at"][i])
+    order = sorted(by_sample, key=lambda key: (newest[key], repr(key)))
+    return [statistics.median(by_sample[key]) for key in order]
 
 
 def _compare_group(
     docs: _Documents, result: Comparison, group: dict[str, Any], base_side: Side, cand_side: Side
 ) -> GroupResult:
-    from neurolens.stats import mann_whitney_u
-
-    base_values, base_iters = _values(docs, result.metric, base_side, result.warnings)
-    cand_values, cand_iters = _values(docs, result.metric, cand_side, result.warnings)
+    base_values = _samples(docs, result.metric, base_side, result.warnings)
+    cand_values = _samples(docs, result.metric, cand_side, result.warnings)
     out = GroupResult(
-        group=group, verdict="unchanged", baseline_runs=len(base_side[2]), candidate_runs=len(cand_side[2])
+        group=group,
+        verdict="unchanged",
+        baseline_runs=len(base_side[2]),
+        candidate_runs=len(cand_side[2]),
+        baseline_samples=len(base_values),
+        candidate_samples=len(cand_values),
     )
     if not cand_values:
         out.verdict = "missing"
@@ -318,24 +241,50 @@ def _compare_group(
     worse = (base - cand) if result.higher_is_better else (cand - base)
     limit = result.threshold.value * abs(base) if result.threshold.relative else result.threshold.value
     tolerance = _EPSILON * max(abs(base), 1.0)
-    if worse > limit + tolerance:
-        out.verdict = "regressed"
-    elif -worse > limit + tolerance:
-        out.verdict = "improved"
-    # samples for the test: several runs a side, else the per-iteration latencies
-    samples = [
-        values if len(values) >= MIN_SAMPLES else iterations
-        for values, iterations in ((base_values, base_iters), (cand_values, cand_iters))
-    ]
-    if all(len(s) >= MIN_SAMPLES for s in samples):
-        out.p_value = mann_whitney_u(samples[0], samples[1])[1]
-        out.significant = out.p_value < result.alpha
+    if result.noise_floor:
+        out.noise_floor = _noise_floor(base_values, len(cand_values))
+    if abs(worse) > limit + tolerance:
+        if out.noise_floor is not None and abs(worse) <= out.noise_floor + tolerance:
+            out.verdict = "noise"
+        else:
+            out.verdict = "regressed" if worse > 0 else "improved"
+    _significance(out, base_values, cand_values, result.alpha)
     out.fails = (
         result.gate
         and out.verdict == "regressed"
         and (out.significant is True or not result.require_significance)
     )
     return out
+
+
+def _noise_floor(base_values: list[float], candidate_samples: int) -> float | None:
+    """The change session-to-session noise alone can make between the sides' medians:
+    NOISE_SIGMAS robust standard deviations of the baseline's newest samples, times the
+    standard error of a difference of two means of that many samples (sqrt(1/m + 1/n)).
+    One candidate session against many baseline ones: about NOISE_SIGMAS sigmas."""
+    from neurolens.stats import robust_spread
+
+    recent = base_values[-NOISE_SESSIONS:]
+    if len(recent) < NOISE_MIN_SAMPLES:
+        return None
+    return NOISE_SIGMAS * robust_spread(recent) * math.sqrt(1 / len(recent) + 1 / candidate_samples)
+
+
+def _significance(out: GroupResult, base_values: list[float], cand_values: list[float], alpha: float) -> None:
+    """A Mann-Whitney U test across the sides' samples (sessions or rounds), never across
+    the per-call latencies of one session."""
+    from neurolens.stats import mann_whitney_u, smallest_p_value
+
+    m, n = len(base_values), len(cand_values)
+    if min(m, n) < 2:
+        out.significance_note = "cannot tell: one session on " + (
+            "each side" if max(m, n) < 2 else "the baseline" if m < 2 else "the candidate"
+        )
+        return
+    out.p_value = mann_whitney_u(base_values, cand_values)[1]
+    out.significant = out.p_value < alpha
+    if smallest_p_value(m, n) >= alpha:
+        out.significance_note = f"cannot tell: {m} and {n} sessions cannot give p < {alpha:g}"
 
 
 def _warn_mixed_hardware(result: Comparison, group: dict[str, Any], sides: list[Side]) -> None:

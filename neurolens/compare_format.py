@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from neurolens.compare import Comparison, GroupResult
+from neurolens.comparison import Comparison, GroupResult
 from neurolens.tables import escape, number, render
 
 HEADER = ("GROUP", "BASELINE", "CANDIDATE", "CHANGE", "DELTA", "P", "RUNS", "VERDICT")
@@ -16,9 +16,24 @@ def summary_line(result: Comparison) -> str:
         f"({result.metric}, {'higher' if result.higher_is_better else 'lower'} is better, "
         f"threshold {result.threshold})"
     )
+    changed = [g for g in result.groups if g.verdict in ("regressed", "noise")]
+    untold = sum(g.significance_note is not None for g in changed)
+    if untold and result.require_significance:
+        line += (
+            f"\nsignificance: cannot tell for {untold} changed group{'s' if untold != 1 else ''} "
+            "(too few sessions a side); they do not fail under --require-significance. For a "
+            "verdict, compare several sessions a side (4 or more), or measure in rounds: "
+            "measure(..., repeats=5) or --neurolens-repeats=5"
+        )
     if result.nothing_compared:
         line += f"\nnothing was compared: {result.nothing_compared}"
     return line
+
+
+def _verdict(g: GroupResult) -> str:
+    if g.verdict == "noise" and g.noise_floor is not None and g.baseline:
+        return f"noise (floor {g.noise_floor / abs(g.baseline) * 100:.1f}%)"
+    return g.verdict.upper() if g.fails else g.verdict
 
 
 def _cells(g: GroupResult) -> list[str]:
@@ -32,7 +47,7 @@ def _cells(g: GroupResult) -> list[str]:
         delta,
         "-" if g.p_value is None else f"{g.p_value:.3g}",
         f"{g.baseline_runs}/{g.candidate_runs}",
-        g.verdict.upper() if g.fails else g.verdict,
+        _verdict(g),
     ]
 
 

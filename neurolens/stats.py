@@ -62,3 +62,27 @@ def mann_whitney_u(x: Sequence[float], y: Sequence[float]) -> tuple[float, float
         return u, 1.0
     z = max(abs(u - m * n / 2) - 0.5, 0) / sigma
     return u, min(1.0, math.erfc(z / math.sqrt(2)))
+
+
+def smallest_p_value(m: int, n: int) -> float:
+    """The smallest two-sided p the exact test can give for samples of sizes m and n."""
+    return min(1.0, 2 / math.comb(m + n, m)) if m and n else 1.0
+
+
+# The scale that makes the median absolute deviation estimate a normal distribution's sigma.
+MAD_TO_SIGMA = 1.4826
+
+
+def robust_spread(values: Sequence[float]) -> float:
+    """The standard deviation estimated from the median absolute deviation (robust to
+    an outlier session, unlike the sample standard deviation)."""
+    if not values:
+        raise ValueError("no values")
+    ordered = sorted(values)
+    middle = _median(ordered)
+    return MAD_TO_SIGMA * _median(sorted(abs(v - middle) for v in ordered))
+
+
+def _median(ordered: Sequence[float]) -> float:
+    half = len(ordered) // 2
+    return ordered[half] if len(ordered) % 2 else (ordered[half - 1] + ordered[half]) / 2

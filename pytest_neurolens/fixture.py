@@ -25,12 +25,18 @@ class NeurolensFixture:
     """Measure calls and record the numbers as runs (see ``measure`` and ``record``)."""
 
     def __init__(
-        self, item: pytest.Item, context: dict[str, Any], session_id: str, recorder: Recorder | None
+        self,
+        item: pytest.Item,
+        context: dict[str, Any],
+        session_id: str,
+        recorder: Recorder | None,
+        repeats: int = 1,
     ) -> None:
         self._item = item
         self._context = context
         self._session_id = session_id
         self._recorder = recorder
+        self._repeats = repeats  # --neurolens-repeats: the default of measure(repeats=)
 
     def measure(
         self,
@@ -39,6 +45,7 @@ class NeurolensFixture:
         warmup: int = DEFAULT_WARMUP,
         iterations: int = DEFAULT_ITERATIONS,
         sync: Callable[[], Any] | None = None,
+        repeats: int | None = None,
         **kwargs: Any,
     ) -> Measurement:
         """Call ``fn(*args, **kwargs)`` ``warmup`` times, then time ``iterations`` calls.
@@ -46,13 +53,42 @@ class NeurolensFixture:
         Context fields (model, backend, precision, batch_size, seq_len, tags) in
         ``kwargs`` override the marker for this run and are not passed to ``fn``.
         ``sync`` (e.g. ``torch.cuda.synchronize``) is called before each clock read.
+
+        ``repeats`` (default ``--neurolens-repeats``, else 1) measures in that many rounds,
+        each with its own warmup, each a run of its own (``test.repeat`` is its number):
+        ``compare`` tests significance over the rounds, so one session can give a verdict.
+        The cost is ``repeats`` times the calls. With rounds, the measurement returned
+        pools every round's latencies and lists the rounds in ``rounds``.
         """
         if not callable(fn):
             raise TypeError(f"measure() needs a callable, got {type(fn).__name__}")
         _check_count("warmup", warmup, 0)
         _check_count("iterations", iterations, 1)
+        repeats = self._repeats if repeats is None else repeats
+        _check_count("repeats", repeats, 1)
         overrides = {k: kwargs.pop(k) for k in (*CONTEXT_FIELDS, "tags") if k in kwargs}
-        run = self.new_run(overrides)  # fails on a missing field before any call is made
+        runs = [self.new_run(overrides) for _ in range(repeats)]  # a bad field fails before any call
+        rounds = [self._measure_round(run, fn, args, kwargs, warmup, iterations, sync) for run in runs]
+        if repeats == 1:
+            return rounds[0]
+        for number, measurement in enumerate(rounds):
+            measurement.run["test"].update(repeat=number, repeats=repeats)
+        pooled = [ms for measurement in rounds for ms in measurement.run["latencies_ms"]]
+        stats, metrics = latency_metrics(pooled, runs[0]["batch_size"], iterations=iterations * repeats)
+        pooled_run = {**runs[0], "run_id": None, "metrics": metrics}
+        return Measurement(run=pooled_run, latency=stats, recorded=rounds[0].recorded, rounds=rounds)
+
+    def _measure_round(
+        self,
+        run: dict[str, Any],
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        warmup: int,
+        iterations: int,
+        sync: Callable[[], Any] | None,
+    ) -> Measurement:
+        """One round: warm up, time the calls, and queue the run."""
         for _ in range(warmup):
             fn(*args, **kwargs)
         samples_ns = []

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -84,10 +84,12 @@ class Measurement:
     run: dict[str, Any]
     latency: LatencyStats | None = None
     recorded: bool = False  # False when no store is set: measured, not written
+    rounds: list[Measurement] = field(default_factory=list)  # measure(repeats=N): each round's run
 
     @property
-    def run_id(self) -> str:
-        return str(self.run["run_id"])
+    def run_id(self) -> str | None:
+        """The stored run's id; None for the pooled result of several rounds (see ``rounds``)."""
+        return None if self.run["run_id"] is None else str(self.run["run_id"])
 
     @property
     def metrics(self) -> dict[str, Any]:

@@ -69,5 +69,6 @@ def neurolens(request: pytest.FixtureRequest) -> NeurolensFixture:
     """Measure inference calls; each measurement becomes a run in the store (if one is set)."""
     config = request.config
     recorder = config.pluginmanager.get_plugin(RECORDER_NAME)
-    context = item_context(request.node, config.stash[settings_key].tags)
-    return NeurolensFixture(request.node, context, config.stash[session_id_key], recorder)
+    settings = config.stash[settings_key]
+    context = item_context(request.node, settings.tags)
+    return NeurolensFixture(request.node, context, config.stash[session_id_key], recorder, settings.repeats)

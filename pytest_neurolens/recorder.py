@@ -13,7 +13,7 @@ from pytest_neurolens.fixture import pending_key
 from pytest_neurolens.settings import Settings
 
 if TYPE_CHECKING:
-    from neurolens.compare import Comparison
+    from neurolens.comparison import Comparison
     from neurolens.hardware.nvml import Nvml, UtilizationSampler
 
 outcome_key = pytest.StashKey[str]()
@@ -107,9 +107,12 @@ class Recorder:
         if benchmark is not None:
             pending.append(benchmark)
         outcome = item.stash.get(outcome_key, "unknown")
+        attempt = getattr(item, "execution_count", None)  # pytest-rerunfailures counts attempts
         for measurement in pending:
             run = measurement.run
             run["test"]["outcome"] = outcome
+            if isinstance(attempt, int) and attempt >= 1:
+                run["test"]["attempt"] = attempt
             item.ihook.pytest_neurolens_run(run=run, item=item)
             write_run(self.store, run, fingerprint=self._fingerprint)
             self.summary.append(
@@ -151,7 +154,7 @@ class Recorder:
             return
         compact_index(self.store)
         # counted from the store: runs of a killed xdist worker count as stored
-        self.stored_runs = len(select(self.store, RunFilter(session_id=self.session_id)))
+        self.stored_runs = len(select(self.store, RunFilter(session_id=self.session_id, include_failed=True)))
         if self.settings.compare is not None:
             self._compare(session)
 

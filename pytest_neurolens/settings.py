@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 if TYPE_CHECKING:
-    from neurolens.compare import Threshold
+    from neurolens.comparison import Threshold
     from neurolens.storage.filters import RunFilter
 
 STORE_HELP = "record runs into the run store at PATH (off when unset)"
@@ -24,6 +24,10 @@ COMPARE_HELP = (
 )
 FAIL_ABOVE_HELP = (
     "with --neurolens-compare: fail the session when a group is worse by more than THRESHOLD (5% or 0.5ms)"
+)
+REPEATS_HELP = (
+    "measure in N rounds by default (measure(repeats=) overrides): each round a run of its own, "
+    "so compare can test significance within one session; costs N times the calls (default: 1)"
 )
 ALLOW_EMPTY_HELP = "with --neurolens-compare: do not fail the session when nothing was compared"
 
@@ -44,6 +48,7 @@ def add_options(parser: pytest.Parser) -> None:
     option("tag", "neurolens_tags", "KEY=VALUE", TAGS_HELP, action="append", default=[])
     option("sample-interval", "neurolens_sample_interval", "MS", INTERVAL_HELP)
     option("gpu", "neurolens_gpu", "N", GPU_HELP)
+    option("repeats", "neurolens_repeats", "N", REPEATS_HELP)
     option("compare", "neurolens_compare", "FILTER", COMPARE_HELP)
     option("fail-above", "neurolens_fail_above", "THRESHOLD", FAIL_ABOVE_HELP)
     option("allow-empty", "neurolens_allow_empty", None, ALLOW_EMPTY_HELP, action="store_true", default=False)
@@ -58,6 +63,7 @@ class Settings:
     compare: RunFilter | None = None
     fail_above: Threshold | None = None
     allow_empty: bool = False
+    repeats: int = 1
 
     @classmethod
     def from_config(cls, config: pytest.Config) -> Settings:
@@ -91,6 +97,10 @@ class Settings:
         gpu = _parse_number("--neurolens-gpu", gpu_text, int)
         if gpu < 0:
             raise pytest.UsageError(f"--neurolens-gpu must be >= 0, got {gpu_text!r}")
+        repeats_text = config.getoption("neurolens_repeats") or config.getini("neurolens_repeats") or "1"
+        repeats = _parse_number("--neurolens-repeats", repeats_text, int)
+        if not 1 <= repeats <= 1000:
+            raise pytest.UsageError(f"--neurolens-repeats must be in 1..1000, got {repeats_text!r}")
         compare, fail_above = _compare_settings(config, store_path)
         return cls(
             store=store_path,
@@ -99,6 +109,7 @@ class Settings:
             gpu_index=gpu,
             compare=compare,
             fail_above=fail_above,
+            repeats=repeats,
             allow_empty=bool(
                 config.getoption("neurolens_allow_empty") or config.getini("neurolens_allow_empty")
             ),
@@ -114,7 +125,7 @@ def _compare_settings(config: pytest.Config, store: Path | None) -> tuple[RunFil
         return None, None
     if store is None:
         raise pytest.UsageError("--neurolens-compare needs --neurolens-store (where the runs are)")
-    from neurolens.compare import Threshold
+    from neurolens.comparison import Threshold
     from neurolens.storage.filters import parse_filter_spec
 
     try:

@@ -14,7 +14,8 @@ import pyarrow.parquet  # noqa: F401
 import pytest
 
 from neurolens.cli import main
-from neurolens.compare import Threshold, compare, compare_frame
+from neurolens.compare import compare, compare_frame
+from neurolens.comparison import Threshold
 from neurolens.stats import mann_whitney_u
 from neurolens.storage.filters import RunFilter, parse_filter_spec
 from neurolens.storage.store import write_run
@@ -165,22 +166,30 @@ def test_require_significance_ignores_regressions_within_noise(tmp_path: Path) -
         add(tmp_path, "m", "main", latency)
     for latency in (8.5, 12.5, 9.5, 11.5, 10.6):
         add(tmp_path, "m", "pr", latency)
-    plain = compare(tmp_path, MAIN, PR, threshold="5%").groups[0]
-    gated = compare(tmp_path, MAIN, PR, threshold="5%", require_significance=True).groups[0]
+    options: dict[str, Any] = {"threshold": "5%", "noise_floor": False}
+    plain = compare(tmp_path, MAIN, PR, **options).groups[0]
+    gated = compare(tmp_path, MAIN, PR, require_significance=True, **options).groups[0]
     assert plain.verdict == gated.verdict == "regressed"
     assert plain.fails and not gated.fails
     assert gated.p_value is not None and gated.p_value > 0.05
+    # the same change with the noise floor on: inside the baseline's spread
+    floored = compare(tmp_path, MAIN, PR, threshold="5%").groups[0]
+    assert floored.verdict == "noise" and not floored.fails
+    assert floored.noise_floor == pytest.approx(3 * 1.4826 * 1.0 * (1 / 5 + 1 / 5) ** 0.5)
 
 
-def test_single_runs_are_tested_on_their_per_iteration_latencies(tmp_path: Path) -> None:
+def test_one_session_a_side_is_no_verdict_on_significance(tmp_path: Path) -> None:
+    # per-call latencies differ with a tiny p, but they carry only the noise inside one
+    # session: with one session a side there is no p-value, and no failure on it
     rng = random.Random(3)
     add(tmp_path, "m", "main", 10.0, latencies_ms=[rng.gauss(10, 0.1) for _ in range(40)])
     add(tmp_path, "m", "pr", 11.0, latencies_ms=[rng.gauss(11, 0.1) for _ in range(40)])
-    add(tmp_path, "few", "main", 10.0)  # no latencies stored: no test
-    add(tmp_path, "few", "pr", 11.0)
-    groups = by_model(compare(tmp_path, MAIN, PR, threshold="5%", require_significance=True))
-    assert groups["m"].p_value is not None and groups["m"].p_value < 1e-6 and groups["m"].fails
-    assert groups["few"].p_value is None and groups["few"].verdict == "regressed" and not groups["few"].fails
+    assert mann_whitney_u([10.0] * 3 + [10.1] * 3, [11.0] * 6)[1] < 0.01
+    (group,) = compare(tmp_path, MAIN, PR, threshold="5%", require_significance=True).groups
+    assert group.p_value is None and group.significant is None
+    assert group.significance_note == "cannot tell: one session on each side"
+    assert group.verdict == "regressed" and not group.fails
+    assert compare(tmp_path, MAIN, PR, threshold="5%").groups[0].fails
 
 
 def test_other_metrics_and_higher_is_better(tmp_path: Path) -> None:
@@ -275,7 +284,14 @@ def test_cli_json_parses_back(compare_cli: Callable[..., tuple[int, str]], store
     status, out = compare_cli(store, "--fail-above", "0.5ms", "--json")
     data = json.loads(out)
     assert status == 1 and data["failed"] is True and data["threshold"] == "0.5 ms"
-    assert data["counts"] == {"regressed": 1, "improved": 1, "unchanged": 1, "new": 1, "missing": 1}
+    assert data["counts"] == {
+        "regressed": 1,
+        "improved": 1,
+        "noise": 0,
+        "unchanged": 1,
+        "new": 1,
+        "missing": 1,
+    }
     first = data["groups"][0]
     assert first["group"]["model"] == "regressed" and first["baseline"] == 10.0 and first["candidate"] == 12.0
 

@@ -49,12 +49,12 @@ def stored(tester: pytest.Pytester, store: str = "runs") -> list[dict[str, Any]]
     """The runs in the store; none where nothing was ever written (no manifest)."""
     if not (tester.path / store / "_manifest.jsonl").exists():
         return []
-    return query(tester.path / store)
+    return query(tester.path / store, include_failed=True)
 
 
 def documents(tester: pytest.Pytester, store: str = "runs") -> list[dict[str, Any]]:
     root = tester.path / store
-    return [json.loads((root / r["run_json"]).read_text()) for r in query(root)]
+    return [json.loads((root / r["run_json"]).read_text()) for r in query(root, include_failed=True)]
 
 
 def test_without_a_store_nothing_is_written_but_tests_still_measure(tester: pytest.Pytester) -> None:

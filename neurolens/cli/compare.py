@@ -31,7 +31,7 @@ NOTHING_COMPARED = 3
 
 
 def _threshold(text: str) -> Any:
-    from neurolens.compare import Threshold
+    from neurolens.comparison import Threshold
 
     try:
         return Threshold.parse(text)
@@ -106,10 +106,22 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--require-significance",
         action="store_true",
-        help="fail only on regressions whose Mann-Whitney p-value is below --alpha",
+        help="fail only on regressions whose Mann-Whitney p-value across sessions is below --alpha "
+        "(with one session a side there is no verdict, and no failure)",
     )
     parser.add_argument(
         "--alpha", type=_alpha, default=0.05, help="significance level in (0, 1) (default 0.05)"
+    )
+    parser.add_argument(
+        "--no-noise-floor",
+        dest="noise_floor",
+        action="store_false",
+        help="do not call a change inside the baseline's session-to-session spread noise",
+    )
+    parser.add_argument(
+        "--include-failed",
+        action="store_true",
+        help="also compare runs of tests that did not pass (left out by default)",
     )
     parser.add_argument(
         "--fail-on-missing",
@@ -125,8 +137,9 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, out: TextIO) -> int:
-    from neurolens.compare import DEFAULT_GROUP_BY, UnknownMetricError, compare
+    from neurolens.compare import DEFAULT_GROUP_BY, compare
     from neurolens.compare_format import to_markdown, to_table
+    from neurolens.comparison import UnknownMetricError
     from neurolens.storage.filters import filter_from_args
 
     sides = [filter_from_args(args, prefix=side) for side in ("baseline", "candidate")]
@@ -145,6 +158,7 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
             alpha=args.alpha,
             fail_on_missing=args.fail_on_missing,
             baseline_root=args.baseline_root,
+            noise_floor=args.noise_floor,
         )
     except UnknownMetricError as exc:
         raise UsageError(str(exc)) from None

@@ -203,6 +203,9 @@ def prepare_run(run: Mapping[str, Any]) -> dict[str, Any]:
     for name in ("batch_size", "seq_len"):  # JSON Schema calls 1.0 an integer; the index does not
         if isinstance(document.get(name), float):
             raise RunValidationError(name, f"{document[name]!r} is not an integer (write {name}=1, not 1.0)")
+    test = document.get("test")
+    if isinstance(test, dict) and isinstance(test.get("repeat"), float):
+        raise RunValidationError("test.repeat", f"{test['repeat']!r} is not an integer")
     problems = sorted(_describe(e) for e in _validator().iter_errors(document))
     if problems:
         field, message = problems[0]

@@ -17,6 +17,9 @@ from typing import Any, NoReturn
 
 EQUALITY_FILTERS = ("model", "backend", "precision", "day", "session_id")
 LATEST_SESSION = "latest"
+# Outcomes of runs that count: a passing test's, or none (a run written outside pytest).
+# A failed, errored, skipped or rerun attempt's numbers stay out unless asked for.
+PASSING_OUTCOME = "passed"
 
 
 @dataclass(frozen=True)
@@ -24,7 +27,8 @@ class RunFilter:
     """Conditions a run must meet, all together (AND). None means "any".
 
     ``session_id`` is a session id, a unique prefix of one, or ``"latest"`` (the newest
-    session among the runs the other conditions select).
+    session among the runs the other conditions select). Runs of tests that did not pass
+    are left out unless ``include_failed``.
     """
 
     model: str | None = None
@@ -34,6 +38,7 @@ class RunFilter:
     session_id: str | None = None
     tags: Mapping[str, str] = field(default_factory=dict)
     limit: int | None = None
+    include_failed: bool = False
 
     def __post_init__(self) -> None:
         for name in EQUALITY_FILTERS:
@@ -50,6 +55,8 @@ class RunFilter:
             isinstance(self.limit, bool) or not isinstance(self.limit, int) or self.limit < 0
         ):
             raise ValueError(f"limit must be a non-negative integer, not {self.limit!r}")
+        if not isinstance(self.include_failed, bool):
+            raise ValueError(f"include_failed must be True or False, not {self.include_failed!r}")
 
     @classmethod
     def coerce(cls, value: RunFilter | Mapping[str, Any] | None, what: str = "filter") -> RunFilter:
@@ -80,10 +87,13 @@ class RunFilter:
             if getattr(self, name) is not None
         ]
         parts += [f"--tag {shlex.quote(f'{k}={v}')}" for k, v in sorted(self.tags.items())]
+        parts += ["--include-failed"] if self.include_failed else []
         return " ".join(parts) or "(no filter)"
 
     def matches(self, record: Mapping[str, Any]) -> bool:
-        """Equality and tag conditions on one index record (``tags`` as stored JSON)."""
+        """Equality, outcome and tag conditions on one index record (``tags`` as stored JSON)."""
+        if not self.include_failed and record.get("outcome") not in (None, PASSING_OUTCOME):
+            return False
         for name in EQUALITY_FILTERS:
             wanted = getattr(self, name)
             if wanted is not None and record[name] != wanted:
@@ -146,6 +156,12 @@ def add_filter_arguments(parser: argparse.ArgumentParser, prefix: str = "", who:
         metavar="KEY=VALUE",
         help=f"only {runs} with this tag (repeatable; every tag must match)",
     )
+    if not prefix:
+        parser.add_argument(
+            "--include-failed",
+            action="store_true",
+            help="also runs of tests that did not pass (failed, errored, skipped, rerun attempts)",
+        )
 
 
 def filter_from_args(args: argparse.Namespace, prefix: str = "", **extra: Any) -> RunFilter:
@@ -158,6 +174,7 @@ def filter_from_args(args: argparse.Namespace, prefix: str = "", **extra: Any) -
         day=getattr(args, f"{dest}day"),
         session_id=getattr(args, f"{dest}session_id"),
         tags=dict(getattr(args, f"{dest}tags")),
+        include_failed=getattr(args, "include_failed", False),
         **extra,
     )
 

@@ -37,6 +37,8 @@ COLUMNS: dict[str, tuple[type, bool]] = {
     "sha256": (str, False),
     "session_id": (str, True),
     "fingerprint_hash": (str, True),
+    "outcome": (str, True),  # the test's outcome; null for runs written outside pytest
+    "repeat": (int, True),  # the round of a repeated measurement (a sample of its own)
 }
 
 # progress(bytes_done, bytes_total) while a long read goes on
@@ -56,6 +58,7 @@ def entry_for(document: Mapping[str, Any], run_json: str, fp_json: str | None, s
     metrics = document["metrics"]
     hardware = document.get("hardware") or {}
     gpu_util = metrics.get("gpu_utilization")
+    test = document.get("test") or {}
     return {
         "run_id": document["run_id"],
         "created_at": document["created_at"],
@@ -76,6 +79,8 @@ def entry_for(document: Mapping[str, Any], run_json: str, fp_json: str | None, s
         "sha256": sha256,
         "session_id": document.get("session_id"),
         "fingerprint_hash": document.get("fingerprint_hash"),
+        "outcome": test.get("outcome"),
+        "repeat": test.get("repeat"),
     }
 
 

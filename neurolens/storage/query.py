@@ -43,7 +43,7 @@ def _session_rows(rows: Rows, wanted: str) -> Rows:
         shown = ", ".join(sorted(sessions)[:5])
         raise StoreError(f"session {wanted!r} is ambiguous: {len(sessions)} sessions start with it ({shown})")
     if wanted in sessions and len(sessions) > 1:
-        return matching.filter(RunFilter(session_id=wanted))
+        return matching.filter(RunFilter(session_id=wanted, include_failed=True))
     return matching
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from neurolens.storage.files import open_in_store
-from neurolens.storage.filters import EQUALITY_FILTERS, RunFilter
+from neurolens.storage.filters import EQUALITY_FILTERS, PASSING_OUTCOME, RunFilter
 from neurolens.storage.manifest import COLUMNS, encode_tags
 from neurolens.storage.rows import INDEX_VERSION, Backend, IndexMeta, Rows
 
@@ -46,6 +46,9 @@ class ArrowRows(Rows):
 
         table = self.table
         mask = None
+        if not flt.include_failed:
+            outcome = table.column("outcome")
+            mask = pc.or_(pc.is_null(outcome), pc.fill_null(pc.equal(outcome, PASSING_OUTCOME), False))
         for name in EQUALITY_FILTERS:
             wanted = getattr(flt, name)
             if wanted is not None:
