@@ -8,9 +8,9 @@ of its own). The statistic compared is the median of the samples' values.
 Three rules decide a regression, all together (see the README):
 
 1. the threshold: the change is larger than ``--fail-above``;
-2. the noise floor: the change is larger than what the baseline's own newest sessions
-   spread over (3 robust standard deviations, from the median absolute deviation); a
-   change inside it is "noise", even above the threshold;
+2. the noise floor: the change is larger than the baseline's own newest sessions say
+   session-to-session noise can make (a one-sided 99% bound from Student's t and the
+   median absolute deviation); a change inside it is "noise", even above the threshold;
 3. significance (only under ``require_significance``): a Mann-Whitney U test over the
    samples gives p < alpha. The test is made on sessions, never on the per-call
    latencies of one session: those carry only the noise inside a session, so with one
@@ -54,7 +54,6 @@ if TYPE_CHECKING:
 DEFAULT_GROUP_BY = ("model", "backend", "precision", "batch_size", "seq_len", "gpu_name")
 NOISE_SESSIONS = 10  # the baseline's newest samples the noise floor is learned from
 NOISE_MIN_SAMPLES = 3  # fewer and there is no floor
-NOISE_SIGMAS = 3.0  # the floor, in robust standard deviations of the baseline's samples
 _EPSILON = 1e-9  # a change exactly at the threshold is within it, float noise included
 
 
@@ -258,16 +257,17 @@ def _compare_group(
 
 
 def _noise_floor(base_values: list[float], candidate_samples: int) -> float | None:
-    """The change session-to-session noise alone can make between the sides' medians:
-    NOISE_SIGMAS robust standard deviations of the baseline's newest samples, times the
-    standard error of a difference of two means of that many samples (sqrt(1/m + 1/n)).
-    One candidate session against many baseline ones: about NOISE_SIGMAS sigmas."""
-    from neurolens.stats import robust_spread
+    """The largest change session-to-session noise alone makes between the sides' means,
+    at 99% (one-sided): Student's t quantile for the baseline's newest m samples, times
+    their robust standard deviation (from the MAD), times sqrt(1/m + 1/n). Few baseline
+    sessions give a wide floor: with little history little is known about the noise."""
+    from neurolens.stats import robust_spread, t_quantile_99
 
     recent = base_values[-NOISE_SESSIONS:]
-    if len(recent) < NOISE_MIN_SAMPLES:
+    m = len(recent)
+    if m < NOISE_MIN_SAMPLES:
         return None
-    return NOISE_SIGMAS * robust_spread(recent) * math.sqrt(1 / len(recent) + 1 / candidate_samples)
+    return t_quantile_99(m - 1) * robust_spread(recent) * math.sqrt(1 / m + 1 / candidate_samples)
 
 
 def _significance(out: GroupResult, base_values: list[float], cand_values: list[float], alpha: float) -> None:

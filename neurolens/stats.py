@@ -86,3 +86,19 @@ def robust_spread(values: Sequence[float]) -> float:
 def _median(ordered: Sequence[float]) -> float:
     half = len(ordered) // 2
     return ordered[half] if len(ordered) % 2 else (ordered[half - 1] + ordered[half]) / 2
+
+
+# Student's t distribution, 0.99 quantile, by degrees of freedom (the noise floor's m - 1)
+_T_99 = {1: 31.821, 2: 6.965, 3: 4.541, 4: 3.747, 5: 3.365, 6: 3.143, 7: 2.998, 8: 2.896, 9: 2.821}
+_T_99_MANY = {10: 2.764, 15: 2.602, 20: 2.528, 30: 2.457, 60: 2.390, 120: 2.358}
+
+
+def t_quantile_99(df: int) -> float:
+    """The 0.99 quantile of Student's t with ``df`` degrees of freedom (tabulated; rounded
+    towards fewer degrees, so never smaller than the true value)."""
+    if df < 1:
+        raise ValueError(f"degrees of freedom must be >= 1, not {df}")
+    if df in _T_99:
+        return _T_99[df]
+    below = [k for k in _T_99_MANY if k <= df]
+    return _T_99_MANY[max(below)] if df < 1000 else 2.326

@@ -175,7 +175,7 @@ def test_require_significance_ignores_regressions_within_noise(tmp_path: Path) -
     # the same change with the noise floor on: inside the baseline's spread
     floored = compare(tmp_path, MAIN, PR, threshold="5%").groups[0]
     assert floored.verdict == "noise" and not floored.fails
-    assert floored.noise_floor == pytest.approx(3 * 1.4826 * 1.0 * (1 / 5 + 1 / 5) ** 0.5)
+    assert floored.noise_floor == pytest.approx(3.747 * 1.4826 * 1.0 * (1 / 5 + 1 / 5) ** 0.5)
 
 
 def test_one_session_a_side_is_no_verdict_on_significance(tmp_path: Path) -> None:

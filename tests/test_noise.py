@@ -81,7 +81,7 @@ def test_several_sessions_a_side_no_false_alarm_and_a_30_percent_step_fails(tmp_
         (group,) = result.groups
         assert group.baseline_samples == group.candidate_samples == 5
     assert false_alarms <= 1  # alpha is 5%, and the change must also pass 5% and the floor
-    assert detected >= 18
+    assert detected >= 16  # 30% is under 4 sigmas of the session noise: power about 85%
 
 
 def test_the_noise_floor_holds_a_change_inside_the_baseline_s_spread(tmp_path: Path, cli: Cli) -> None:

@@ -1,0 +1,202 @@
+#!/usr/bin/env python3
+"""How often the gate cries wolf, and how often it catches a real slowdown, on ONNX Runtime.
+
+    python benchmarks/noise_bench.py [--sessions 5] [--slowdown 1.5] [--threshold 5%]
+
+Records the example's ONNX MLP (256 -> HIDDEN -> 16, CPU, one thread, batch 1, 8 and 64)
+in ``--sessions`` pytest sessions of the same build ("fast", HIDDEN=1024) and as many of a
+slower build ("slow", HIDDEN scaled by ``--slowdown``), interleaved, each a separate
+process as CI jobs are. Then it runs the gate (``--fail-above``) under each rule set and
+prints, per rule set, the false alarms (groups failed between sessions of the same build)
+and the detections (groups failed between the fast build and the slow one). With
+``--repeats`` it records one more pair of sessions per build whose measurements are
+taken in rounds (``--neurolens-repeats``), so one session a side can be tested.
+Needs the ``examples`` extra (onnx, onnxruntime).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from neurolens.compare import compare
+from neurolens.storage.filters import RunFilter
+from neurolens.storage.query import query
+
+TEST_MODULE = '''
+import os
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+FEATURES, CLASSES = 256, 16
+HIDDEN = int(os.environ["NOISE_BENCH_HIDDEN"])
+
+
+def build_mlp():
+    rng = np.random.default_rng(0)
+
+    def weight(name, *shape):
+        return numpy_helper.from_array((rng.standard_normal(shape) * 0.05).astype(np.float32), name)
+
+    nodes = [
+        helper.make_node("MatMul", ["input", "w1"], ["h"]),
+        helper.make_node("Add", ["h", "b1"], ["h_bias"]),
+        helper.make_node("Relu", ["h_bias"], ["h_relu"]),
+        helper.make_node("MatMul", ["h_relu", "w2"], ["logits_raw"]),
+        helper.make_node("Add", ["logits_raw", "b2"], ["logits"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "mlp",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", FEATURES])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", CLASSES])],
+        initializer=[weight("w1", FEATURES, HIDDEN), weight("b1", HIDDEN),
+                     weight("w2", HIDDEN, CLASSES), weight("b2", CLASSES)],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    return model.SerializeToString()
+
+
+@pytest.fixture(scope="module")
+def session():
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    return ort.InferenceSession(build_mlp(), options, providers=["CPUExecutionProvider"])
+
+
+@pytest.mark.neurolens(model="mlp", backend="onnxrt", precision="fp32")
+@pytest.mark.parametrize("batch_size", [1, 8, 64])
+def test_mlp(neurolens, session, batch_size):
+    x = np.random.default_rng(batch_size).standard_normal((batch_size, FEATURES)).astype(np.float32)
+    neurolens.measure(session.run, None, {"input": x}, batch_size=batch_size, warmup=5, iterations=100)
+'''
+
+
+def record(store: Path, work: Path, build: str, hidden: int, number: int, repeats: int = 1) -> str:
+    """One pytest session in its own process; returns its session id."""
+    env = {**os.environ, "NOISE_BENCH_HIDDEN": str(hidden)}
+    env.pop("NEUROLENS_STORE_ROOT", None)
+    command = [
+        sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:benchmark",
+        "-p", "no:xdist", "test_noise_mlp.py", f"--neurolens-store={store}",
+        f"--neurolens-tag=build={build}", f"--neurolens-tag=number={number}",
+        f"--neurolens-repeats={repeats}",
+    ]  # fmt: skip
+    subprocess.run(command, cwd=work, env=env, check=True, capture_output=True)
+    rows = query(store, tags={"build": build, "number": str(number)})
+    return str(rows[0]["session_id"])
+
+
+def failed_groups(store: Path, base: list[str], cand: list[str], threshold: str, **rules: Any) -> int:
+    """Groups the gate fails, the baseline being sessions ``base``, the candidate ``cand``."""
+    count = 0
+    for base_id, cand_id in itertools.product(base, cand) if len(base) == 1 == len(cand) else [(None, None)]:
+        # one session a side: a plain session filter; several: a tag per side (set below)
+        baseline = RunFilter(session_id=base_id) if base_id else RunFilter(tags={"side": "base"})
+        candidate = RunFilter(session_id=cand_id) if cand_id else RunFilter(tags={"side": "cand"})
+        result = compare(store, baseline, candidate, threshold=threshold, **rules)
+        count += sum(g.fails for g in result.groups)
+    return count
+
+
+def sides_store(store: Path, work: Path, base: list[str], cand: list[str]) -> Path:
+    """A copy of the runs of ``base`` and ``cand`` sessions tagged side=base / side=cand."""
+    from neurolens.storage.store import write_run
+
+    target = Path(tempfile.mkdtemp(dir=work, prefix="sides-"))
+    for side, sessions in (("base", base), ("cand", cand)):
+        for session_id in sessions:
+            for row in query(store, session_id=session_id):
+                import json
+
+                document = json.loads((store / row["run_json"]).read_text())
+                document["tags"] = {**document["tags"], "side": side}
+                write_run(target, document)
+    return target
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sessions", type=int, default=5)
+    parser.add_argument("--slowdown", type=float, default=1.5, help="the slow build's hidden size ratio")
+    parser.add_argument("--threshold", default="5%")
+    parser.add_argument("--repeats", type=int, default=5, help="rounds for the repeats rows (0: skip them)")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="neurolens-noise-bench-"))
+    try:
+        (work / "test_noise_mlp.py").write_text(TEST_MODULE)
+        store = work / "runs"
+        hidden = {"fast": 1024, "slow": round(1024 * args.slowdown)}
+        sessions: dict[str, list[str]] = {"fast": [], "slow": []}
+        started = time.perf_counter()
+        for number in range(args.sessions):  # interleaved, so drift hits both builds alike
+            for build in ("fast", "slow"):
+                sessions[build].append(record(store, work, build, hidden[build], number))
+        elapsed = time.perf_counter() - started
+        fast, slow = sessions["fast"], sessions["slow"]
+        groups = 3
+        t = args.threshold
+        print(
+            f"{2 * args.sessions} sessions ({args.sessions} fast, {args.sessions} slow: hidden "
+            f"{hidden['fast']} vs {hidden['slow']}) recorded in {elapsed:.1f} s; 3 groups each; gate --fail-above {t}"
+        )
+        levels = {
+            build: sorted(r["total_latency_ms"] for r in query(store, tags={"build": build}, model="mlp"))
+            for build in ("fast", "slow")
+        }
+        print(f"p50 per run, fast: {levels['fast'][0]:.4f}..{levels['fast'][-1]:.4f} ms, slow: "
+              f"{levels['slow'][0]:.4f}..{levels['slow'][-1]:.4f} ms")
+        rows = []
+        same_pairs = [(a, b) for a, b in itertools.permutations(fast, 2)]
+        cross_pairs = list(itertools.product(fast, slow))
+
+        def single(rules: dict[str, Any]) -> tuple[int, int, int, int]:
+            alarms = sum(failed_groups(store, [a], [b], t, **rules) for a, b in same_pairs)
+            found = sum(failed_groups(store, [a], [b], t, **rules) for a, b in cross_pairs)
+            return alarms, len(same_pairs) * groups, found, len(cross_pairs) * groups
+
+        rows.append(("one session a side, threshold only", *single({"noise_floor": False})))
+        rows.append(("one session a side, --require-significance", *single({"require_significance": True})))
+        # history: the other fast sessions as baseline, one held-out session as candidate
+        alarms = found = 0
+        for held_out in fast:
+            rest = [s for s in fast if s != held_out]
+            alarms += failed_groups(sides_store(store, work, rest, [held_out]), [], [], t)
+        for candidate in slow:
+            found += failed_groups(sides_store(store, work, fast, [candidate]), [], [], t)
+        rows.append((f"{args.sessions - 1} baseline sessions, noise floor (default)",
+                     alarms, len(fast) * groups, found, len(slow) * groups))
+        half = max(2, args.sessions // 2)
+        alarms = failed_groups(sides_store(store, work, fast[:half], fast[half:]), [], [], t,
+                               require_significance=True)
+        found = failed_groups(sides_store(store, work, fast, slow), [], [], t, require_significance=True)
+        rows.append((f"{half} vs {len(fast) - half} / {len(fast)} vs {len(slow)} sessions, --require-significance",
+                     alarms, groups, found, groups))
+        if args.repeats > 1:
+            fast_r = [record(store, work, "fast", hidden["fast"], 100 + i, args.repeats) for i in range(2)]
+            slow_r = record(store, work, "slow", hidden["slow"], 200, args.repeats)
+            alarms = failed_groups(store, [fast_r[0]], [fast_r[1]], t, require_significance=True)
+            found = failed_groups(store, [fast_r[0]], [slow_r], t, require_significance=True)
+            rows.append((f"one session a side in {args.repeats} rounds, --require-significance",
+                         alarms, groups, found, groups))
+        width = max(len(r[0]) for r in rows)
+        print(f"{'rules':<{width}}  false alarms  detections")
+        for name, alarms, tried, found, chances in rows:
+            print(f"{name:<{width}}  {alarms:>5} / {tried:<5}  {found:>4} / {chances}")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
