@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import os
 import shutil
 import subprocess
@@ -31,7 +32,7 @@ from neurolens.compare import compare
 from neurolens.storage.filters import RunFilter
 from neurolens.storage.query import query
 
-TEST_MODULE = '''
+TEST_MODULE = """
 import os
 import numpy as np
 import onnx
@@ -80,7 +81,7 @@ def session():
 def test_mlp(neurolens, session, batch_size):
     x = np.random.default_rng(batch_size).standard_normal((batch_size, FEATURES)).astype(np.float32)
     neurolens.measure(session.run, None, {"input": x}, batch_size=batch_size, warmup=5, iterations=100)
-'''
+"""
 
 
 def record(store: Path, work: Path, build: str, hidden: int, number: int, repeats: int = 1) -> str:
@@ -98,101 +99,120 @@ def record(store: Path, work: Path, build: str, hidden: int, number: int, repeat
     return str(rows[0]["session_id"])
 
 
-def failed_groups(store: Path, base: list[str], cand: list[str], threshold: str, **rules: Any) -> int:
-    """Groups the gate fails, the baseline being sessions ``base``, the candidate ``cand``."""
-    count = 0
-    for base_id, cand_id in itertools.product(base, cand) if len(base) == 1 == len(cand) else [(None, None)]:
-        # one session a side: a plain session filter; several: a tag per side (set below)
-        baseline = RunFilter(session_id=base_id) if base_id else RunFilter(tags={"side": "base"})
-        candidate = RunFilter(session_id=cand_id) if cand_id else RunFilter(tags={"side": "cand"})
-        result = compare(store, baseline, candidate, threshold=threshold, **rules)
-        count += sum(g.fails for g in result.groups)
-    return count
+def failed_groups(
+    store: Path, baseline: RunFilter, candidate: RunFilter, threshold: str, **rules: Any
+) -> int:
+    """How many groups the gate fails."""
+    result = compare(store, baseline, candidate, threshold=threshold, **rules)
+    return sum(g.fails for g in result.groups)
 
 
-def sides_store(store: Path, work: Path, base: list[str], cand: list[str]) -> Path:
-    """A copy of the runs of ``base`` and ``cand`` sessions tagged side=base / side=cand."""
+def pair(store: Path, base: str, cand: str, threshold: str, **rules: Any) -> int:
+    """The gate between two sessions."""
+    return failed_groups(store, RunFilter(session_id=base), RunFilter(session_id=cand), threshold, **rules)
+
+
+def sides(store: Path, work: Path, base: list[str], cand: list[str], threshold: str, **rules: Any) -> int:
+    """The gate between several sessions a side: their runs copied to a new store, tagged
+    side=base / side=cand (a filter selects one session, or one tag)."""
     from neurolens.storage.store import write_run
 
     target = Path(tempfile.mkdtemp(dir=work, prefix="sides-"))
     for side, sessions in (("base", base), ("cand", cand)):
         for session_id in sessions:
             for row in query(store, session_id=session_id):
-                import json
-
                 document = json.loads((store / row["run_json"]).read_text())
                 document["tags"] = {**document["tags"], "side": side}
                 write_run(target, document)
-    return target
+    baseline, candidate = RunFilter(tags={"side": "base"}), RunFilter(tags={"side": "cand"})
+    return failed_groups(target, baseline, candidate, threshold, **rules)
+
+
+def trial(work: Path, args: argparse.Namespace) -> list[tuple[str, int, int, int, int]]:
+    """Record the sessions of one trial into a fresh store; the gate's counts per rule set."""
+    store = Path(tempfile.mkdtemp(dir=work, prefix="runs-"))
+    hidden = {"fast": 1024, "slow": round(1024 * args.slowdown)}
+    sessions: dict[str, list[str]] = {"fast": [], "slow": []}
+    started = time.perf_counter()
+    for number in range(args.sessions):  # interleaved, so drift hits both builds alike
+        for build in ("fast", "slow"):
+            sessions[build].append(record(store, work, build, hidden[build], number))
+    elapsed = time.perf_counter() - started
+    fast, slow = sessions["fast"], sessions["slow"]
+    groups = 3
+    t = args.threshold
+    ratios = []
+    for batch in (1, 8, 64):
+        medians = {
+            build: sorted(
+                r["total_latency_ms"]
+                for r in query(store, tags={"build": build}, model="mlp")
+                if r["batch_size"] == batch
+            )
+            for build in ("fast", "slow")
+        }
+        spread = (medians["fast"][-1] - medians["fast"][0]) / medians["fast"][0] * 100
+        step = (medians["slow"][len(slow) // 2] / medians["fast"][len(fast) // 2] - 1) * 100
+        ratios.append(
+            f"batch {batch}: fast p50 {medians['fast'][0]:.4f}-{medians['fast'][-1]:.4f} ms "
+            f"(spread {spread:.0f}%), slow build {step:+.0f}%"
+        )
+    print(
+        f"trial: {2 * args.sessions} sessions (hidden {hidden['fast']} vs {hidden['slow']}) "
+        f"in {elapsed:.1f} s; " + "; ".join(ratios)
+    )
+    rows = []
+    same_pairs = list(itertools.permutations(fast, 2))
+    cross_pairs = list(itertools.product(fast, slow))
+    for name, rules in (
+        ("one session a side, threshold only", {"noise_floor": False}),
+        ("one session a side, --require-significance", {"require_significance": True}),
+    ):
+        alarms = sum(pair(store, a, b, t, **rules) for a, b in same_pairs)
+        found = sum(pair(store, a, b, t, **rules) for a, b in cross_pairs)
+        rows.append((name, alarms, len(same_pairs) * groups, found, len(cross_pairs) * groups))
+    # history: the other fast sessions as baseline, one held-out session as candidate
+    alarms = sum(sides(store, work, [s for s in fast if s != held], [held], t) for held in fast)
+    found = sum(sides(store, work, fast, [candidate], t) for candidate in slow)
+    name = f"{len(fast) - 1} baseline sessions vs 1, noise floor (default)"
+    rows.append((name, alarms, len(fast) * groups, found, len(slow) * groups))
+    half = max(2, len(fast) // 2)
+    strict = {"require_significance": True}
+    alarms = sides(store, work, fast[:half], fast[half:], t, **strict)
+    found = sides(store, work, fast, slow, t, **strict)
+    name = f"{half} vs {len(fast) - half} / {len(fast)} vs {len(slow)} sessions, --require-significance"
+    rows.append((name, alarms, groups, found, groups))
+    if args.repeats > 1:
+        fast_r = [record(store, work, "fast", hidden["fast"], 100 + i, args.repeats) for i in range(2)]
+        slow_r = record(store, work, "slow", hidden["slow"], 200, args.repeats)
+        alarms = pair(store, fast_r[0], fast_r[1], t, **strict)
+        found = pair(store, fast_r[0], slow_r, t, **strict)
+        name = f"one session a side in {args.repeats} rounds, --require-significance"
+        rows.append((name, alarms, groups, found, groups))
+    return rows
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--sessions", type=int, default=5)
     parser.add_argument("--slowdown", type=float, default=1.5, help="the slow build's hidden size ratio")
     parser.add_argument("--threshold", default="5%")
     parser.add_argument("--repeats", type=int, default=5, help="rounds for the repeats rows (0: skip them)")
+    parser.add_argument("--trials", type=int, default=3, help="independent trials, counts summed")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="neurolens-noise-bench-"))
     try:
         (work / "test_noise_mlp.py").write_text(TEST_MODULE)
-        store = work / "runs"
-        hidden = {"fast": 1024, "slow": round(1024 * args.slowdown)}
-        sessions: dict[str, list[str]] = {"fast": [], "slow": []}
-        started = time.perf_counter()
-        for number in range(args.sessions):  # interleaved, so drift hits both builds alike
-            for build in ("fast", "slow"):
-                sessions[build].append(record(store, work, build, hidden[build], number))
-        elapsed = time.perf_counter() - started
-        fast, slow = sessions["fast"], sessions["slow"]
-        groups = 3
-        t = args.threshold
-        print(
-            f"{2 * args.sessions} sessions ({args.sessions} fast, {args.sessions} slow: hidden "
-            f"{hidden['fast']} vs {hidden['slow']}) recorded in {elapsed:.1f} s; 3 groups each; gate --fail-above {t}"
-        )
-        levels = {
-            build: sorted(r["total_latency_ms"] for r in query(store, tags={"build": build}, model="mlp"))
-            for build in ("fast", "slow")
-        }
-        print(f"p50 per run, fast: {levels['fast'][0]:.4f}..{levels['fast'][-1]:.4f} ms, slow: "
-              f"{levels['slow'][0]:.4f}..{levels['slow'][-1]:.4f} ms")
-        rows = []
-        same_pairs = [(a, b) for a, b in itertools.permutations(fast, 2)]
-        cross_pairs = list(itertools.product(fast, slow))
-
-        def single(rules: dict[str, Any]) -> tuple[int, int, int, int]:
-            alarms = sum(failed_groups(store, [a], [b], t, **rules) for a, b in same_pairs)
-            found = sum(failed_groups(store, [a], [b], t, **rules) for a, b in cross_pairs)
-            return alarms, len(same_pairs) * groups, found, len(cross_pairs) * groups
-
-        rows.append(("one session a side, threshold only", *single({"noise_floor": False})))
-        rows.append(("one session a side, --require-significance", *single({"require_significance": True})))
-        # history: the other fast sessions as baseline, one held-out session as candidate
-        alarms = found = 0
-        for held_out in fast:
-            rest = [s for s in fast if s != held_out]
-            alarms += failed_groups(sides_store(store, work, rest, [held_out]), [], [], t)
-        for candidate in slow:
-            found += failed_groups(sides_store(store, work, fast, [candidate]), [], [], t)
-        rows.append((f"{args.sessions - 1} baseline sessions, noise floor (default)",
-                     alarms, len(fast) * groups, found, len(slow) * groups))
-        half = max(2, args.sessions // 2)
-        alarms = failed_groups(sides_store(store, work, fast[:half], fast[half:]), [], [], t,
-                               require_significance=True)
-        found = failed_groups(sides_store(store, work, fast, slow), [], [], t, require_significance=True)
-        rows.append((f"{half} vs {len(fast) - half} / {len(fast)} vs {len(slow)} sessions, --require-significance",
-                     alarms, groups, found, groups))
-        if args.repeats > 1:
-            fast_r = [record(store, work, "fast", hidden["fast"], 100 + i, args.repeats) for i in range(2)]
-            slow_r = record(store, work, "slow", hidden["slow"], 200, args.repeats)
-            alarms = failed_groups(store, [fast_r[0]], [fast_r[1]], t, require_significance=True)
-            found = failed_groups(store, [fast_r[0]], [slow_r], t, require_significance=True)
-            rows.append((f"one session a side in {args.repeats} rounds, --require-significance",
-                         alarms, groups, found, groups))
-        width = max(len(r[0]) for r in rows)
+        totals: dict[str, list[int]] = {}
+        for _ in range(args.trials):
+            for name, *counts in trial(work, args):
+                totals[name] = [a + b for a, b in zip(totals.get(name, [0, 0, 0, 0]), counts, strict=True)]
+        print(f"gate --fail-above {args.threshold}, groups failed, summed over {args.trials} trial(s):")
+        width = max(len(name) for name in totals)
         print(f"{'rules':<{width}}  false alarms  detections")
-        for name, alarms, tried, found, chances in rows:
+        for name, (alarms, tried, found, chances) in totals.items():
             print(f"{name:<{width}}  {alarms:>5} / {tried:<5}  {found:>4} / {chances}")
     finally:
         shutil.rmtree(work, ignore_errors=True)

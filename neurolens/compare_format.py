@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from neurolens.comparison import Comparison, GroupResult
-from neurolens.tables import escape, number, render
+from neurolens.tables import escape, milliseconds, number, render
 
 HEADER = ("GROUP", "BASELINE", "CANDIDATE", "CHANGE", "DELTA", "P", "RUNS", "VERDICT")
 
@@ -36,13 +36,14 @@ def _verdict(g: GroupResult) -> str:
     return g.verdict.upper() if g.fails else g.verdict
 
 
-def _cells(g: GroupResult) -> list[str]:
+def _cells(g: GroupResult, metric: str) -> list[str]:
+    show = milliseconds if metric.endswith("_ms") else number
     change = "-" if g.change_pct is None else f"{g.change_pct:+.1f}%"
-    delta = "-" if g.change_abs is None else ("+" if g.change_abs >= 0 else "") + number(g.change_abs)
+    delta = "-" if g.change_abs is None else ("+" if g.change_abs >= 0 else "") + show(g.change_abs)
     return [
         g.label(),
-        number(g.baseline),
-        number(g.candidate),
+        show(g.baseline),
+        show(g.candidate),
         change,
         delta,
         "-" if g.p_value is None else f"{g.p_value:.3g}",
@@ -52,7 +53,7 @@ def _cells(g: GroupResult) -> list[str]:
 
 
 def to_table(result: Comparison) -> str:
-    table = render(HEADER, [_cells(g) for g in result.groups], right=range(1, 7))
+    table = render(HEADER, [_cells(g, result.metric) for g in result.groups], right=range(1, 7))
     return table + "".join(escape(line) + "\n" for line in summary_line(result).splitlines())
 
 
@@ -67,7 +68,7 @@ def to_markdown(result: Comparison) -> str:
         "| " + " | ".join(["---"] + ["---:"] * 6 + ["---"]) + " |",
     ]
     for g in result.groups:
-        cells = _cells(g)
+        cells = _cells(g, result.metric)
         cells[7] = f"**{cells[7]}**" if g.fails else cells[7]
         lines.append("| " + " | ".join(cell(c) for c in cells) + " |")
     lines += ["", *summary_line(result).splitlines()]

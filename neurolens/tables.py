@@ -59,3 +59,13 @@ def number(value: float | None, digits: int = 3) -> str:
     if value != 0 and abs(value) < 10 ** (-digits):
         return f"{value:.3g}"
     return f"{value:.{digits}f}"
+
+
+def milliseconds(value: float | None) -> str:
+    """A duration for a column in milliseconds; below 0.001 ms it is shown in microseconds
+    with its unit (``0.42 µs``), never as 0.000."""
+    if value is None:
+        return "-"
+    if value != 0 and abs(value) < 0.001:
+        return f"{value * 1000:.3g} µs"
+    return f"{value:.3f}"

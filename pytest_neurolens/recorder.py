@@ -179,7 +179,7 @@ class Recorder:
             )
 
     def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
-        from neurolens.tables import escape, number, render
+        from neurolens.tables import escape, milliseconds, number, render
 
         if self.is_worker:
             return
@@ -198,7 +198,7 @@ class Recorder:
                     r["backend"],
                     r["precision"],
                     str(r["batch_size"]),
-                    number(r["p50_ms"]),
+                    milliseconds(r["p50_ms"]),
                     number(r["gpu_utilization"], 1),
                 )
                 for r in self.summary

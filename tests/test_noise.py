@@ -299,3 +299,14 @@ def test_rerun_attempts_carry_their_outcome_and_stay_out_of_ls(pytester: pytest.
     status, out = cli("ls", "--root", str(pytester.path / "runs"), "--json")
     assert status == 0 and [r["total_latency_ms"] for r in json.loads(out)] == [5.0]
     result.stdout.fnmatch_lines(["recorded 2 runs in *"])
+
+
+def test_sub_microsecond_latencies_show_their_unit(tmp_path: Path, cli: Cli) -> None:
+    for side, latency in (("base", 0.00042), ("cand", 0.00051)):
+        write_run(tmp_path, make_run(tags={"side": side}, metrics={"total_latency_ms": latency}))
+    status, out = cli("ls", "--root", str(tmp_path))
+    assert status == 0 and "0.42 µs" in out and "0.51 µs" in out and "0.000" not in out
+    status, out = cli(
+        "compare", "--root", str(tmp_path), "--baseline-tag", "side=base", "--candidate-tag", "side=cand"
+    )
+    assert status == 0 and "0.42 µs" in out and "+0.09 µs" in out

@@ -32,7 +32,7 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 # (header, cell, right-aligned, shrinkable)
 def _columns() -> list[tuple[str, Any, bool, bool]]:
-    from neurolens.tables import number
+    from neurolens.tables import milliseconds, number
 
     return [
         ("RUN ID", lambda r: r["run_id"], False, False),
@@ -42,7 +42,7 @@ def _columns() -> list[tuple[str, Any, bool, bool]]:
         ("PRECISION", lambda r: r["precision"], False, True),
         ("BATCH", lambda r: str(r["batch_size"]), True, False),
         ("SEQ", lambda r: "-" if r["seq_len"] is None else str(r["seq_len"]), True, False),
-        ("LATENCY MS", lambda r: number(r["total_latency_ms"]), True, False),
+        ("LATENCY MS", lambda r: milliseconds(r["total_latency_ms"]), True, False),
         ("GPU %", lambda r: number(r["gpu_utilization"], 1), True, False),
         ("GPU", lambda r: r["gpu_name"] or "-", False, True),
         ("TAGS", lambda r: ",".join(f"{k}={v}" for k, v in sorted(r["tags"].items())) or "-", False, True),
