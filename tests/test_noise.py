@@ -310,3 +310,26 @@ def test_sub_microsecond_latencies_show_their_unit(tmp_path: Path, cli: Cli) -> 
         "compare", "--root", str(tmp_path), "--baseline-tag", "side=base", "--candidate-tag", "side=cand"
     )
     assert status == 0 and "0.42 µs" in out and "+0.09 µs" in out
+
+
+def test_a_store_written_before_outcomes_were_indexed_verifies_and_merges(tmp_path: Path, cli: Cli) -> None:
+    root = tmp_path / "old"
+    test = {"nodeid": "t.py::t", "outcome": "failed"}
+    write_run(root, make_run(test=test, metrics={"total_latency_ms": 9.0}))
+    write_run(root, make_run(metrics={"total_latency_ms": 1.0}))
+    # the lines as the previous version wrote them: without the outcome and repeat columns
+    lines = (root / "_manifest.jsonl").read_text().splitlines()
+    old = [
+        json.dumps({k: v for k, v in json.loads(line).items() if k not in ("outcome", "repeat")})
+        for line in lines
+    ]
+    (root / "_manifest.jsonl").write_text("".join(line + "\n" for line in old))
+    assert cli("rebuild", "--root", str(root))[0] == 0
+    assert cli("verify", "--root", str(root))[0] == 0
+    # not recorded is not "failed": both runs count until the store is merged anew
+    assert len(json.loads(cli("ls", "--root", str(root), "--json")[1])) == 2
+    status, _ = cli("merge", str(root), "--root", str(tmp_path / "new"))
+    assert status == 0
+    rows = query(tmp_path / "new", include_failed=True)
+    assert sorted((r["total_latency_ms"], r["outcome"]) for r in rows) == [(1.0, None), (9.0, "failed")]
+    assert [r["total_latency_ms"] for r in query(tmp_path / "new")] == [1.0]

@@ -41,6 +41,10 @@ COLUMNS: dict[str, tuple[type, bool]] = {
     "repeat": (int, True),  # the round of a repeated measurement (a sample of its own)
 }
 
+# Columns later versions added: lines written before them lack the key (read as null), and
+# a null there is "not recorded", not a disagreement with the run file.
+ADDED_COLUMNS = frozenset({"outcome", "repeat"})
+
 # progress(bytes_done, bytes_total) while a long read goes on
 Progress = Callable[[int, int], None]
 
@@ -82,6 +86,15 @@ def entry_for(document: Mapping[str, Any], run_json: str, fp_json: str | None, s
         "outcome": test.get("outcome"),
         "repeat": test.get("repeat"),
     }
+
+
+def entry_differences(expected: Mapping[str, Any], entry: Mapping[str, Any]) -> list[str]:
+    """The columns where a manifest entry disagrees with the entry its run file gives."""
+    return sorted(
+        k
+        for k, v in expected.items()
+        if entry.get(k) != v and not (k in ADDED_COLUMNS and entry.get(k) is None)
+    )
 
 
 def _str_or_none(value: Any) -> str | None:

@@ -32,7 +32,13 @@ from neurolens.storage.files import (
     open_dir,
     read_store_file,
 )
-from neurolens.storage.manifest import MANIFEST_NAME, encode_entry, entry_for, manifest_path
+from neurolens.storage.manifest import (
+    MANIFEST_NAME,
+    encode_entry,
+    entry_differences,
+    entry_for,
+    manifest_path,
+)
 from neurolens.storage.root import ensure_root, require_store
 
 _BATCH = 2000  # runs copied, then synced, then appended to the manifest in one write
@@ -174,7 +180,7 @@ def _check_run(src: Path, entry: dict[str, Any]) -> tuple[dict[str, Any], bytes,
     run_rel, fp_rel = run_relpaths(canonical, with_fingerprint=fp_bytes is not None)
     if (run_rel, fp_rel) != (entry["run_json"], entry["fp_json"]):
         return f"manifest entry of {entry['run_id']} names {entry['run_json']}, expected {run_rel}"
-    if entry_for(canonical, run_rel, fp_rel, entry["sha256"]) != entry:
+    if entry_differences(entry_for(canonical, run_rel, fp_rel, entry["sha256"]), entry):
         return f"manifest entry of {entry['run_id']} disagrees with its run file"
     return canonical, run_bytes, fp_bytes
 

@@ -25,7 +25,7 @@ from neurolens.errors import NeurolensError, StoreError
 from neurolens.storage import index as _index
 from neurolens.storage.document import prepare_run, run_relpaths
 from neurolens.storage.files import check_run_path, open_dir, read_store_file
-from neurolens.storage.manifest import MANIFEST_NAME, Progress, entry_for, manifest_size
+from neurolens.storage.manifest import MANIFEST_NAME, Progress, entry_differences, entry_for, manifest_size
 from neurolens.storage.root import require_store
 
 
@@ -131,7 +131,7 @@ def _check_entry(root: Path, entry: dict[str, Any], full: bool, report: VerifyRe
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         report.add("invalid_run", where, f"run {entry['run_id']}: missing or malformed field ({exc})")
         return
-    differing = sorted(k for k, v in expected.items() if entry.get(k) != v)
+    differing = entry_differences(expected, entry)
     if differing:
         report.add(
             "entry_mismatch", where, f"run {entry['run_id']}: manifest disagrees on {', '.join(differing)}"
