@@ -200,8 +200,8 @@ def test_rounds_from_measure_or_the_option_let_one_session_a_side_decide(
     monkeypatch.setenv("REPEATS", "5")
     pytester.runpytest(*base_args).assert_outcomes(passed=1)
     (baseline_session,) = {r["session_id"] for r in query(pytester.path / "runs")}
-    # the candidate: three times slower, rounds from the option, the gate in the same session
-    monkeypatch.setenv("SLEEP_S", "0.003")
+    # the candidate: ten times slower, rounds from the option, the gate in the same session
+    monkeypatch.setenv("SLEEP_S", "0.01")
     monkeypatch.delenv("REPEATS")
     monkeypatch.setenv("EXPECT_ROUNDS", "5")
     result = pytester.runpytest(

@@ -214,9 +214,16 @@ def test_writers_killed_at_random_points_leave_a_store_that_verifies(tmp_path: P
     from neurolens.storage.verify import verify_store
 
     rng = random.Random(7)
+    manifest = tmp_path / "_manifest.jsonl"
     for attempt in range(8):
+        before = manifest.stat().st_size if manifest.exists() else 0
         proc = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path), f"kill{attempt}", "100000"])
-        time.sleep(0.3 + rng.random() * 0.7)  # import time, then somewhere among the writes
+        deadline = time.monotonic() + 60
+        # past its imports (slow on a loaded machine): it has appended a line of its own
+        while (manifest.stat().st_size if manifest.exists() else 0) == before:
+            assert time.monotonic() < deadline and proc.poll() is None, "the writer never wrote"
+            time.sleep(0.005)
+        time.sleep(rng.random() * 0.3)  # then somewhere among the writes
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
     report = verify_store(tmp_path)
