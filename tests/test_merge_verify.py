@@ -197,8 +197,9 @@ WRITER = textwrap.dedent(
 MERGER = textwrap.dedent(
     """
     import sys
+    import neurolens.storage.importer as importer
     import neurolens.storage.merge as merge
-    merge._BATCH = int(sys.argv[3])
+    importer._BATCH = int(sys.argv[3])
     print(merge.merge_stores(sys.argv[1], [sys.argv[2]]).to_dict())
     """
 )

@@ -1,0 +1,160 @@
+"""Copying checked runs into a store: the shared end of ``merge`` and ``pull``.
+
+A run from elsewhere (another store's files, a remote table's row) is checked before it is
+copied: its bytes must match the entry's hash, parse, satisfy the schema, be canonical,
+agree with the entry and sit where its id, day and backend say. Files are copied first
+and their manifest lines appended after, in batches under the manifest lock, so an
+interrupted import leaves nothing half-stored and a re-run completes it without duplicates.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from neurolens.errors import NeurolensError, RunExistsError
+from neurolens.storage import index as _index
+from neurolens.storage.document import canonical_bytes, prepare_run, run_relpaths
+from neurolens.storage.files import append_lines_durably, create_file_atomically, open_dir, read_store_file
+from neurolens.storage.manifest import (
+    MANIFEST_NAME,
+    encode_entry,
+    entry_differences,
+    entry_for,
+    manifest_path,
+)
+
+_BATCH = 2000  # runs copied, then synced, then appended to the manifest in one write
+
+
+@dataclass
+class MergeReport:
+    """What a merge or a pull did; ``complete`` when every run it was given is in the store."""
+
+    added: int = 0
+    skipped: int = 0  # already in the destination with the same content
+    conflicts: list[str] = field(default_factory=list)
+    damaged: list[str] = field(default_factory=list)
+    refused: list[str] = field(default_factory=list)  # hostile archive members
+
+    @property
+    def complete(self) -> bool:
+        """Every source run is now in the destination: nothing refused, damaged or in conflict."""
+        return not (self.conflicts or self.damaged or self.refused)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "complete": self.complete}
+
+
+def check_run_bytes(
+    entry: dict[str, Any], run_bytes: bytes, fp_bytes: bytes | None
+) -> tuple[dict[str, Any], bytes, bytes | None] | str:
+    """(document, run bytes, fingerprint bytes) of a sound run, or what is wrong with it."""
+    if hashlib.sha256(run_bytes).hexdigest() != entry["sha256"]:
+        return f"run file {entry['run_json']} does not match its manifest hash"
+    try:
+        document = json.loads(run_bytes)
+        canonical = prepare_run(document)
+    except (ValueError, NeurolensError, RecursionError) as exc:
+        return f"run file {entry['run_json']} is not a valid run ({exc})"
+    if canonical_bytes(canonical) != run_bytes:
+        return f"run file {entry['run_json']} is not in canonical form"
+    if fp_bytes is not None:
+        try:
+            json.loads(fp_bytes)
+        except (ValueError, RecursionError) as exc:
+            return f"fingerprint {entry['fp_json']} cannot be read ({exc})"
+    run_rel, fp_rel = run_relpaths(canonical, with_fingerprint=fp_bytes is not None)
+    if (run_rel, fp_rel) != (entry["run_json"], entry["fp_json"]):
+        return f"manifest entry of {entry['run_id']} names {entry['run_json']}, expected {run_rel}"
+    if entry_differences(entry_for(canonical, run_rel, fp_rel, entry["sha256"]), entry):
+        return f"manifest entry of {entry['run_id']} disagrees with its run file"
+    return canonical, run_bytes, fp_bytes
+
+
+class Importer:
+    """Copies checked runs into ``dest``: files now, manifest lines in batches."""
+
+    def __init__(self, dest: Path, report: MergeReport) -> None:
+        self.dest = dest
+        self.report = report
+        self.known = known_runs(dest)
+        self._pending: list[bytes] = []
+
+    def add(self, label: str, entry: dict[str, Any], run_bytes: bytes, fp_bytes: bytes | None) -> None:
+        """Check one run and copy it in, unless the store has it (skipped) or holds another
+        run of that id (a conflict)."""
+        run_id = entry["run_id"]
+        if self.skips(label, entry):
+            return
+        checked = check_run_bytes(entry, run_bytes, fp_bytes)
+        if isinstance(checked, str):
+            self.report.damaged.append(f"{label}: {checked}")
+            return
+        document = checked[0]
+        try:
+            _place(self.dest, entry["run_json"], run_bytes)
+            if fp_bytes is not None and entry["fp_json"]:
+                _place(self.dest, entry["fp_json"], fp_bytes)
+        except RunExistsError:
+            self.report.conflicts.append(
+                f"{label}: {entry['run_json']} exists in the destination with other content"
+            )
+            return
+        self.known[run_id] = entry["sha256"]
+        self._pending.append(
+            encode_entry(entry_for(document, entry["run_json"], entry["fp_json"], entry["sha256"]))
+        )
+        if len(self._pending) >= _BATCH:
+            self.flush()
+
+    def skips(self, label: str, entry: dict[str, Any]) -> bool:
+        """Whether the store already has this run id (counted as skipped or as a conflict)."""
+        known = self.known.get(entry["run_id"])
+        if known is None:
+            return False
+        if known == entry["sha256"]:
+            self.report.skipped += 1
+        else:
+            self.report.conflicts.append(
+                f"{label}: run {entry['run_id']} differs from the destination's run of that id"
+            )
+        return True
+
+    def flush(self) -> None:
+        """Make the batch's files durable, then record them: files first, manifest after."""
+        if not self._pending:
+            return
+        os.sync()
+        append_lines_durably(self.dest, MANIFEST_NAME, self._pending)
+        self.report.added += len(self._pending)
+        self._pending.clear()
+
+
+def known_runs(root: Path) -> dict[str, str]:
+    """run id -> sha256 of the runs a store holds (index plus manifest tail)."""
+    if not manifest_path(root).exists():
+        return {}
+    columns = _index.snapshot(root, warn=False).columns(["run_id", "sha256"])
+    return dict(zip(columns["run_id"], columns["sha256"], strict=True))
+
+
+def _place(dest: Path, relative: str, data: bytes) -> None:
+    """Copy one file in; an identical file left by an interrupted import is accepted."""
+    folder, _, name = relative.rpartition("/")
+    dir_fd = open_dir(dest, folder, create=True)
+    try:
+        create_file_atomically(dir_fd, name, data, durable=False)
+    except RunExistsError:
+        if read_store_file(dest, relative) != data:
+            raise
+    finally:
+        os.close(dir_fd)
+
+
+def reason(exc: Exception) -> str:
+    return (exc.strerror if isinstance(exc, OSError) else None) or str(exc)
