@@ -42,14 +42,17 @@ from neurolens.comparison import (
     higher_is_better,
     resolve_metric,
 )
+from neurolens.errors import StoreError
 from neurolens.storage.files import check_run_path, read_store_file
 from neurolens.storage.filters import RunFilter
 from neurolens.storage.manifest import COLUMNS
 from neurolens.storage.query import select
-from neurolens.storage.root import StrPath, resolve_root
+from neurolens.storage.root import Location, StrPath, resolve_location
 
 if TYPE_CHECKING:
     import pandas as pd
+
+    from neurolens.remote.table import RemoteTable
 
 DEFAULT_GROUP_BY = ("model", "backend", "precision", "batch_size", "seq_len", "gpu_name")
 NOISE_SESSIONS = 10  # the baseline's newest samples the noise floor is learned from
@@ -58,7 +61,7 @@ _EPSILON = 1e-9  # a change exactly at the threshold is within it, float noise i
 
 
 def compare(
-    root: StrPath | None,
+    root: StrPath | RemoteTable | None,
     baseline: RunFilter | Mapping[str, Any],
     candidate: RunFilter | Mapping[str, Any],
     *,
@@ -69,7 +72,7 @@ def compare(
     alpha: float = 0.05,
     fail_on_missing: bool = False,
     higher_better: bool | None = None,
-    baseline_root: StrPath | None = None,
+    baseline_root: StrPath | RemoteTable | None = None,
     noise_floor: bool = True,
 ) -> Comparison:
     """Compare the candidate's runs with the baseline's, group by group.
@@ -82,6 +85,7 @@ def compare(
     whether any group regressed by more (and by more than the baseline's noise floor,
     unless ``noise_floor=False``; with ``require_significance``, only with p < ``alpha``
     across sessions; with ``fail_on_missing``, also a group the candidate lacks).
+    ``root`` and ``baseline_root`` may be remote tables (a URL, or a ``RemoteTable``);
     ``baseline_root`` reads the baseline from another store. Runs of tests that did not
     pass are left out unless a side's filter has ``include_failed``.
     """
@@ -108,7 +112,7 @@ def compare(
         fail_on_missing=fail_on_missing,
         noise_floor=noise_floor,
     )
-    roots = [resolve_root(baseline_root if baseline_root is not None else root), resolve_root(root)]
+    roots = [resolve_location(baseline_root if baseline_root is not None else root), resolve_location(root)]
     per_run = ["run_id", "run_json", "gpu_name", "driver_version", "session_id", "repeat", "created_at"]
     needed = list(dict.fromkeys([*group_by, *per_run]))
     if metric in COLUMNS:
@@ -166,14 +170,19 @@ def _badness(result: Comparison, g: GroupResult) -> float:
 class _Documents:
     """Run documents read on demand (only for metrics the index does not hold)."""
 
-    def __init__(self, roots: list[Path]) -> None:
+    def __init__(self, roots: list[Location]) -> None:
         self.roots = roots
         self.metrics_seen: set[str] = set()
 
-    def read(self, side: int, run_json: str) -> dict[str, Any] | None:
+    def read(self, side: int, run_id: str, run_json: str) -> dict[str, Any] | None:
+        root = self.roots[side]
         try:
-            document = json.loads(read_store_file(self.roots[side], check_run_path(run_json)))
-        except (OSError, ValueError, RecursionError):
+            if isinstance(root, Path):
+                data = read_store_file(root, check_run_path(run_json))
+            else:
+                data = "".join(r["document"] for r in root.with_ids([run_id], ["document"])).encode()
+            document = json.loads(data)
+        except (OSError, ValueError, RecursionError, StoreError):
             return None
         if not isinstance(document, dict):
             return None
@@ -197,7 +206,7 @@ def _samples(docs: _Documents, metric: str, side: Side, warnings: list[str]) -> 
         if indexed:
             value = data[metric][i]
         else:
-            document = docs.read(which, data["run_json"][i])
+            document = docs.read(which, data["run_id"][i], data["run_json"][i])
             if document is None:
                 warnings.append(f"run {data['run_id'][i]}: its run file cannot be read")
             value = (document or {}).get("metrics", {}).get(metric)

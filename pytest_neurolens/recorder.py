@@ -33,6 +33,7 @@ class Recorder:
         self.comparison: Comparison | None = None
         self.errors: list[str] = []  # failures at session end, for the summary
         self.stored_runs: int | None = None  # what the store holds for the session, at the end
+        self.pushed: str | None = None  # what the push at the end did, for the summary
         self._nvml: Nvml | None = None
         self._hardware: dict[str, Any] | None = None
         self._gpu_index: int | None = None
@@ -155,8 +156,29 @@ class Recorder:
         compact_index(self.store)
         # counted from the store: runs of a killed xdist worker count as stored
         self.stored_runs = len(select(self.store, RunFilter(session_id=self.session_id, include_failed=True)))
+        if self.settings.push is not None:
+            self._push()
         if self.settings.compare is not None:
             self._compare(session)
+
+    def _push(self) -> None:
+        """The session's runs to the remote table; a failure is a summary line, not a traceback."""
+        from neurolens.errors import NeurolensError
+        from neurolens.remote.sync import push
+        from neurolens.remote.table import RemoteTable
+        from neurolens.storage.filters import RunFilter
+
+        assert self.settings.push is not None
+        remote = RemoteTable(self.settings.push, self.settings.storage_options)
+        try:
+            report = push(self.store, remote, RunFilter(session_id=self.session_id))
+        except (NeurolensError, OSError, ValueError) as exc:
+            self.errors.append(
+                f"push to {remote.url} failed: {exc}; the runs stay in {self.store} for `neurolens push`"
+            )
+            return
+        self.pushed = f"pushed {len(report.added)} run(s) to {remote.url} ({report.already} already there)"
+        self.errors.extend(f"not pushed: {problem}" for problem in report.damaged)
 
     def _compare(self, session: pytest.Session) -> None:
         """The regression gate: this session's runs against the stored baseline."""
@@ -164,11 +186,18 @@ class Recorder:
         from neurolens.storage.filters import RunFilter
 
         assert self.settings.compare is not None
+        baseline_root: Any = None
+        if self.settings.baseline_root is not None:
+            from neurolens.remote.table import RemoteTable, is_remote
+
+            url = self.settings.baseline_root
+            baseline_root = RemoteTable(url, self.settings.storage_options) if is_remote(url) else url
         self.comparison = compare(
             self.store,
             self.settings.compare,
             RunFilter(session_id=self.session_id),
             threshold=self.settings.fail_above,
+            baseline_root=baseline_root,
         )
         if self.comparison.failed:
             self.errors.append(f"regression above {self.comparison.threshold}: failing the session")
@@ -189,6 +218,8 @@ class Recorder:
         tr.write_line(
             f"recorded {count} run{'s' if count != 1 else ''} in {self.store} (session {self.session_id})"
         )
+        if self.pushed is not None:
+            tr.write_line(escape(self.pushed))
         if self.summary:
             header = ("TEST", "MODEL", "BACKEND", "PRECISION", "BATCH", "P50 MS", "GPU %")
             rows = [

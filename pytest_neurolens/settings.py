@@ -4,7 +4,7 @@ sharing one help text; ``Settings`` is what they resolve to (command line beats 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +29,12 @@ REPEATS_HELP = (
     "measure in N rounds by default (measure(repeats=) overrides): each round a run of its own, "
     "so compare can test significance within one session; costs N times the calls (default: 1)"
 )
+PUSH_HELP = (
+    "at session end, push the session's runs to the remote table at URL (s3://bucket/prefix, gs://, "
+    "az://, a path; needs the 'remote' extra); a failed push fails the session, the runs stay local"
+)
+BASELINE_ROOT_HELP = "with --neurolens-compare: read the baseline from this store or remote table (URL)"
+STORAGE_OPTION_HELP = "a delta-rs storage option for the remote table, KEY=VALUE (repeatable)"
 ALLOW_EMPTY_HELP = "with --neurolens-compare: do not fail the session when nothing was compared"
 
 
@@ -51,6 +57,16 @@ def add_options(parser: pytest.Parser) -> None:
     option("repeats", "neurolens_repeats", "N", REPEATS_HELP)
     option("compare", "neurolens_compare", "FILTER", COMPARE_HELP)
     option("fail-above", "neurolens_fail_above", "THRESHOLD", FAIL_ABOVE_HELP)
+    option("push", "neurolens_push", "URL", PUSH_HELP)
+    option("baseline-root", "neurolens_baseline_root", "URL", BASELINE_ROOT_HELP)
+    option(
+        "storage-option",
+        "neurolens_storage_options",
+        "KEY=VALUE",
+        STORAGE_OPTION_HELP,
+        action="append",
+        default=[],
+    )
     option("allow-empty", "neurolens_allow_empty", None, ALLOW_EMPTY_HELP, action="store_true", default=False)
 
 
@@ -64,6 +80,9 @@ class Settings:
     fail_above: Threshold | None = None
     allow_empty: bool = False
     repeats: int = 1
+    push: str | None = None
+    baseline_root: str | None = None
+    storage_options: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_config(cls, config: pytest.Config) -> Settings:
@@ -102,6 +121,7 @@ class Settings:
         if not 1 <= repeats <= 1000:
             raise pytest.UsageError(f"--neurolens-repeats must be in 1..1000, got {repeats_text!r}")
         compare, fail_above = _compare_settings(config, store_path)
+        push, baseline_root, storage_options = _remote_settings(config, store_path, compare)
         return cls(
             store=store_path,
             tags=tags,
@@ -110,10 +130,34 @@ class Settings:
             compare=compare,
             fail_above=fail_above,
             repeats=repeats,
+            push=push,
+            baseline_root=baseline_root,
+            storage_options=storage_options,
             allow_empty=bool(
                 config.getoption("neurolens_allow_empty") or config.getini("neurolens_allow_empty")
             ),
         )
+
+
+def _remote_settings(
+    config: pytest.Config, store: Path | None, compare: RunFilter | None
+) -> tuple[str | None, str | None, dict[str, str]]:
+    """--neurolens-push, --neurolens-baseline-root and the storage options they use."""
+    push = config.getoption("neurolens_push") or config.getini("neurolens_push") or None
+    if push and store is None:
+        raise pytest.UsageError("--neurolens-push needs --neurolens-store (the runs to push)")
+    baseline_root = (
+        config.getoption("neurolens_baseline_root") or config.getini("neurolens_baseline_root") or None
+    )
+    if baseline_root and compare is None:
+        raise pytest.UsageError("--neurolens-baseline-root needs --neurolens-compare (which baseline runs)")
+    options: dict[str, str] = {}
+    for text in [*config.getini("neurolens_storage_options"), *config.getoption("neurolens_storage_options")]:
+        key, sep, value = text.partition("=")
+        if not sep or not key.strip():
+            raise pytest.UsageError(f"--neurolens-storage-option expects KEY=VALUE, got {text!r}")
+        options[key.strip()] = value
+    return push, baseline_root, options
 
 
 def _compare_settings(config: pytest.Config, store: Path | None) -> tuple[RunFilter | None, Threshold | None]:

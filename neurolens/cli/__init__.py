@@ -7,6 +7,9 @@ Commands (each in its own module here, its options beside its handler):
   compare  compare two sets of runs; the CI regression gate
   merge    copy the runs of other stores (folders or .tar.gz) into one
   verify   check a store; --fix removes what killed writers left
+  push     add the store's runs to a remote table (Delta Lake)
+  pull     copy a remote table's runs into the store
+  remote   maintain a remote table (optimize)
 
 Library errors become one-line messages here, at the edge, and nowhere else. Heavy
 modules (pyarrow, the store) are imported inside the commands so ``--help`` is instant.
@@ -24,7 +27,7 @@ from collections.abc import Sequence
 from typing import TextIO
 
 from neurolens import __version__
-from neurolens.cli import compare, ls, merge, rebuild, show, verify
+from neurolens.cli import compare, ls, merge, pull, push, rebuild, remote, show, verify
 from neurolens.cli.common import PROG, CommandError, UsageError, add_command
 
 MAIN_EPILOG = """\
@@ -35,6 +38,9 @@ commands:
   compare   compare a baseline with a candidate; exit 1 on a regression
   merge     copy other stores (folders or .tar.gz) into --root
   verify    check a store; exit 1 when anything is wrong
+  push      add the store's runs to a remote table (s3://, gs://, az://, a path)
+  pull      copy (part of) a remote table into --root
+  remote    optimize a remote table (compaction, checkpoint, vacuum)
 
 examples:
   neurolens ls --backend onnxrt --model gpt2 --limit 10
@@ -43,12 +49,14 @@ examples:
   neurolens compare --baseline-tag branch=main --candidate-session latest --fail-above 5%
   neurolens merge runner-a/runs_store runner-b.tar.gz --root all_runs
   neurolens verify --root all_runs
+  neurolens push s3://bucket/neurolens --session latest
+  neurolens ls --root s3://bucket/neurolens --tag branch=main
 
 exit codes: 0 ok, 1 runtime error, regression, incomplete merge or damaged store,
 2 usage error, 3 nothing was compared (compare without --allow-empty)
 """
 
-COMMANDS = (ls, show, rebuild, compare, merge, verify)
+COMMANDS = (ls, show, rebuild, compare, merge, verify, push, pull, remote)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -8,10 +8,22 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
+
+if TYPE_CHECKING:
+    from neurolens.remote.table import RemoteTable
+    from neurolens.storage.root import Location
 
 PROG = "neurolens"
 ROOT_HELP = "store root (default: $NEUROLENS_STORE_ROOT, else ./runs_store)"
+REMOTE_ROOT_HELP = (
+    "store root, or a remote table: s3://bucket/prefix, gs://..., az://... or a local Delta table "
+    "(default: $NEUROLENS_STORE_ROOT, else ./runs_store)"
+)
+STORAGE_OPTION_HELP = (
+    "a delta-rs storage option for remote tables, e.g. AWS_REGION=eu-west-1 (repeatable; "
+    "credentials also come from the standard environment variables)"
+)
 
 
 class CommandError(Exception):
@@ -23,7 +35,8 @@ class UsageError(Exception):
 
 
 def add_command(commands: Any, module: ModuleType) -> argparse.ArgumentParser:
-    """The subcommand of ``module`` (its NAME, SUMMARY, DESCRIPTION, EPILOG and run)."""
+    """The subcommand of ``module`` (its NAME, SUMMARY, DESCRIPTION, EPILOG and run); a
+    module with ``READS_REMOTE`` takes a remote table as its ``--root``."""
     parser: argparse.ArgumentParser = commands.add_parser(
         module.NAME,
         help=module.SUMMARY,
@@ -31,16 +44,56 @@ def add_command(commands: Any, module: ModuleType) -> argparse.ArgumentParser:
         epilog=module.EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--root", metavar="PATH", help=ROOT_HELP)
+    remote = getattr(module, "READS_REMOTE", False)
+    parser.add_argument(
+        "--root", metavar="PATH" if not remote else "PATH|URL", help=REMOTE_ROOT_HELP if remote else ROOT_HELP
+    )
+    if remote:
+        add_storage_options(parser)
     parser.set_defaults(handler=module.run)
     return parser
 
 
+def add_storage_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--storage-option",
+        dest="storage_options",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=STORAGE_OPTION_HELP,
+    )
+
+
 def root_of(args: argparse.Namespace) -> Path:
     """``--root`` beats ``$NEUROLENS_STORE_ROOT``, which beats ``./runs_store``."""
+    from neurolens.remote.table import is_remote
     from neurolens.storage.root import resolve_root
 
+    if args.root and is_remote(args.root):
+        raise UsageError(f"{args.command} works on a local store; {args.root} is a remote table")
     return resolve_root(args.root or None)
+
+
+def remote_of(args: argparse.Namespace, url: str) -> RemoteTable:
+    """The remote table at ``url`` with the command's ``--storage-option`` values."""
+    from neurolens.remote.table import RemoteTable, parse_storage_options
+
+    try:
+        options = parse_storage_options(getattr(args, "storage_options", []))
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    return RemoteTable(url, options)
+
+
+def location_of(args: argparse.Namespace, value: str | None = None) -> Location:
+    """``value`` (default ``--root``) as a remote table when it is one, else a store root."""
+    from neurolens.remote.table import is_remote
+
+    text = value if value is not None else args.root
+    if text and is_remote(text):
+        return remote_of(args, text)
+    return root_of(args) if value is None else Path(value)
 
 
 def integer_at_least(minimum: int) -> Callable[[str], int]:

@@ -7,9 +7,10 @@ import json
 import sys
 from typing import Any, TextIO
 
-from neurolens.cli.common import UsageError, plural, root_of, warn
+from neurolens.cli.common import UsageError, location_of, plural, warn
 
 NAME = "compare"
+READS_REMOTE = True
 SUMMARY = "compare two sets of runs; exit 1 on a regression"
 DESCRIPTION = (
     "Pair the baseline's and the candidate's runs by group (model, backend, precision, batch size, "
@@ -81,7 +82,9 @@ def register(parser: argparse.ArgumentParser) -> None:
     for side in ("baseline", "candidate"):
         add_filter_arguments(parser, prefix=side, who=side)
     parser.add_argument(
-        "--baseline-root", metavar="PATH", help="read the baseline from this store (default --root)"
+        "--baseline-root",
+        metavar="PATH|URL",
+        help="read the baseline from this store or remote table, e.g. s3://bucket/runs (default --root)",
     )
     parser.add_argument(
         "--metric",
@@ -148,7 +151,7 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
             raise UsageError(f"the {name} needs a selector: --{name}-tag, --{name}-day or --{name}-session")
     try:
         result = compare(
-            root_of(args),
+            location_of(args),
             sides[0],
             sides[1],
             metric=args.metric,
@@ -157,7 +160,7 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
             require_significance=args.require_significance,
             alpha=args.alpha,
             fail_on_missing=args.fail_on_missing,
-            baseline_root=args.baseline_root,
+            baseline_root=None if args.baseline_root is None else location_of(args, args.baseline_root),
             noise_floor=args.noise_floor,
         )
     except UnknownMetricError as exc:

@@ -7,9 +7,10 @@ import json
 import shutil
 from typing import Any, TextIO
 
-from neurolens.cli.common import integer_at_least, plural, root_of
+from neurolens.cli.common import integer_at_least, location_of, plural
 
 NAME = "ls"
+READS_REMOTE = True
 SUMMARY = "list runs, newest first"
 DESCRIPTION = "List runs, newest first. Filters combine (all must match)."
 EPILOG = """\
@@ -54,7 +55,7 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
     from neurolens.storage.query import select, to_records
     from neurolens.tables import render
 
-    root = root_of(args)
+    root = location_of(args)
     flt = filter_from_args(args, limit=args.limit)
     records = to_records(select(root, flt))
     if args.json:

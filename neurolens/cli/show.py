@@ -5,11 +5,15 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
-from neurolens.cli.common import CommandError, root_of
+if TYPE_CHECKING:
+    from neurolens.storage.root import Location
+
+from neurolens.cli.common import CommandError, location_of
 
 NAME = "show"
+READS_REMOTE = True
 SUMMARY = "print one run (and its fingerprint)"
 DESCRIPTION = "Print a stored run by id or unique id prefix (any case), with its fingerprint when present."
 EPILOG = """\
@@ -25,10 +29,16 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the stored run document exactly as stored")
 
 
-def _read(root: Path, relative: str) -> bytes:
+def _read(root: Location, run_id: str, relative: str) -> bytes:
     from neurolens.errors import StoreError
     from neurolens.storage.files import check_run_path, read_store_file
 
+    if not isinstance(root, Path):  # a remote table: the document and fingerprint are columns
+        column = "fingerprint" if relative.endswith(".fp.json") else "document"
+        texts = [r[column] for r in root.with_ids([run_id], [column]) if r[column] is not None]
+        if not texts:
+            raise CommandError(f"run {run_id} has no {column} in {root}")
+        return str(texts[0]).encode("utf-8")
     try:
         return read_store_file(root, check_run_path(relative))
     except (OSError, StoreError) as exc:
@@ -40,17 +50,19 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
     from neurolens.storage.query import find_run
     from neurolens.tables import escape
 
-    root = root_of(args)
+    root = location_of(args)
     entry = find_run(root, args.run_id)
-    run_bytes = _read(root, entry["run_json"])
+    run_bytes = _read(root, entry["run_id"], entry["run_json"])
     if args.json:
         out.write(run_bytes.decode("utf-8"))
         return 0
-    out.write(escape(f"run {entry['run_id']}  ({root / entry['run_json']})") + "\n")
+    where = root / entry["run_json"] if isinstance(root, Path) else f"{root}, {entry['run_json']}"
+    out.write(escape(f"run {entry['run_id']}  ({where})") + "\n")
     # ensure_ascii: stored strings reach the terminal with control characters escaped
     out.write(json.dumps(json.loads(run_bytes), indent=2, sort_keys=True) + "\n")
     if entry["fp_json"]:
-        fp = json.loads(_read(root, entry["fp_json"]))
-        out.write(escape(f"\nfingerprint  ({root / entry['fp_json']})") + "\n")
+        fp = json.loads(_read(root, entry["run_id"], entry["fp_json"]))
+        where = root / entry["fp_json"] if isinstance(root, Path) else f"{root}, {entry['fp_json']}"
+        out.write(escape(f"\nfingerprint  ({where})") + "\n")
         out.write(json.dumps(fp, indent=2, sort_keys=True) + "\n")
     return 0

@@ -129,8 +129,11 @@ def _day(text: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def add_filter_arguments(parser: argparse.ArgumentParser, prefix: str = "", who: str = "") -> None:
-    """The run filters as options (``--model``, ``--tag``, ...), optionally ``--{prefix}-...``."""
+def add_filter_arguments(
+    parser: argparse.ArgumentParser, prefix: str = "", who: str = "", *, outcomes: bool = True
+) -> None:
+    """The run filters as options (``--model``, ``--tag``, ...), optionally ``--{prefix}-...``;
+    ``outcomes=False`` leaves out ``--include-failed`` (for commands that carry every run)."""
     flag = f"--{prefix}-" if prefix else "--"
     dest = f"{prefix}_" if prefix else ""
     runs = f"{who} runs" if who else "runs"
@@ -156,7 +159,7 @@ def add_filter_arguments(parser: argparse.ArgumentParser, prefix: str = "", who:
         metavar="KEY=VALUE",
         help=f"only {runs} with this tag (repeatable; every tag must match)",
     )
-    if not prefix:
+    if not prefix and outcomes:
         parser.add_argument(
             "--include-failed",
             action="store_true",

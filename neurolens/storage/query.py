@@ -11,20 +11,24 @@ from neurolens.errors import RunNotFoundError, StoreError
 from neurolens.storage.filters import LATEST_SESSION, RunFilter
 from neurolens.storage.index import snapshot
 from neurolens.storage.manifest import COLUMNS
-from neurolens.storage.root import StrPath, require_store, resolve_root
+from neurolens.storage.root import Location, StrPath, require_store, resolve_location
 from neurolens.storage.rows import Rows
 
 if TYPE_CHECKING:
     import pandas as pd
 
 
-def select(root: Path, flt: RunFilter) -> Rows:
+def select(root: Location, flt: RunFilter) -> Rows:
     """Matching rows, newest first (``created_at``, then ``run_id``), at most ``limit``.
 
-    A root that is not a store is a ``StoreError`` (see ``require_store``).
+    A root that is not a store is a ``StoreError`` (see ``require_store``). A remote table
+    takes the filters, the session and the limit into its scan.
     """
-    require_store(root)
-    rows = snapshot(root).filter(replace(flt, session_id=None))
+    if not isinstance(root, Path):
+        rows = root.select(flt)
+    else:
+        require_store(root)
+        rows = snapshot(root).filter(replace(flt, session_id=None))
     if flt.session_id is not None:
         rows = _session_rows(rows, flt.session_id)
     return rows.newest(flt.limit)
@@ -47,15 +51,27 @@ def _session_rows(rows: Rows, wanted: str) -> Rows:
     return matching
 
 
-def find_run(root: Path, prefix: str) -> dict[str, Any]:
+def find_run(root: Location, prefix: str) -> dict[str, Any]:
     """The index row of the one run whose id is ``prefix`` or starts with it (any case)."""
     if not prefix:
         raise RunNotFoundError("a run id (or a prefix of one) is required")
-    require_store(root)
-    rows = snapshot(root)
-    matches = to_records(rows.with_prefix("run_id", prefix))
+    if isinstance(root, Path):
+        require_store(root)
+        rows = snapshot(root)
+
+        def starting(text: str) -> list[dict[str, Any]]:
+            return to_records(rows.with_prefix("run_id", text))
+    else:
+
+        def starting(text: str) -> list[dict[str, Any]]:
+            found = root.find_run(text)
+            for record in found:
+                record["tags"] = json.loads(record["tags"])
+            return found
+
+    matches = starting(prefix)
     if not matches and prefix != prefix.lower():  # generated ids are lowercase hex
-        matches = to_records(rows.with_prefix("run_id", prefix.lower()))
+        matches = starting(prefix.lower())
         prefix = prefix.lower()
     exact = [m for m in matches if m["run_id"] == prefix]
     if exact or len(matches) == 1:
@@ -77,7 +93,7 @@ def to_records(rows: Rows) -> list[dict[str, Any]]:
 
 def query(root: StrPath | None = None, **filters: Any) -> list[dict[str, Any]]:
     """Matching runs as dicts, newest first. Filters as in :class:`RunFilter`."""
-    return to_records(select(resolve_root(root), RunFilter(**filters)))
+    return to_records(select(resolve_location(root), RunFilter(**filters)))
 
 
 def load_runs(root: StrPath | None = None, **filters: Any) -> pd.DataFrame:

@@ -1,0 +1,49 @@
+"""``neurolens remote optimize``: Delta's own maintenance of a remote table."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import TextIO
+
+from neurolens.cli.common import add_storage_options, integer_at_least, remote_of
+
+NAME = "remote"
+SUMMARY = "maintain a remote table: compaction, checkpoint, vacuum"
+DESCRIPTION = (
+    "optimize: compact the many small files that pushes leave (Z-ordered by model and backend, so "
+    "filters skip files), write a checkpoint, and vacuum files no version newer than "
+    "--retention-hours needs. Run it from one place (a nightly job), not from every runner."
+)
+EPILOG = """\
+examples:
+  neurolens remote optimize s3://ci-benchmarks/neurolens
+  neurolens remote optimize s3://ci-benchmarks/neurolens --retention-hours 24 --json
+"""
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("action", choices=("optimize",), help="what to do")
+    parser.add_argument("url", metavar="URL", help="the remote table")
+    parser.add_argument(
+        "--retention-hours",
+        type=integer_at_least(0),
+        default=168,
+        metavar="H",
+        help="keep files older versions need for this long (default 168: a week of time travel)",
+    )
+    add_storage_options(parser)
+    parser.add_argument("--json", action="store_true", help="print the outcome as JSON")
+
+
+def run(args: argparse.Namespace, out: TextIO) -> int:
+    outcome = remote_of(args, args.url).optimize(args.retention_hours)
+    if args.json:
+        out.write(json.dumps(outcome) + "\n")
+    else:
+        out.write(
+            f"optimized {args.url}: {outcome['files_removed']} files compacted into "
+            f"{outcome['files_added']}, "
+            f"{outcome['vacuumed']} vacuumed; now at version {outcome['version']}\n"
+        )
+    return 0

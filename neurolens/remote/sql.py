@@ -1,0 +1,61 @@
+"""Run filters as SQL over the remote table, so the scan reads only what they select.
+
+Every value reaches the SQL as a quoted literal (``'`` doubled); names are fixed here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from neurolens.storage.filters import LATEST_SESSION, PASSING_OUTCOME, RunFilter
+from neurolens.storage.manifest import encode_tags
+
+TABLE = "runs"
+_UUID_LENGTH = 36
+
+
+def literal(value: str) -> str:
+    """A SQL string literal."""
+    if "\x00" in value:
+        raise ValueError("a filter value cannot hold a NUL character")
+    return "'" + value.replace("'", "''") + "'"
+
+
+def in_list(column: str, values: Iterable[str]) -> str:
+    return f"{column} IN ({', '.join(literal(v) for v in values)})"
+
+
+def conditions(flt: RunFilter) -> list[str]:
+    """The filter's conditions but the session's (pushed down: partitions and file statistics
+    prune the scan). Tags match as text inside the canonical tags JSON; rows holding an
+    escaped quote are checked exactly afterwards (``Rows.filter``)."""
+    where = [f"{name} = {literal(value)}" for name in ("model", "backend", "precision", "day")
+             if (value := getattr(flt, name)) is not None]  # fmt: skip
+    where += [f"strpos(tags, {literal(encode_tags({k: v})[1:-1])}) > 0" for k, v in flt.tags.items()]
+    if not flt.include_failed:
+        where.append(f"(outcome IS NULL OR outcome = {literal(PASSING_OUTCOME)})")
+    return where
+
+
+def select(flt: RunFilter, columns: Sequence[str]) -> str:
+    """The query of the rows ``flt`` selects, newest first."""
+    where = conditions(flt)
+    wanted = flt.session_id
+    if wanted == LATEST_SESSION:
+        inner = " AND ".join([*where, "session_id IS NOT NULL"])
+        where.append(
+            f"session_id = (SELECT session_id FROM {TABLE} WHERE {inner} "
+            "ORDER BY created_at DESC, run_id DESC LIMIT 1)"
+        )
+    elif wanted is not None and len(wanted) == _UUID_LENGTH:
+        where.append(f"session_id = {literal(wanted)}")
+    elif wanted is not None:  # a prefix: the caller checks it names one session
+        where.append(f"starts_with(session_id, {literal(wanted)})")
+    sql = f"SELECT {', '.join(columns)} FROM {TABLE}"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    sql += " ORDER BY created_at DESC, run_id DESC"
+    # a prefix's ambiguity is judged on every matching session: no limit then
+    if flt.limit is not None and (wanted is None or wanted == LATEST_SESSION or len(wanted) == _UUID_LENGTH):
+        sql += f" LIMIT {int(flt.limit)}"
+    return sql

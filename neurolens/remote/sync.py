@@ -1,0 +1,116 @@
+"""``push`` (local store -> remote table) and ``pull`` (remote table -> local store).
+
+Both are idempotent: a run id already on the other side is skipped, so pushing or
+pulling twice adds nothing. Both carry every run the filter selects, whatever its test's
+outcome (readers leave failed runs out; history keeps them).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from neurolens.remote.table import PAYLOAD_COLUMNS, RemoteTable, now, schema
+from neurolens.storage.files import check_run_path, read_store_file
+from neurolens.storage.filters import RunFilter
+from neurolens.storage.importer import Importer, MergeReport, reason
+from neurolens.storage.manifest import COLUMNS
+from neurolens.storage.query import select
+from neurolens.storage.root import ensure_root
+
+_BATCH = 2000  # runs read and sent in one MERGE
+
+
+@dataclass
+class PushReport:
+    remote: str
+    added: list[str] = field(default_factory=list)  # run ids this push inserted
+    already: int = 0  # run ids the table had before
+    damaged: list[str] = field(default_factory=list)  # local runs not sent: unreadable or changed
+
+    @property
+    def complete(self) -> bool:
+        return not self.damaged
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "complete": self.complete}
+
+
+def push(root: Path, remote: RemoteTable, flt: RunFilter | None = None) -> PushReport:
+    """Add the local runs ``flt`` selects that the remote table lacks."""
+    flt = replace(flt or RunFilter(), include_failed=True, limit=None)
+    records = select(root, flt).records()
+    report = PushReport(remote=remote.url)
+    if not records:
+        return report
+    remote.create()
+    present = {r["run_id"] for r in remote.with_ids([r["run_id"] for r in records], ["run_id"])}
+    report.already = len(present)
+    fresh = [r for r in records if r["run_id"] not in present]
+    for start in range(0, len(fresh), _BATCH):
+        pushed_at = now()
+        batch = _payload(root, fresh[start : start + _BATCH], report, pushed_at)
+        inserted = remote.insert_new(batch)
+        sent = batch.column("run_id").to_pylist()
+        if inserted != len(sent):
+            # another runner pushed some of the same runs at the same moment: ours carry our time
+            rows = remote.with_ids(sent, ["run_id", "pushed_at"])
+            sent = [r["run_id"] for r in rows if r["pushed_at"] == pushed_at]
+        report.added.extend(sent)
+        report.already += len(batch) - len(sent)
+    return report
+
+
+def _payload(root: Path, records: list[dict[str, Any]], report: PushReport, pushed_at: Any) -> Any:
+    """The rows to send: index columns, the run file's bytes (checked against the manifest's
+    hash) and the fingerprint's, and when they were pushed."""
+    import pyarrow as pa
+
+    columns: dict[str, list[Any]] = {name: [] for name in (*COLUMNS, *PAYLOAD_COLUMNS)}
+    for record in records:
+        try:
+            run_bytes = read_store_file(root, check_run_path(record["run_json"]))
+            fp = record["fp_json"]
+            fp_bytes = read_store_file(root, check_run_path(fp)) if fp else None
+        except (OSError, ValueError) as exc:
+            report.damaged.append(f"run {record['run_id']}: a file cannot be read ({reason(exc)})")
+            continue
+        if hashlib.sha256(run_bytes).hexdigest() != record["sha256"]:
+            report.damaged.append(f"run {record['run_id']}: its file does not match the manifest's hash")
+            continue
+        for name in COLUMNS:
+            columns[name].append(record[name])
+        columns["document"].append(run_bytes.decode("utf-8"))
+        columns["fingerprint"].append(None if fp_bytes is None else fp_bytes.decode("utf-8"))
+        columns["pushed_at"].append(pushed_at)
+    return pa.table(columns, schema=schema())
+
+
+def pull(remote: RemoteTable, root: Path, flt: RunFilter | None = None) -> MergeReport:
+    """Copy the remote runs ``flt`` selects that the local store lacks, each checked like a
+    merged run (hash, schema, canonical bytes, agreement with its row) before it is stored."""
+    from neurolens.storage import index
+
+    flt = replace(flt or RunFilter(), include_failed=True, limit=None)
+    rows = remote.select(flt).records()
+    report = MergeReport()
+    ensure_root(root)
+    importer = Importer(root, report)
+    wanted = [r for r in rows if not importer.skips(remote.url, r)]
+    by_id = {r["run_id"]: r for r in wanted}
+    ids = list(by_id)
+    for start in range(0, len(ids), _BATCH):
+        for payload in remote.with_ids(ids[start : start + _BATCH], ["run_id", "document", "fingerprint"]):
+            entry = by_id[payload["run_id"]]
+            fingerprint = payload["fingerprint"]
+            importer.add(
+                remote.url,
+                entry,
+                payload["document"].encode("utf-8"),
+                None if fingerprint is None else fingerprint.encode("utf-8"),
+            )
+        importer.flush()
+    index.compact(root, warn=False)
+    return report

@@ -1,0 +1,371 @@
+"""Remote tables (Delta Lake via delta-rs) against a real S3 endpoint: moto's server on
+127.0.0.1, in a process of its own, with a bucket per test."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pandas  # noqa: F401  (loaded before pytester runs: numpy cannot be imported twice)
+import pyarrow.compute
+import pyarrow.parquet  # noqa: F401
+import pytest
+
+from neurolens.storage.store import write_run
+from tests.factories import make_run
+from tests.s3_server import running_s3_server
+
+Cli = Callable[..., tuple[int, str]]
+SCRIPT = str(Path(sys.executable).with_name("neurolens"))
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    with running_s3_server() as url:
+        yield url
+
+
+@pytest.fixture
+def bucket(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh bucket; the URL of a table in it. Credentials and endpoint come from the
+    standard environment variables, as on a CI runner."""
+    import boto3
+
+    for key, value in {
+        "AWS_ENDPOINT_URL": s3_endpoint,
+        "AWS_ALLOW_HTTP": "true",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_REGION": "us-east-1",
+    }.items():
+        monkeypatch.setenv(key, value)
+    name = f"neurolens-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1").create_bucket(Bucket=name)
+    return f"s3://{name}/runs"
+
+
+def command(*argv: str) -> subprocess.CompletedProcess[str]:
+    """The real console script, in a process of its own."""
+    return subprocess.run([SCRIPT, *argv], capture_output=True, text=True, timeout=120)
+
+
+def local_store(root: Path) -> list[str]:
+    """Two sessions on two days, tags, a failed run, one run with a fingerprint."""
+    runs = [
+        make_run(session_id="s-one", created_at="2026-11-01T10:00:00Z", tags={"branch": "main"}),
+        make_run(
+            session_id="s-one", created_at="2026-11-01T10:00:01Z", model="bert", tags={"branch": "main"}
+        ),
+        make_run(
+            session_id="s-two",
+            created_at="2026-11-02T10:00:00Z",
+            tags={"branch": "pr"},
+            test={"nodeid": "t.py::t", "outcome": "failed"},
+        ),
+        make_run(session_id="s-two", created_at="2026-11-02T10:00:01Z", tags={"branch": "pr", "q": "it's"}),
+    ]
+    ids = [write_run(root, run)["run_id"] for run in runs]
+    ids.append(
+        write_run(root, make_run(created_at="2026-11-02T11:00:00Z"), fingerprint={"python": "3.11"})["run_id"]
+    )
+    return ids
+
+
+def files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*.json")) if p.is_file()}
+
+
+def test_push_is_idempotent_and_the_remote_reads_like_the_local_store(
+    tmp_path: Path, bucket: str, cli: Cli
+) -> None:
+    root = tmp_path / "store"
+    ids = local_store(root)
+    status, out = cli("push", bucket, "--root", str(root), "--json")
+    report = json.loads(out)
+    assert status == 0 and sorted(report["added"]) == sorted(ids) and report["already"] == 0
+    status, out = cli("push", bucket, "--root", str(root), "--json")
+    assert status == 0 and json.loads(out)["added"] == [] and json.loads(out)["already"] == 5
+    for filters in (
+        [],
+        ["--tag", "branch=pr"],
+        ["--tag", "q=it's"],
+        ["--session", "latest"],
+        ["--session", "s-o"],
+        ["--model", "bert"],
+        ["--day", "2026-11-02", "--include-failed"],
+        ["--limit", "2"],
+        ["--include-failed"],
+    ):
+        remote = cli("ls", "--root", bucket, "--json", *filters)
+        local = cli("ls", "--root", str(root), "--json", *filters)
+        assert remote == local, filters
+        assert remote[0] == 0 and json.loads(remote[1]), filters
+    # the table view for a person too
+    status, out = cli("ls", "--root", bucket, "--tag", "branch=main")
+    assert status == 0 and out.endswith("2 runs\n")
+
+
+def test_push_takes_the_ls_filters(tmp_path: Path, bucket: str, cli: Cli) -> None:
+    root = tmp_path / "store"
+    local_store(root)
+    status, out = cli("push", bucket, "--root", str(root), "--session", "s-one", "--json")
+    assert status == 0 and len(json.loads(out)["added"]) == 2
+    assert {r["session_id"] for r in json.loads(cli("ls", "--root", bucket, "--json")[1])} == {"s-one"}
+    status, out = cli("push", bucket, "--root", str(root))
+    assert status == 0 and out.startswith("pushed 3 runs to " + bucket + " (2 already there)")
+
+
+def test_show_and_pull_restore_the_exact_files(tmp_path: Path, bucket: str, cli: Cli) -> None:
+    root, pulled = tmp_path / "store", tmp_path / "pulled"
+    ids = local_store(root)
+    assert cli("push", bucket, "--root", str(root))[0] == 0
+    status, out = cli("show", "--root", bucket, ids[-1][:13], "--json")
+    local = cli("show", "--root", str(root), ids[-1][:13], "--json")
+    assert status == 0 and out == local[1]
+    status, out = cli("show", "--root", bucket, ids[-1])
+    assert status == 0 and '"python": "3.11"' in out  # the fingerprint, from the table
+    status, out = cli("pull", bucket, "--root", str(pulled), "--json")
+    assert status == 0 and json.loads(out)["added"] == 5
+    assert files(pulled) == files(root)  # run files and fingerprints, byte for byte
+    assert cli("verify", "--root", str(pulled))[0] == 0
+    status, out = cli("pull", bucket, "--root", str(pulled))
+    assert status == 0 and out.startswith("pulled 0 runs into") and "(5 already there)" in out
+    # a filtered pull reads and copies only its part
+    part = tmp_path / "part"
+    status, out = cli("pull", bucket, "--root", str(part), "--tag", "branch=main", "--json")
+    assert status == 0 and json.loads(out)["added"] == 2
+    assert {r["tags"]["branch"] for r in json.loads(cli("ls", "--root", str(part), "--json")[1])} == {"main"}
+
+
+def test_compare_takes_its_baseline_from_the_remote(tmp_path: Path, bucket: str, cli: Cli) -> None:
+    runner_a, runner_b = tmp_path / "a", tmp_path / "b"
+    for latency in (10.0, 10.1, 9.9):
+        write_run(runner_a, make_run(tags={"branch": "main"}, metrics={"total_latency_ms": latency}))
+    assert cli("push", bucket, "--root", str(runner_a))[0] == 0
+    write_run(runner_b, make_run(tags={"branch": "pr"}, metrics={"total_latency_ms": 20.0}))
+    args = ["--root", str(runner_b), "--baseline-root", bucket, "--baseline-tag", "branch=main"]
+    status, out = cli("compare", *args, "--candidate-tag", "branch=pr", "--fail-above", "5%")
+    assert status == 1 and "REGRESSED" in out
+    # the candidate may come from the remote too
+    status, _ = cli(
+        "compare", "--root", bucket, "--baseline-tag", "branch=main", "--candidate-tag", "branch=x"
+    )
+    assert status == 3
+
+
+def test_pull_refuses_a_row_whose_document_does_not_match_its_hash(
+    tmp_path: Path, bucket: str, cli: Cli
+) -> None:
+    from neurolens.remote.sync import push
+    from neurolens.remote.table import RemoteTable
+
+    root = tmp_path / "store"
+    good = write_run(root, make_run(model="good"))["run_id"]
+    bad = write_run(root, make_run(model="bad"))["run_id"]
+    remote = RemoteTable(bucket)
+    push(root, remote)
+    # a row edited in the table: another latency in the document, the old hash kept
+    import deltalake
+
+    table = deltalake.DeltaTable(bucket, storage_options=dict(remote.storage_options))
+    table.update(
+        predicate=f"run_id = '{bad}'",
+        updates={"document": "replace(document, '12.5', '1.25')"},
+    )
+    status, out = cli("pull", bucket, "--root", str(tmp_path / "pulled"))
+    assert (
+        status == 1 and f"not pulled: {bucket}: run file" in out and "does not match its manifest hash" in out
+    )
+    ids = [r["run_id"] for r in json.loads(cli("ls", "--root", str(tmp_path / "pulled"), "--json")[1])]
+    assert ids == [good]
+
+
+def test_a_day_filter_reads_only_that_day_s_files(
+    tmp_path: Path, bucket: str, cli: Cli, s3_endpoint: str
+) -> None:
+    import boto3
+
+    root = tmp_path / "store"
+    local_store(root)
+    assert cli("push", bucket, "--root", str(root))[0] == 0
+    name = bucket.split("/")[2]
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
+    listed = s3.list_objects_v2(Bucket=name, Prefix="runs/day=2026-11-01/")["Contents"]
+    for item in listed:  # that day's data files gone: only a scan that prunes them still works
+        s3.delete_object(Bucket=name, Key=item["Key"])
+    status, out = cli("ls", "--root", bucket, "--day", "2026-11-02", "--include-failed", "--json")
+    assert status == 0 and len(json.loads(out)) == 3
+    status, _ = cli("ls", "--root", bucket, "--json")
+    assert status == 1  # without the filter the missing files are read, and fail
+
+
+@pytest.mark.slow
+def test_runners_pushing_at_once_keep_every_run_exactly_once(tmp_path: Path, bucket: str) -> None:
+    stores = []
+    for runner in range(6):
+        root = tmp_path / f"runner{runner}"
+        for i in range(15):
+            write_run(root, make_run(model=f"m{runner}", metrics={"total_latency_ms": float(i)}))
+        stores.append(root)
+    # two more runners push the same store at the same moment (a retried CI job)
+    pushes = [*stores, stores[0], stores[0]]
+    procs = [
+        subprocess.Popen(
+            [SCRIPT, "push", bucket, "--root", str(root), "--json"], stdout=subprocess.PIPE, text=True
+        )
+        for root in pushes
+    ]
+    reports = []
+    for proc in procs:
+        out, _ = proc.communicate(timeout=300)
+        assert proc.returncode == 0
+        reports.append(json.loads(out))
+    listed = json.loads(command("ls", "--root", bucket, "--json").stdout)
+    assert len(listed) == 90 and len({r["run_id"] for r in listed}) == 90
+    # each of runner 0's runs was added by exactly one of the three pushes of it
+    added_by_first = [reports[0], reports[6], reports[7]]
+    assert sum(len(r["added"]) for r in added_by_first) == 15
+    assert all(len(r["added"]) + r["already"] == 15 for r in reports)
+
+
+def test_optimize_compacts_and_keeps_every_run(tmp_path: Path, bucket: str, cli: Cli) -> None:
+    root = tmp_path / "store"
+    for i in range(4):  # four pushes: four small files in one day's partition
+        write_run(root, make_run(model=f"m{i}", created_at="2026-11-05T00:00:00Z"))
+        assert cli("push", bucket, "--root", str(root))[0] == 0
+    before = cli("ls", "--root", bucket, "--json")
+    status, out = cli("remote", "optimize", bucket, "--retention-hours", "0", "--json")
+    outcome = json.loads(out)
+    assert status == 0 and outcome["files_removed"] >= 4 and outcome["files_added"] == 1
+    assert outcome["vacuumed"] >= 4
+    assert cli("ls", "--root", bucket, "--json") == before
+
+
+def test_remote_failures_are_one_line(
+    tmp_path: Path, bucket: str, cli: Cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = tmp_path / "store"
+    write_run(root, make_run())
+    missing_bucket = "s3://no-such-bucket-here/runs"
+    result = command("push", missing_bucket, "--root", str(root))
+    assert result.returncode == 1 and "NoSuchBucket" in result.stderr and "Traceback" not in result.stderr
+    result = command("ls", "--root", bucket)
+    assert result.returncode == 1 and f"no remote table at {bucket}" in result.stderr
+    result = command("verify", "--root", bucket)
+    assert result.returncode == 2 and "works on a local store" in result.stderr
+    result = command("ls", "--root", bucket, "--storage-option", "novalue")
+    assert result.returncode == 2 and "KEY=VALUE" in result.stderr
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing listens there
+    result = command("ls", "--root", bucket)
+    assert (
+        result.returncode == 1 and "Connection refused" in result.stderr and "Traceback" not in result.stderr
+    )
+    assert result.stderr.count("\n") == 1
+
+
+def test_without_deltalake_a_remote_command_says_what_to_install(tmp_path: Path, bucket: str) -> None:
+    script = (
+        "import sys; sys.modules['deltalake'] = None; "
+        "from neurolens.cli import main; sys.exit(main(sys.argv[1:]))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script, "ls", "--root", bucket], capture_output=True, text=True
+    )
+    assert result.returncode == 1
+    assert (
+        result.stderr
+        == "neurolens: error: remote tables need the 'remote' extra: pip install 'pytest-neurolens[remote]'\n"
+    )
+
+
+@pytest.mark.slow
+def test_short_lived_readers_exit_cleanly(tmp_path: Path, bucket: str) -> None:
+    # delta-rs's to_pyarrow readers abort at exit now and then; the readers used here must not
+    root = tmp_path / "store"
+    ids = local_store(root)
+    assert command("push", bucket, "--root", str(root)).returncode == 0
+    codes = [command("ls", "--root", bucket, "--json").returncode for _ in range(10)]
+    codes += [command("show", "--root", bucket, ids[0]).returncode for _ in range(5)]
+    codes += [command("pull", bucket, "--root", str(tmp_path / f"p{i}")).returncode for i in range(5)]
+    assert codes == [0] * 20
+
+
+def test_a_local_delta_table_is_a_remote_too(tmp_path: Path, cli: Cli) -> None:
+    root, table = tmp_path / "store", tmp_path / "table"
+    local_store(root)
+    assert cli("push", str(table), "--root", str(root))[0] == 0
+    assert (table / "_delta_log").is_dir()
+    assert cli("ls", "--root", str(table), "--json") == cli("ls", "--root", str(root), "--json")
+
+
+# --- the plugin ---------------------------------------------------------------------------
+
+RECORDING = textwrap.dedent(
+    """
+    import pytest
+
+    @pytest.mark.neurolens(model="m", backend="cpu", precision="fp32", batch_size=1)
+    @pytest.mark.parametrize("latency", [20.0, 21.0])
+    def test_record(neurolens, latency):
+        neurolens.record(total_latency_ms=latency)
+    """
+)
+
+
+def test_the_plugin_pushes_the_session_once_at_the_end(pytester: pytest.Pytester, bucket: str) -> None:
+    pytest.importorskip("xdist")
+    pytester.makepyfile(test_rec=RECORDING)
+    result = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", "-n", "2", "--neurolens-store=runs", f"--neurolens-push={bucket}"
+    )
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines([f"pushed 2 run(s) to {bucket} (0 already there)"])
+    listed = json.loads(command("ls", "--root", bucket, "--json").stdout)
+    assert sorted(r["total_latency_ms"] for r in listed) == [20.0, 21.0]
+
+
+def test_a_failed_push_fails_the_session_and_keeps_the_runs(pytester: pytest.Pytester, bucket: str) -> None:
+    pytester.makepyfile(test_rec=RECORDING)
+    result = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", "--neurolens-store=runs", "--neurolens-push=s3://no-such-bucket-here/runs"
+    )
+    result.assert_outcomes(passed=2)
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(["*push to s3://no-such-bucket-here/runs failed*NoSuchBucket*"])
+    assert "Traceback" not in result.stdout.str()
+    assert len(json.loads(command("ls", "--root", str(pytester.path / "runs"), "--json").stdout)) == 2
+
+
+def test_the_plugin_gate_takes_its_baseline_from_the_remote(
+    pytester: pytest.Pytester, bucket: str, tmp_path: Path
+) -> None:
+    baseline = tmp_path / "baseline"
+    for latency in (10.0, 10.2):
+        write_run(baseline, make_run(model="m", backend="cpu", precision="fp32", batch_size=1,
+                                     seq_len=None, hardware={}, tags={"branch": "main"},
+                                     metrics={"total_latency_ms": latency}))  # fmt: skip
+    assert command("push", bucket, "--root", str(baseline)).returncode == 0
+    pytester.makepyfile(test_rec=RECORDING)
+    result = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", "--neurolens-store=runs",
+        f"--neurolens-baseline-root={bucket}", "--neurolens-compare=--tag branch=main",
+        "--neurolens-fail-above=5%",
+    )  # fmt: skip
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(["*REGRESSED*", "*regression above 5%*"])
+
+
+def test_push_options_need_what_they_work_on(pytester: pytest.Pytester) -> None:
+    result = pytester.runpytest("-p", "no:cacheprovider", "--neurolens-push=s3://b/x")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--neurolens-push needs --neurolens-store*"])
+    result = pytester.runpytest(
+        "-p", "no:cacheprovider", "--neurolens-store=runs", "--neurolens-baseline-root=s3://b/x"
+    )
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--neurolens-baseline-root needs --neurolens-compare*"])
