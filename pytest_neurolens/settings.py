@@ -146,6 +146,14 @@ def _remote_settings(
     push = config.getoption("neurolens_push") or config.getini("neurolens_push") or None
     if push and store is None:
         raise pytest.UsageError("--neurolens-push needs --neurolens-store (the runs to push)")
+    if push:
+        from neurolens.errors import StoreError
+        from neurolens.remote.table import RemoteTable
+
+        try:
+            RemoteTable(push)  # the URL's form, checked before any test runs
+        except StoreError as exc:
+            raise pytest.UsageError(f"--neurolens-push: {exc}") from None
     baseline_root = (
         config.getoption("neurolens_baseline_root") or config.getini("neurolens_baseline_root") or None
     )

@@ -369,3 +369,97 @@ def test_push_options_need_what_they_work_on(pytester: pytest.Pytester) -> None:
     )
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*--neurolens-baseline-root needs --neurolens-compare*"])
+
+
+PUSH_IN_SMALL_BATCHES = """
+import sys
+import neurolens.remote.sync as sync
+from neurolens.remote.table import RemoteTable
+sync._BATCH = 3
+sync.push(__import__("pathlib").Path(sys.argv[2]), RemoteTable(sys.argv[1]))
+"""
+
+
+@pytest.mark.slow
+def test_a_push_killed_half_way_completes_on_a_rerun(tmp_path: Path, bucket: str) -> None:
+    import signal
+    import time
+
+    root = tmp_path / "store"
+    ids = [write_run(root, make_run(metrics={"total_latency_ms": float(i)}))["run_id"] for i in range(60)]
+    proc = subprocess.Popen([sys.executable, "-c", PUSH_IN_SMALL_BATCHES, bucket, str(root)])
+    deadline = time.monotonic() + 120
+    while True:  # until some batches are in: then kill it among the others
+        listed = command("ls", "--root", bucket, "--json")
+        if (listed.returncode == 0 and len(json.loads(listed.stdout)) > 0) or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    partial = len(json.loads(command("ls", "--root", bucket, "--json").stdout))
+    assert 0 < partial < 60
+    result = command("push", bucket, "--root", str(root), "--json")
+    report = json.loads(result.stdout)
+    assert result.returncode == 0 and len(report["added"]) == 60 - partial and report["already"] == partial
+    listed = json.loads(command("ls", "--root", bucket, "--json").stdout)
+    assert sorted(r["run_id"] for r in listed) == sorted(ids)
+
+
+def test_a_reader_that_is_not_this_project_sees_the_same_rows(tmp_path: Path, cli: Cli) -> None:
+    """pyarrow's own dataset over the Parquet files the Delta log names (what Spark, Polars
+    and DuckDB do): the same rows as ``ls``, and documents equal to the run files."""
+    import deltalake
+    import pyarrow.dataset as ds
+
+    root, table_path = tmp_path / "store", tmp_path / "table"
+    local_store(root)
+    assert cli("push", str(table_path), "--root", str(root))[0] == 0
+    files = deltalake.DeltaTable(str(table_path)).file_uris()
+    dataset = ds.dataset([f.removeprefix("file://") for f in files], format="parquet", partitioning="hive")
+    outside = dataset.to_table().to_pylist()
+    listed = json.loads(cli("ls", "--root", str(root), "--json", "--include-failed")[1])
+    assert sorted(r["run_id"] for r in outside) == sorted(r["run_id"] for r in listed)
+    for row in outside:
+        local = next(r for r in listed if r["run_id"] == row["run_id"])
+        assert row["total_latency_ms"] == local["total_latency_ms"] and row["model"] == local["model"]
+        assert row["document"].encode() == (root / local["run_json"]).read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("unknown://bucket/x", "unknown scheme 'unknown'"),
+        ("s3://", "no bucket or container in the URL"),
+        ("s3://no-such-bucket-here/runs", "NoSuchBucket: The specified bucket does not exist"),
+    ],
+)
+def test_bad_urls_are_one_line_and_change_nothing(
+    tmp_path: Path, bucket: str, url: str, message: str
+) -> None:
+    root = tmp_path / "store"
+    write_run(root, make_run())
+    before = files(root)
+    for argv in (
+        ["push", url, "--root", str(root)],
+        ["ls", "--root", url],
+        ["pull", url, "--root", str(root)],
+    ):
+        result = command(*argv)
+        assert result.returncode == 1, argv
+        assert result.stderr.count("\n") == 1 and message in result.stderr, (argv, result.stderr)
+    assert files(root) == before
+
+
+def test_a_table_of_another_schema_is_refused_and_left_alone(tmp_path: Path, cli: Cli) -> None:
+    import deltalake
+    import pyarrow as pa
+
+    other = tmp_path / "other"
+    deltalake.write_deltalake(str(other), pa.table({"a": [1, 2]}))
+    root = tmp_path / "store"
+    write_run(root, make_run())
+    for argv in (["push", str(other), "--root", str(root)], ["ls", "--root", str(other)]):
+        result = command(*argv)
+        assert result.returncode == 1 and "holds a Delta table of another schema" in result.stderr
+    table = deltalake.DeltaTable(str(other))
+    assert table.version() == 0 and [f.name for f in table.schema().fields] == ["a"]

@@ -33,6 +33,7 @@ INSTALL_HINT = "remote tables need the 'remote' extra: pip install 'pytest-neuro
 PAYLOAD_COLUMNS = ("document", "fingerprint", "pushed_at")
 COMMIT_ATTEMPTS = 30
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+_SCHEMES = ("s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "azure", "file")
 # Statistics only where they prune (a document's min/max is waste)
 _STATS_COLUMNS = "day,created_at,run_id,model,backend,precision,session_id,outcome"
 
@@ -92,6 +93,14 @@ class RemoteTable:
         self.url = str(self.url)
         if not _URL.match(self.url):  # a local Delta table
             self.url = str(Path(self.url).absolute())
+        scheme, _, rest = self.url.partition("://")
+        if _URL.match(self.url) and scheme.lower() not in _SCHEMES:
+            raise StoreError(
+                f"{self.url}: unknown scheme {scheme!r}; a remote table is s3://, gs://, az:// "
+                "(abfss://, file://) or a path"
+            )
+        if _URL.match(self.url) and scheme.lower() != "file" and not rest.split("/")[0]:
+            raise StoreError(f"{self.url}: no bucket or container in the URL (s3://bucket/prefix)")
         options = dict(self.storage_options)
         if self.url.startswith(("s3://", "s3a://")):
             # safe concurrent commits on S3 without a lock table: conditional puts
@@ -106,11 +115,19 @@ class RemoteTable:
     def _open(self) -> Any:
         deltalake = _deltalake()
         try:
-            return deltalake.DeltaTable(self.url, storage_options=dict(self.storage_options))
+            table = deltalake.DeltaTable(self.url, storage_options=dict(self.storage_options))
         except deltalake.exceptions.TableNotFoundError:
             raise StoreError(f"no remote table at {self.url} (push to it first)") from None
         except (OSError, deltalake.exceptions.DeltaError) as exc:
             raise StoreError(f"cannot open the remote table {self.url}: {_first_line(exc)}") from None
+        names = {f.name for f in table.schema().fields}
+        missing = [name for name in (*COLUMNS, "document") if name not in names]
+        if missing:
+            raise StoreError(
+                f"{self.url} holds a Delta table of another schema (it lacks {', '.join(missing[:4])}"
+                f"{', ...' if len(missing) > 4 else ''}): not a table of runs; use another prefix"
+            )
+        return table
 
     def exists(self) -> bool:
         try:
@@ -135,6 +152,7 @@ class RemoteTable:
                     configuration={"delta.dataSkippingStatsColumns": _STATS_COLUMNS},
                     storage_options=dict(self.storage_options),
                 )
+                self._open()  # a table that was there already must be a table of runs
                 return
             except deltalake.exceptions.CommitFailedError:
                 attempt.failed()
