@@ -46,7 +46,7 @@ def push(root: Path, remote: RemoteTable, flt: RunFilter | None = None) -> PushR
     if not records:
         return report
     remote.create()
-    present = {r["run_id"] for r in remote.with_ids([r["run_id"] for r in records], ["run_id"])}
+    present = remote.ids_on_days(sorted({r["day"] for r in records})) & {r["run_id"] for r in records}
     report.already = len(present)
     fresh = [r for r in records if r["run_id"] not in present]
     for start in range(0, len(fresh), _BATCH):

@@ -192,6 +192,16 @@ class RemoteTable:
             found.extend(self.query(statement).to_pylist())
         return found
 
+    def ids_on_days(self, days: Sequence[str]) -> set[str]:
+        """The run ids of these days' partitions (one scan of one column, the rest pruned)."""
+        found: set[str] = set()
+        for start in range(0, len(days), 500):
+            where = sql.in_list("day", days[start : start + 500])
+            found.update(
+                self.query(f"SELECT run_id FROM {sql.TABLE} WHERE {where}").column("run_id").to_pylist()
+            )
+        return found
+
     def find_run(self, prefix: str) -> list[dict[str, Any]]:
         """Index rows whose run id starts with ``prefix`` (at most 6: enough to say ambiguous)."""
         statement = (
