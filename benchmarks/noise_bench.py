@@ -32,48 +32,22 @@ from neurolens.compare import compare
 from neurolens.storage.filters import RunFilter
 from neurolens.storage.query import query
 
+# The example's model (examples/test_onnx_mlp.py) at the hidden size of the build
 TEST_MODULE = """
 import os
 import numpy as np
-import onnx
 import onnxruntime as ort
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 
-FEATURES, CLASSES = 256, 16
-HIDDEN = int(os.environ["NOISE_BENCH_HIDDEN"])
-
-
-def build_mlp():
-    rng = np.random.default_rng(0)
-
-    def weight(name, *shape):
-        return numpy_helper.from_array((rng.standard_normal(shape) * 0.05).astype(np.float32), name)
-
-    nodes = [
-        helper.make_node("MatMul", ["input", "w1"], ["h"]),
-        helper.make_node("Add", ["h", "b1"], ["h_bias"]),
-        helper.make_node("Relu", ["h_bias"], ["h_relu"]),
-        helper.make_node("MatMul", ["h_relu", "w2"], ["logits_raw"]),
-        helper.make_node("Add", ["logits_raw", "b2"], ["logits"]),
-    ]
-    graph = helper.make_graph(
-        nodes, "mlp",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", FEATURES])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", CLASSES])],
-        initializer=[weight("w1", FEATURES, HIDDEN), weight("b1", HIDDEN),
-                     weight("w2", HIDDEN, CLASSES), weight("b2", CLASSES)],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 9
-    return model.SerializeToString()
+from examples.test_onnx_mlp import FEATURES, build_mlp
 
 
 @pytest.fixture(scope="module")
 def session():
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
-    return ort.InferenceSession(build_mlp(), options, providers=["CPUExecutionProvider"])
+    model = build_mlp(hidden=int(os.environ["NOISE_BENCH_HIDDEN"]))
+    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
 
 @pytest.mark.neurolens(model="mlp", backend="onnxrt", precision="fp32")
@@ -86,7 +60,8 @@ def test_mlp(neurolens, session, batch_size):
 
 def record(store: Path, work: Path, build: str, hidden: int, number: int, repeats: int = 1) -> str:
     """One pytest session in its own process; returns its session id."""
-    env = {**os.environ, "NOISE_BENCH_HIDDEN": str(hidden)}
+    repository = str(Path(__file__).resolve().parent.parent)  # for examples.test_onnx_mlp
+    env = {**os.environ, "NOISE_BENCH_HIDDEN": str(hidden), "PYTHONPATH": repository}
     env.pop("NEUROLENS_STORE_ROOT", None)
     command = [
         sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:benchmark",
@@ -202,6 +177,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5, help="rounds for the repeats rows (0: skip them)")
     parser.add_argument("--trials", type=int, default=3, help="independent trials, counts summed")
     args = parser.parse_args()
+    if args.sessions < 4:
+        parser.error("--sessions must be at least 4 (the history rows need 3 baseline sessions)")
     work = Path(tempfile.mkdtemp(prefix="neurolens-noise-bench-"))
     try:
         (work / "test_noise_mlp.py").write_text(TEST_MODULE)

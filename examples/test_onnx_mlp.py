@@ -16,7 +16,7 @@ ort = pytest.importorskip("onnxruntime")
 FEATURES, HIDDEN, CLASSES = 256, 1024, 16
 
 
-def build_mlp(seed: int = 0) -> bytes:
+def build_mlp(seed: int = 0, hidden: int = HIDDEN) -> bytes:
     """A two-layer perceptron with a dynamic batch dimension, as serialized ONNX."""
     from onnx import TensorProto, helper, numpy_helper
 
@@ -38,9 +38,9 @@ def build_mlp(seed: int = 0) -> bytes:
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", FEATURES])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", CLASSES])],
         initializer=[
-            weight("w1", FEATURES, HIDDEN),
-            weight("b1", HIDDEN),
-            weight("w2", HIDDEN, CLASSES),
+            weight("w1", FEATURES, hidden),
+            weight("b1", hidden),
+            weight("w2", hidden, CLASSES),
             weight("b2", CLASSES),
         ],
     )

@@ -54,6 +54,18 @@ def add_command(commands: Any, module: ModuleType) -> argparse.ArgumentParser:
     return parser
 
 
+def add_remote_arguments(parser: argparse.ArgumentParser) -> None:
+    """What push and pull share: the table's URL, the ls filters, storage options, --json."""
+    from neurolens.storage.filters import add_filter_arguments
+
+    parser.add_argument(
+        "url", metavar="URL", help="the remote table: s3://bucket/prefix, gs://, az://, a path"
+    )
+    add_filter_arguments(parser, outcomes=False)
+    add_storage_options(parser)
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+
+
 def add_storage_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--storage-option",

@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import TextIO
 
-from neurolens.cli.common import add_storage_options, plural, remote_of, root_of
+from neurolens.cli.common import add_remote_arguments, plural, remote_of, root_of
 
 NAME = "push"
 SUMMARY = "add the local store's runs to a remote table (Delta Lake on S3, GCS, Azure or a path)"
@@ -27,14 +27,7 @@ exit status: 0 every selected run is in the table, 1 some could not be read (or 
 
 
 def register(parser: argparse.ArgumentParser) -> None:
-    from neurolens.storage.filters import add_filter_arguments
-
-    parser.add_argument(
-        "url", metavar="URL", help="the remote table: s3://bucket/prefix, gs://..., az://... or a path"
-    )
-    add_filter_arguments(parser, outcomes=False)
-    add_storage_options(parser)
-    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    add_remote_arguments(parser)
 
 
 def run(args: argparse.Namespace, out: TextIO) -> int:
