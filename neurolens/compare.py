@@ -223,13 +223,26 @@ def _samples(docs: _Documents, metric: str, side: Side, warnings: list[str]) -> 
 def _compare_group(
     docs: _Documents, result: Comparison, group: dict[str, Any], base_side: Side, cand_side: Side
 ) -> GroupResult:
-    base_values = _samples(docs, result.metric, base_side, result.warnings)
-    cand_values = _samples(docs, result.metric, cand_side, result.warnings)
+    out = judge(
+        result,
+        group,
+        _samples(docs, result.metric, base_side, result.warnings),
+        _samples(docs, result.metric, cand_side, result.warnings),
+    )
+    out.baseline_runs, out.candidate_runs = len(base_side[2]), len(cand_side[2])
+    return out
+
+
+def judge(
+    result: Comparison, group: dict[str, Any], base_values: list[float], cand_values: list[float]
+) -> GroupResult:
+    """One group's verdict from its sides' sample values (oldest first), by the comparison's
+    rules: the one place a verdict is made (``compare`` and the HTML report use it)."""
     out = GroupResult(
         group=group,
         verdict="unchanged",
-        baseline_runs=len(base_side[2]),
-        candidate_runs=len(cand_side[2]),
+        baseline_runs=len(base_values),
+        candidate_runs=len(cand_values),
         baseline_samples=len(base_values),
         candidate_samples=len(cand_values),
     )

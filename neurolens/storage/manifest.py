@@ -39,11 +39,12 @@ COLUMNS: dict[str, tuple[type, bool]] = {
     "fingerprint_hash": (str, True),
     "outcome": (str, True),  # the test's outcome; null for runs written outside pytest
     "repeat": (int, True),  # the round of a repeated measurement (a sample of its own)
+    "latency_p99_ms": (float, True),  # the tail, for trends without reading run files
 }
 
 # Columns later versions added: lines written before them lack the key (read as null), and
 # a null there is "not recorded", not a disagreement with the run file.
-ADDED_COLUMNS = frozenset({"outcome", "repeat"})
+ADDED_COLUMNS = frozenset({"outcome", "repeat", "latency_p99_ms"})
 
 # progress(bytes_done, bytes_total) while a long read goes on
 Progress = Callable[[int, int], None]
@@ -85,6 +86,7 @@ def entry_for(document: Mapping[str, Any], run_json: str, fp_json: str | None, s
         "fingerprint_hash": document.get("fingerprint_hash"),
         "outcome": test.get("outcome"),
         "repeat": test.get("repeat"),
+        "latency_p99_ms": _float_or_none(metrics.get("latency_p99_ms")),
     }
 
 
@@ -95,6 +97,13 @@ def entry_differences(expected: Mapping[str, Any], entry: Mapping[str, Any]) -> 
         for k, v in expected.items()
         if entry.get(k) != v and not (k in ADDED_COLUMNS and entry.get(k) is None)
     )
+
+
+def _float_or_none(value: Any) -> float | None:
+    """A metric for a float column: numbers only (a run may hold anything under metrics)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value)
 
 
 def _str_or_none(value: Any) -> str | None:
