@@ -34,6 +34,7 @@ class Recorder:
         self.errors: list[str] = []  # failures at session end, for the summary
         self.stored_runs: int | None = None  # what the store holds for the session, at the end
         self.pushed: str | None = None  # what the push at the end did, for the summary
+        self.reported: str | None = None  # where the report went
         self._nvml: Nvml | None = None
         self._hardware: dict[str, Any] | None = None
         self._gpu_index: int | None = None
@@ -160,6 +161,26 @@ class Recorder:
             self._push()
         if self.settings.compare is not None:
             self._compare(session)
+        if self.settings.report is not None:
+            self._report()
+
+    def _report(self) -> None:
+        """The HTML report of the groups this session recorded (their whole history)."""
+        from neurolens.errors import NeurolensError
+        from neurolens.report.data import build_report
+        from neurolens.report.page import write_report
+        from neurolens.storage.filters import RunFilter
+
+        assert self.settings.report is not None
+        try:
+            report = build_report(
+                self.store, RunFilter(), threshold=self.settings.fail_above, only_session=self.session_id
+            )
+            size = write_report(report, self.settings.report)
+        except (NeurolensError, OSError, ValueError) as exc:
+            self.errors.append(f"report {self.settings.report} not written: {exc}")
+            return
+        self.reported = f"report: {self.settings.report} ({size / 1e6:.1f} MB, {len(report.series)} groups)"
 
     def _push(self) -> None:
         """The session's runs to the remote table; a failure is a summary line, not a traceback."""
@@ -218,8 +239,9 @@ class Recorder:
         tr.write_line(
             f"recorded {count} run{'s' if count != 1 else ''} in {self.store} (session {self.session_id})"
         )
-        if self.pushed is not None:
-            tr.write_line(escape(self.pushed))
+        for done in (self.pushed, self.reported):
+            if done is not None:
+                tr.write_line(escape(done))
         if self.summary:
             header = ("TEST", "MODEL", "BACKEND", "PRECISION", "BATCH", "P50 MS", "GPU %")
             rows = [

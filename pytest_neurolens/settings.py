@@ -29,6 +29,10 @@ REPEATS_HELP = (
     "measure in N rounds by default (measure(repeats=) overrides): each round a run of its own, "
     "so compare can test significance within one session; costs N times the calls (default: 1)"
 )
+REPORT_HELP = (
+    "at session end, write an HTML report of the store's history for the groups this session "
+    "recorded to PATH (needs the 'report' extra)"
+)
 PUSH_HELP = (
     "at session end, push the session's runs to the remote table at URL (s3://bucket/prefix, gs://, "
     "az://, a path; needs the 'remote' extra); a failed push fails the session, the runs stay local"
@@ -57,6 +61,7 @@ def add_options(parser: pytest.Parser) -> None:
     option("repeats", "neurolens_repeats", "N", REPEATS_HELP)
     option("compare", "neurolens_compare", "FILTER", COMPARE_HELP)
     option("fail-above", "neurolens_fail_above", "THRESHOLD", FAIL_ABOVE_HELP)
+    option("report", "neurolens_report", "PATH", REPORT_HELP)
     option("push", "neurolens_push", "URL", PUSH_HELP)
     option("baseline-root", "neurolens_baseline_root", "URL", BASELINE_ROOT_HELP)
     option(
@@ -81,6 +86,7 @@ class Settings:
     allow_empty: bool = False
     repeats: int = 1
     push: str | None = None
+    report: Path | None = None
     baseline_root: str | None = None
     storage_options: dict[str, str] = field(default_factory=dict)
 
@@ -122,6 +128,10 @@ class Settings:
             raise pytest.UsageError(f"--neurolens-repeats must be in 1..1000, got {repeats_text!r}")
         compare, fail_above = _compare_settings(config, store_path)
         push, baseline_root, storage_options = _remote_settings(config, store_path, compare)
+        report_text = config.getoption("neurolens_report") or config.getini("neurolens_report") or None
+        if report_text and store_path is None:
+            raise pytest.UsageError("--neurolens-report needs --neurolens-store (the runs to report on)")
+        report = None if not report_text else config.invocation_params.dir / report_text
         return cls(
             store=store_path,
             tags=tags,
@@ -131,6 +141,7 @@ class Settings:
             fail_above=fail_above,
             repeats=repeats,
             push=push,
+            report=report,
             baseline_root=baseline_root,
             storage_options=storage_options,
             allow_empty=bool(

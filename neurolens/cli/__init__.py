@@ -5,6 +5,7 @@ Commands (each in its own module here, its options beside its handler):
   show     print one run (and its fingerprint) by id or unique prefix
   rebuild  regenerate the index from the manifest, byte for byte
   compare  compare two sets of runs; the CI regression gate
+  report   write a self-contained HTML page of trends and regressions
   merge    copy the runs of other stores (folders or .tar.gz) into one
   verify   check a store; --fix removes what killed writers left
   push     add the store's runs to a remote table (Delta Lake)
@@ -27,7 +28,7 @@ from collections.abc import Sequence
 from typing import TextIO
 
 from neurolens import __version__
-from neurolens.cli import compare, ls, merge, pull, push, rebuild, remote, show, verify
+from neurolens.cli import compare, ls, merge, pull, push, rebuild, remote, report, show, verify
 from neurolens.cli.common import PROG, CommandError, UsageError, add_command
 
 MAIN_EPILOG = """\
@@ -36,6 +37,7 @@ commands:
   show      print one run and its fingerprint
   rebuild   regenerate _index.parquet from _manifest.jsonl
   compare   compare a baseline with a candidate; exit 1 on a regression
+  report    write an HTML page of trends, regressions and hardware changes
   merge     copy other stores (folders or .tar.gz) into --root
   verify    check a store; exit 1 when anything is wrong
   push      add the store's runs to a remote table (s3://, gs://, az://, a path)
@@ -56,7 +58,7 @@ exit codes: 0 ok, 1 runtime error, regression, incomplete merge or damaged store
 2 usage error, 3 nothing was compared (compare without --allow-empty)
 """
 
-COMMANDS = (ls, show, rebuild, compare, merge, verify, push, pull, remote)
+COMMANDS = (ls, show, rebuild, compare, report, merge, verify, push, pull, remote)
 
 
 def build_parser() -> argparse.ArgumentParser:
