@@ -108,6 +108,10 @@ def test_push_is_idempotent_and_the_remote_reads_like_the_local_store(
     # the table view for a person too
     status, out = cli("ls", "--root", bucket, "--tag", "branch=main")
     assert status == 0 and out.endswith("2 runs\n")
+    # compare gives the same answer on the table as on the store
+    sides = ["--baseline-tag", "branch=main", "--candidate-tag", "branch=pr", "--fail-above", "5%", "--json"]
+    assert cli("compare", "--root", bucket, *sides) == cli("compare", "--root", str(root), *sides)
+    assert json.loads(cli("compare", "--root", bucket, *sides)[1])["groups"]
 
 
 def test_push_takes_the_ls_filters(tmp_path: Path, bucket: str, cli: Cli) -> None:
