@@ -14,6 +14,7 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from neurolens.errors import IndexWarning, ManifestWarning
 from neurolens.storage.files import locked, open_in_store, replace_file_atomically
@@ -177,9 +178,34 @@ def compact(
         return IndexReport(path=path, rows=len(rows), problems=tail.problems)
 
 
+# (root, the index files' identities) -> what the index covers: a writer asks after every
+# run, and the index changes rarely, so its footer is read once per change, not per write.
+_covered: dict[tuple[Any, ...], IndexMeta | None] = {}
+
+
+def _index_identity(root: Path) -> tuple[Any, ...] | None:
+    rows = backend()
+    names = [rows.index_name, *([rows.meta_name] if hasattr(rows, "meta_name") else [])]
+    identity: list[Any] = [str(root.absolute())]
+    for name in names:
+        try:
+            st = os.stat(root / name, follow_symlinks=False)
+        except OSError:
+            return None
+        identity += [st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+    return tuple(identity)
+
+
 def needs_compaction(root: Path, manifest_bytes: int) -> bool:
     """Whether a writer that just grew the manifest to ``manifest_bytes`` should compact."""
-    meta = backend().read_meta(root)
+    identity = _index_identity(root)
+    if identity is None:
+        return True
+    if identity not in _covered:
+        if len(_covered) > 64:
+            _covered.clear()
+        _covered[identity] = backend().read_meta(root)
+    meta = _covered[identity]
     if meta is None:
         return True
     covered = meta.manifest_bytes
