@@ -180,6 +180,13 @@ def test_the_command_writes_the_page_and_says_what_is_in_it(tmp_path: Path, cli:
         == "neurolens: error: the report needs the 'report' extra: pip install 'pytest-neurolens[report]'\n"
     )
     assert not (tmp_path / "x.html").exists()
+    # a folder as --out, and a filter that selects nothing
+    status, _ = cli("report", "--root", str(tmp_path / "store"), "--out", str(tmp_path))
+    assert status == 1
+    status, text = cli(
+        "report", "--root", str(tmp_path / "store"), "--model", "none", "--out", str(tmp_path / "e.html")
+    )
+    assert status == 0 and "0 runs in 0 groups" in text
 
 
 # --- the page in a browser ------------------------------------------------------------------

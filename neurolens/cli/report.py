@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import TextIO
 
-from neurolens.cli.common import location_of, plural
+from neurolens.cli.common import location_of, plural, warn
 
 NAME = "report"
 READS_REMOTE = True
@@ -63,6 +63,8 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
         max_points=args.max_points,
     )
     size = write_report(report, Path(args.out))
+    if not report.series:
+        warn(f"warning: no runs in {report.root} match {report.filter}: the report is empty")
     out.write(
         f"wrote {args.out} ({size / 1e6:.1f} MB): {plural(report.runs, 'run')} in "
         f"{plural(len(report.series), 'group')}, {len(report.regressed())} regressed\n"

@@ -172,6 +172,8 @@ def write_report(report: Report, out: Path) -> int:
     import os
     import tempfile
 
+    if out.is_dir():
+        raise StoreError(f"{out} is a folder; give the report a file name, e.g. {out / 'report.html'}")
     text = render(report).encode("utf-8")
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
