@@ -23,6 +23,18 @@ _JSON_STRING = r'"(?:[^"\\\x00-\x1f]|\\(?:["\\/bfnrt]|u[0-9a-fA-F]{4}))*"'
 _TAGS_PATTERN = rf"^\{{(?:{_JSON_STRING}:{_JSON_STRING}(?:,{_JSON_STRING}:{_JSON_STRING})*)?\}}$"
 
 
+def _literal(text: str) -> Any:
+    """A string scalar built from buffers. pyarrow imports pandas (0.3 s) on its first
+    conversion of a Python value; a reader that only filters needs none."""
+    import struct
+
+    import pyarrow as pa
+
+    data = text.encode("utf-8")
+    offsets = pa.py_buffer(struct.pack("<ii", 0, len(data)))
+    return pa.Array.from_buffers(pa.string(), 1, [None, offsets, pa.py_buffer(data)])[0]
+
+
 class ArrowRows(Rows):
     def __init__(self, table: Any) -> None:
         self.table = table
@@ -45,22 +57,23 @@ class ArrowRows(Rows):
         import pyarrow.compute as pc
 
         table = self.table
+        # Kleene logic, and a null in the mask drops its row (as False would)
         mask = None
         if not flt.include_failed:
             outcome = table.column("outcome")
-            mask = pc.or_(pc.is_null(outcome), pc.fill_null(pc.equal(outcome, PASSING_OUTCOME), False))
+            mask = pc.or_kleene(pc.is_null(outcome), pc.equal(outcome, _literal(PASSING_OUTCOME)))
         for name in EQUALITY_FILTERS:
             wanted = getattr(flt, name)
             if wanted is not None:
-                condition = pc.fill_null(pc.equal(table.column(name), wanted), False)
-                mask = condition if mask is None else pc.and_(mask, condition)
+                condition = pc.equal(table.column(name), _literal(wanted))
+                mask = condition if mask is None else pc.and_kleene(mask, condition)
         for key, value in flt.tags.items():
             # '"key":"value"' inside the canonical tags JSON. It can only match falsely where
             # the JSON holds an escaped quote, so rows with a backslash are checked exactly.
             condition = pc.match_substring(table.column("tags"), encode_tags({key: value})[1:-1])
-            mask = condition if mask is None else pc.and_(mask, condition)
+            mask = condition if mask is None else pc.and_kleene(mask, condition)
         if mask is not None:
-            table = table.filter(mask)
+            table = table.filter(mask, null_selection_behavior="drop")
         if flt.tags and table.num_rows:
             escaped = pc.match_substring(table.column("tags"), "\\").to_pylist()
             if any(escaped):
@@ -75,9 +88,8 @@ class ArrowRows(Rows):
     def with_prefix(self, column: str, prefix: str) -> Rows:
         import pyarrow.compute as pc
 
-        return ArrowRows(
-            self.table.filter(pc.fill_null(pc.starts_with(self.table.column(column), prefix), False))
-        )
+        matches = pc.starts_with(self.table.column(column), pattern=prefix)
+        return ArrowRows(self.table.filter(matches, null_selection_behavior="drop"))
 
     def without(self, column: str, values: Sequence[Any]) -> Rows:
         import pyarrow as pa
