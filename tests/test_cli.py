@@ -280,3 +280,22 @@ def test_rebuild_shows_progress_on_a_large_store(
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.startswith("reading manifest:")]
     assert len(lines) >= 2 and "100%" in lines[-1]
+
+
+def test_ls_filters_without_importing_pandas(tmp_path: Path) -> None:
+    # pyarrow imports pandas (0.3 s) on its first conversion of a Python value: ls needs none
+    from neurolens.storage.store import compact_index
+    from tests.factories import make_run
+
+    for i in range(3):
+        write_run(tmp_path, make_run(model=f"m{i}", tags={"branch": "main"}))
+    compact_index(tmp_path)
+    script = (
+        "import sys, io, contextlib; from neurolens.cli import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()) as out:\n"
+        "    code = main(sys.argv[1:])\n"
+        "print(code, len(__import__('json').loads(out.getvalue())), 'pandas' in sys.modules)"
+    )
+    argv = ["ls", "--root", str(tmp_path), "--tag", "branch=main", "--model", "m1", "--limit", "2", "--json"]
+    done = subprocess.run([sys.executable, "-c", script, *argv], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["0", "1", "False"]
