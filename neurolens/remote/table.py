@@ -129,15 +129,6 @@ class RemoteTable:
             )
         return table
 
-    def exists(self) -> bool:
-        try:
-            self._open()
-        except StoreError as exc:
-            if str(exc).startswith("no remote table"):
-                return False
-            raise
-        return True
-
     def create(self) -> None:
         """Create the table unless it exists; runners creating it at once retry."""
         deltalake = _deltalake()
