@@ -467,3 +467,16 @@ def test_a_table_of_another_schema_is_refused_and_left_alone(tmp_path: Path, cli
         assert result.returncode == 1 and "holds a Delta table of another schema" in result.stderr
     table = deltalake.DeltaTable(str(other))
     assert table.version() == 0 and [f.name for f in table.schema().fields] == ["a"]
+
+
+def test_a_local_run_whose_file_is_gone_is_reported_and_the_rest_pushed(
+    tmp_path: Path, bucket: str, cli: Cli
+) -> None:
+    root = tmp_path / "store"
+    kept = write_run(root, make_run(model="kept"))["run_id"]
+    lost = write_run(root, make_run(model="lost"))
+    Path(lost["run_json"]).unlink()
+    status, out = cli("push", bucket, "--root", str(root), "--json")
+    report = json.loads(out)
+    assert status == 1 and report["added"] == [kept] and not report["complete"]
+    assert report["damaged"] == [f"run {lost['run_id']}: a file cannot be read (No such file or directory)"]

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from neurolens.errors import StoreError
 from neurolens.remote.table import PAYLOAD_COLUMNS, RemoteTable, now, schema
 from neurolens.storage.files import check_run_path, read_store_file
 from neurolens.storage.filters import RunFilter
@@ -74,7 +75,7 @@ def _payload(root: Path, records: list[dict[str, Any]], report: PushReport, push
             run_bytes = read_store_file(root, check_run_path(record["run_json"]))
             fp = record["fp_json"]
             fp_bytes = read_store_file(root, check_run_path(fp)) if fp else None
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, StoreError) as exc:  # a missing, linked or odd file
             report.damaged.append(f"run {record['run_id']}: a file cannot be read ({reason(exc)})")
             continue
         if hashlib.sha256(run_bytes).hexdigest() != record["sha256"]:
