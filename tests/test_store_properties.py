@@ -149,3 +149,56 @@ def test_whatever_write_run_accepts_every_reader_reads(run: dict[str, Any]) -> N
             assert verify_store(root, full=True).clean
             report = merge_stores(Path(tmp) / "merged", [root])
             assert report.complete and report.added == 1
+
+
+# --- the fast schema check agrees with jsonschema (the reference) ---------------------------
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=6),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3),
+    max_leaves=6,
+)
+FIELDS = [
+    *("model", "backend", "precision", "batch_size", "seq_len", "metrics", "tags", "test", "hardware"),
+    *("latencies_ms", "session_id", "fingerprint_hash", "extra", "run_id", "schema_version"),
+]
+NESTED = ["total_latency_ms", "gpu_utilization", "outcome", "repeat", "nodeid", "gpu_name", "k"]
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.lists(st.tuples(st.sampled_from(FIELDS), st.sampled_from([None, *NESTED]), json_values), max_size=4)
+)
+def test_the_fast_schema_check_never_accepts_what_jsonschema_refuses(
+    edits: list[tuple[str, Any, Any]],
+) -> None:
+    from neurolens.storage.document import _compiled, _validator
+    from tests.factories import make_run
+
+    document: dict[str, Any] = {
+        **make_run(),
+        "schema_version": 1,
+        "run_id": "01900000-0000-7000-8000-000000000001",
+        "created_at": "2025-10-20T08:30:00.000000Z",
+        "test": {"nodeid": "t.py::t", "outcome": "passed", "repeat": 0},
+    }
+    for field, nested, value in edits:
+        if nested is not None and isinstance(document.get(field), dict):
+            document[field] = {**document[field], nested: value}
+        else:
+            document[field] = value
+    compiled = _compiled()
+    assert compiled is not None
+    check, failure = compiled
+    try:
+        check(document)
+        fast_accepts = True
+    except failure:
+        fast_accepts = False
+    reference_accepts = not list(_validator().iter_errors(document))
+    if fast_accepts:
+        assert reference_accepts, document

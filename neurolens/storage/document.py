@@ -45,6 +45,33 @@ def _validator() -> Any:
     return jsonschema.Draft202012Validator(schema)
 
 
+@functools.cache
+def _compiled() -> tuple[Any, type[Exception]] | None:
+    """The schema compiled to Python (fastjsonschema: ~15x faster than jsonschema, on every
+    write), or None without it. The schema uses draft-07 keywords only, so it compiles
+    under that draft; jsonschema (2020-12) stays the reference: it names the field of a
+    refusal and has the last word (a test checks that the two agree on acceptance)."""
+    try:
+        import fastjsonschema
+    except ImportError:  # pragma: no cover - a declared dependency
+        return None
+    schema = {**load_schema(), "$schema": "http://json-schema.org/draft-07/schema#"}
+    return fastjsonschema.compile(schema), fastjsonschema.JsonSchemaException
+
+
+def schema_problems(document: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(field, message) of every way ``document`` breaks the schema; [] when it is valid."""
+    compiled = _compiled()
+    if compiled is not None:
+        check, failure = compiled
+        try:
+            check(document)
+            return []
+        except failure:
+            pass  # jsonschema decides, and says where
+    return sorted(_describe(e) for e in _validator().iter_errors(document))
+
+
 def _field_path(parts: Any) -> str:
     return ".".join(str(p) for p in parts)
 
@@ -206,7 +233,7 @@ def prepare_run(run: Mapping[str, Any]) -> dict[str, Any]:
     test = document.get("test")
     if isinstance(test, dict) and isinstance(test.get("repeat"), float):
         raise RunValidationError("test.repeat", f"{test['repeat']!r} is not an integer")
-    problems = sorted(_describe(e) for e in _validator().iter_errors(document))
+    problems = schema_problems(document)
     if problems:
         field, message = problems[0]
         more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
