@@ -22,9 +22,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script: the repository
 
-from neurolens.storage.manifest import encode_entry, encode_tags
-from neurolens.storage.store import compact_index
-from tests.test_report import BROWSER_ARGS, CHROMIUM
+from benchmarks.store_bench import make_store
+from neurolens.storage.manifest import encode_tags
+from tests.browser import BROWSER_ARGS, CHROMIUM
 
 CLI = str(Path(sys.executable).with_name("neurolens"))
 BACKENDS = ["onnxrt", "tensorrt", "torch", "openvino"]
@@ -62,19 +62,9 @@ def entry(i: int, groups: int, sessions: int) -> dict[str, Any]:
     }
 
 
-def make_store(root: Path, runs: int, groups: int) -> Path:
-    root.mkdir(parents=True)
+def make_report_store(root: Path, runs: int, groups: int) -> Path:
     sessions = max(1, runs // groups)
-    with open(root / "_manifest.jsonl", "wb") as handle:
-        batch = []
-        for i in range(runs):
-            batch.append(encode_entry(entry(i, groups, sessions)))
-            if len(batch) == 10000:
-                handle.write(b"".join(batch))
-                batch = []
-        handle.write(b"".join(batch))
-    compact_index(root)
-    return root
+    return make_store(root, runs, lambda i: entry(i, groups, sessions))
 
 
 def open_times(page_path: Path) -> tuple[float, float, float]:
@@ -110,7 +100,7 @@ def main() -> None:
     try:
         for runs in args.runs:
             groups = min(args.groups, runs)
-            root = make_store(work / f"store-{runs}", runs, groups)
+            root = make_report_store(work / f"store-{runs}", runs, groups)
             out = work / f"report-{runs}.html"
             start = time.perf_counter()
             done = subprocess.run(

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from neurolens.storage.manifest import encode_entry, encode_tags
@@ -56,12 +57,14 @@ def synthetic_entry(i: int) -> dict[str, object]:
     }
 
 
-def make_store(root: Path, runs: int) -> Path:
+def make_store(root: Path, runs: int, entry: Callable[[int], dict[str, object]] | None = None) -> Path:
+    """A store of ``runs`` manifest lines (``entry(i)`` each, default ``synthetic_entry``), indexed."""
+    make = entry or synthetic_entry
     root.mkdir(parents=True, exist_ok=True)
     with open(root / "_manifest.jsonl", "wb") as handle:
         batch = []
         for i in range(runs):
-            batch.append(encode_entry(synthetic_entry(i)))
+            batch.append(encode_entry(make(i)))
             if len(batch) == 10000:
                 handle.write(b"".join(batch))
                 batch = []

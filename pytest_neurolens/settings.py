@@ -170,13 +170,15 @@ def _remote_settings(
     )
     if baseline_root and compare is None:
         raise pytest.UsageError("--neurolens-baseline-root needs --neurolens-compare (which baseline runs)")
-    options: dict[str, str] = {}
-    for text in [*config.getini("neurolens_storage_options"), *config.getoption("neurolens_storage_options")]:
-        key, sep, value = text.partition("=")
-        if not sep or not key.strip():
-            raise pytest.UsageError(f"--neurolens-storage-option expects KEY=VALUE, got {text!r}")
-        options[key.strip()] = value
-    return push, baseline_root, options
+    pairs = [*config.getini("neurolens_storage_options"), *config.getoption("neurolens_storage_options")]
+    if not pairs:
+        return push, baseline_root, {}
+    from neurolens.remote.table import parse_storage_options
+
+    try:
+        return push, baseline_root, parse_storage_options(pairs, "--neurolens-storage-option")
+    except ValueError as exc:
+        raise pytest.UsageError(str(exc)) from None
 
 
 def _compare_settings(config: pytest.Config, store: Path | None) -> tuple[RunFilter | None, Threshold | None]:

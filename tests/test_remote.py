@@ -373,6 +373,16 @@ def test_push_options_need_what_they_work_on(pytester: pytest.Pytester) -> None:
     )
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*--neurolens-baseline-root needs --neurolens-compare*"])
+    result = pytester.runpytest(
+        "-p", "no:cacheprovider", "--neurolens-store=runs", "--neurolens-storage-option=bad"
+    )
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--neurolens-storage-option expects KEY=VALUE, got 'bad'*"])
+    result = pytester.runpytest(
+        "-p", "no:cacheprovider", "--neurolens-store=runs", "--neurolens-push=ftp://x/y"
+    )
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--neurolens-push: ftp://x/y: unknown scheme 'ftp'*"])
 
 
 PUSH_IN_SMALL_BATCHES = """

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import random
 import re
-import shutil
 import statistics
 import subprocess
 import sys
@@ -26,10 +25,10 @@ from neurolens.report.page import page_data, render
 from neurolens.storage.filters import RunFilter
 from neurolens.storage.query import query
 from neurolens.storage.store import write_run
+from tests.browser import BROWSER_ARGS, CHROMIUM
 from tests.factories import make_run
 
 Cli = Callable[..., tuple[int, str]]
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 H100 = {"gpu_name": "NVIDIA H100 80GB HBM3", "driver_version": "550.54.15", "cuda_version": "12.4"}
 NEW_DRIVER = {**H100, "driver_version": "555.42.02"}
 
@@ -190,18 +189,6 @@ def test_the_command_writes_the_page_and_says_what_is_in_it(tmp_path: Path, cli:
 
 
 # --- the page in a browser ------------------------------------------------------------------
-
-# the flags this machine's probe found needed on a closed network
-BROWSER_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 
 @pytest.fixture

@@ -49,13 +49,13 @@ def is_remote(location: object) -> bool:
     return bool(_URL.match(text)) or (Path(text) / "_delta_log").is_dir()
 
 
-def parse_storage_options(pairs: Sequence[str]) -> dict[str, str]:
+def parse_storage_options(pairs: Sequence[str], option: str = "--storage-option") -> dict[str, str]:
     """``KEY=VALUE`` texts as delta-rs storage options."""
     options: dict[str, str] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
-            raise ValueError(f"--storage-option expects KEY=VALUE, got {pair!r}")
+            raise ValueError(f"{option} expects KEY=VALUE, got {pair!r}")
         options[key.strip()] = value
     return options
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from neurolens.compare import DEFAULT_GROUP_BY, judge
-from neurolens.comparison import Comparison, GroupResult, Threshold
+from neurolens.comparison import VERDICT_ORDER, Comparison, GroupResult, Threshold
 from neurolens.errors import StoreError
 from neurolens.report.changepoints import change_points
 from neurolens.storage.filters import RunFilter
@@ -157,10 +157,9 @@ def _median(values: list[Any]) -> float | None:
 
 
 def _worst_first(series: Series) -> tuple[int, float, str]:
-    order = {"regressed": 0, "improved": 2, "noise": 1, "unchanged": 3, "new": 4, "missing": 5}
     verdict = series.verdict
     change = verdict.change_pct if verdict is not None and verdict.change_pct is not None else 0.0
-    return (order.get(verdict.verdict if verdict else "new", 6), -change, series.label)
+    return (VERDICT_ORDER[verdict.verdict if verdict else "new"], -change, series.label)
 
 
 def _commits(root: Location, data: dict[str, list[Any]]) -> dict[str, str | None]:
