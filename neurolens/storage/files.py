@@ -17,6 +17,7 @@ import stat
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from neurolens.errors import RunExistsError, StoreError
 
@@ -159,13 +160,21 @@ def _create_exclusive(dir_fd: int, name: str, data: bytes) -> None:
 def replace_file_atomically(root: Path, name: str, data: bytes) -> None:
     """Replace a derived file (the index) at the top of ``root`` in one rename: readers see
     old or new, never half. The temporary file is removed on every failure."""
+    with replacing(root, name) as handle:
+        handle.write(data)
+
+
+@contextlib.contextmanager
+def replacing(root: Path, name: str) -> Iterator[BinaryIO]:
+    """A file to write the new ``root/name`` into, streamed; on a clean exit it is fsynced
+    and renamed over the old one in one step, on any failure removed (the old one stays)."""
     tmp = f".{name}.{os.getpid()}.tmp"
     dir_fd = open_dir(root)
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _NOFOLLOW | _CLOEXEC, 0o644, dir_fd=dir_fd)
         try:
             with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
+                yield handle
                 handle.flush()
                 os.fsync(handle.fileno())
             os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)

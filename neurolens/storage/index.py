@@ -9,24 +9,29 @@ folds the tail in; a rebuild makes the same bytes from the manifest alone.
 from __future__ import annotations
 
 import contextlib
+import itertools
+import json
 import os
 import warnings
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from neurolens.errors import IndexWarning, ManifestWarning
-from neurolens.storage.files import locked, open_in_store, replace_file_atomically
+from neurolens.storage.files import locked, open_in_store
+from neurolens.storage.filters import RunFilter
 from neurolens.storage.manifest import (
     MANIFEST_NAME,
     ManifestRead,
     Progress,
+    coerce_entry,
     last_line_sha256_before,
+    manifest_path,
     manifest_size,
     read_blocks,
 )
-from neurolens.storage.rows import IndexMeta, Rows, backend
+from neurolens.storage.rows import OFFSET_COLUMN, IndexFile, IndexMeta, Rows, backend, plain_rows
 
 LOCK_NAME = "_index.lock"
 
@@ -51,43 +56,91 @@ def read_tail(
 ) -> tuple[Rows, ManifestRead]:
     """Rows of the manifest from byte ``start`` (to ``stop``), in manifest order, duplicates
     included; skipped lines are in the ``ManifestRead``'s problems."""
-    rows = backend()
     read = ManifestRead()
-    parts = []
+    parts = list(_parsed_blocks(root, read, start, progress=progress, stop=stop))
+    return backend().concat(parts), read
+
+
+def _parsed_blocks(
+    root: Path, read: ManifestRead, start: int, *, progress: Progress | None = None, stop: int | None = None
+) -> Iterator[Rows]:
+    rows = backend()
     for offset, block in read_blocks(root, read, start, progress=progress, stop=stop):
         part, problems = rows.parse_block(offset, block)
-        parts.append(part)
         read.problems.extend(problems)
-    return rows.concat(parts), read
+        yield part
 
 
 def duplicate_message(run_id: str) -> str:
     return f"duplicate run id {run_id!r}: the first manifest entry is kept"
 
 
-def read_index(root: Path) -> tuple[IndexState | None, str | None]:
-    """The index, checked against the manifest; else (None, why it cannot be used)."""
+class _FirstOfEachId:
+    """Drops rows whose run id an earlier row had, as parts stream by (the first wins)."""
+
+    def __init__(self) -> None:
+        self.seen: set[str] = set()
+        self.duplicates: list[str] = []
+
+    def __call__(self, part: Rows) -> Rows:
+        ids = part.ids()
+        fresh = set(ids)
+        if len(fresh) == len(ids) and self.seen.isdisjoint(fresh):
+            self.seen |= fresh  # the common case: no Python loop over the rows
+            return part
+        keep = []
+        for run_id in ids:
+            keep.append(run_id not in self.seen)
+            if run_id in self.seen:
+                self.duplicates.append(run_id)
+            self.seen.add(run_id)
+        return part.keep(keep)
+
+
+def _check_covers(root: Path, meta: IndexMeta, name: str) -> str | None:
+    """Why an index claiming ``meta`` does not fit the manifest (None if it does)."""
+    if meta.manifest_bytes > manifest_size(root):
+        return f"index {name} covers more than the manifest holds"
+    try:
+        covered = meta.manifest_bytes
+        if covered and last_line_sha256_before(root, covered) != meta.last_line_sha256:
+            return f"index {name} does not match the manifest"
+    except OSError as exc:
+        return f"the manifest cannot be read ({exc.strerror or exc})"
+    return None
+
+
+@contextlib.contextmanager
+def opened_index(root: Path) -> Iterator[tuple[IndexFile | None, str | None]]:
+    """The index, open and checked against the manifest; else (None, why it cannot be used)."""
     name = backend().index_name
     if not os.path.lexists(root / name):
-        return None, f"index {name} is missing"
+        yield None, f"index {name} is missing"
+        return
     try:
-        found = backend().read_index(root)
+        index = backend().open_index(root)
     except Exception as exc:  # any damage means "no usable index"; the manifest still answers
-        return None, f"index {name} is corrupt or unreadable ({type(exc).__name__})"
-    if found is None:
-        return None, f"index {name} is corrupt or from another version"
-    meta, rows = found
-    if meta.manifest_bytes > manifest_size(root):
-        return None, f"index {name} covers more than the manifest holds"
-    try:
-        if (
-            meta.manifest_bytes
-            and last_line_sha256_before(root, meta.manifest_bytes) != meta.last_line_sha256
-        ):
-            return None, f"index {name} does not match the manifest"
-    except OSError as exc:
-        return None, f"the manifest cannot be read ({exc.strerror or exc})"
-    return IndexState(rows=rows, manifest_bytes=meta.manifest_bytes), None
+        yield None, f"index {name} is corrupt or unreadable ({type(exc).__name__})"
+        return
+    if index is None:
+        yield None, f"index {name} is corrupt or from another version"
+        return
+    with index:
+        problem = _check_covers(root, index.meta, name)
+        yield (None, problem) if problem else (index, None)
+
+
+def read_index(root: Path) -> tuple[IndexState | None, str | None]:
+    """The index's rows, checked against the manifest; else (None, why they cannot be used)."""
+    name = backend().index_name
+    with opened_index(root) as (index, problem):
+        if index is None:
+            return None, problem
+        try:
+            rows = index.rows()
+        except Exception as exc:  # damage past the footer
+            return None, f"index {name} is corrupt or unreadable ({type(exc).__name__})"
+        return IndexState(rows=rows, manifest_bytes=index.meta.manifest_bytes), None
 
 
 def _fold_tail(
@@ -122,6 +175,73 @@ def snapshot(root: Path, *, warn: bool = True) -> Rows:
         for message in tail.problems:
             warnings.warn(message, ManifestWarning, stacklevel=2)
     return rows
+
+
+# A query with a limit up to this many rows reads its rows' lines from the manifest (one
+# small read each) instead of every column of the index.
+_LINES_AT_MOST = 1000
+
+
+def select_rows(
+    root: Path,
+    flt: RunFilter,
+    narrowing: Callable[[Rows], Rows],
+    columns: Sequence[str] | None = None,
+) -> Rows:
+    """The rows meeting ``flt``'s conditions, then ``narrowing`` (the session), newest
+    first, at most ``flt.limit``; with at least ``columns`` (None: all). Reads only the
+    columns it needs; never reads run files, never writes."""
+    conditions = replace(flt, session_id=None, limit=None)
+    with opened_index(root) as (index, _):
+        if index is None:  # snapshot says why, and answers from the manifest
+            return narrowing(snapshot(root).filter(conditions)).newest(flt.limit)
+        covered = index.meta.manifest_bytes
+        extra = None
+        if manifest_size(root) > covered:
+            tail_rows, tail = read_tail(root, covered)
+            extra, duplicates = tail_rows.without_duplicates(index.run_ids(tail_rows.ids()))
+            tail.problems.extend(duplicate_message(run_id) for run_id in duplicates)
+            for message in tail.problems:
+                warnings.warn(message, ManifestWarning, stacklevel=3)
+        order = ["created_at", "run_id", "session_id"]
+        if index.line_offsets and flt.limit is not None and flt.limit <= _LINES_AT_MOST:
+            # Only times and offsets (ids too for a session query): the run_id column is the
+            # costliest to read, and it is in the lines read after.
+            keys = ["created_at", OFFSET_COLUMN, *(order[1:] if flt.session_id else [])]
+            chosen = narrowing(index.matching(conditions, keys, extra)).newest_candidates(flt.limit)
+            fetched = _lines_at(root, chosen) if len(chosen) <= _LINES_AT_MOST else None
+            if fetched is not None:
+                return fetched.newest(flt.limit)
+        wanted = None if columns is None else [*columns, *order]
+        return narrowing(index.matching(conditions, wanted, extra)).newest(flt.limit)
+
+
+def _lines_at(root: Path, rows: Rows) -> Rows | None:
+    """The manifest entries of ``rows`` (in their order), read at their lines' offsets;
+    None if a line there is not the row's (the manifest was edited under the index)."""
+    keys = rows.columns(["created_at", OFFSET_COLUMN])
+    entries = []
+    with open(manifest_path(root), "rb", buffering=0) as handle:
+        for created_at, offset in zip(keys["created_at"], keys[OFFSET_COLUMN], strict=True):
+            line = _line_at(handle.fileno(), offset)
+            try:
+                entry = coerce_entry(json.loads(line))
+            except (ValueError, RecursionError):
+                return None
+            if isinstance(entry, str) or entry["created_at"] != created_at:
+                return None
+            entries.append(entry)
+    return plain_rows(entries)
+
+
+def _line_at(fd: int, offset: int) -> bytes:
+    size = 4096
+    while True:
+        data = os.pread(fd, size, offset)
+        end = data.find(b"\n")
+        if end >= 0 or len(data) < size:
+            return data if end < 0 else data[:end]
+        size *= 4
 
 
 def has_run(root: Path, run_id: str) -> bool:
@@ -160,22 +280,56 @@ def compact(
 
     Runs under the index lock; with ``blocking=False`` it gives up at once (None) when
     another process is compacting. Writers are never blocked: they only take the
-    manifest lock.
+    manifest lock. Rows stream from the old index and the manifest into the new index,
+    so memory stays bounded whatever the store's size.
     """
-    path = index_path(root)
     with _index_lock(root, blocking=blocking) as acquired:
         if not acquired:
             return None
-        state = None if from_scratch else read_index(root)[0]
-        rows, tail = _fold_tail(root, state, progress)
-        if warn:
-            for message in tail.problems:
-                warnings.warn(message, ManifestWarning, stacklevel=3)
-        if state is None or tail.end != state.manifest_bytes:  # else nothing new: already compact
-            files = backend().write_index(rows, IndexMeta(tail.end, tail.last_line_sha256))
-            for name, data in files.items():
-                replace_file_atomically(root, name, data)
-        return IndexReport(path=path, rows=len(rows), problems=tail.problems)
+        report = None
+        if not from_scratch:
+            with opened_index(root) as (index, _):
+                if index is not None:
+                    try:
+                        report = _rewrite(root, index, progress)
+                    except _DamagedIndex:  # its footer was sound, a row group was not
+                        report = None
+        if report is None:
+            report = _rewrite(root, None, progress)
+    if warn:
+        for message in report.problems:
+            warnings.warn(message, ManifestWarning, stacklevel=3)
+    return report
+
+
+def _rewrite(root: Path, index: IndexFile | None, progress: Progress | None) -> IndexReport:
+    """Write the index of ``index``'s rows and the manifest after them (all of it without)."""
+    tail = ManifestRead()
+    blocks = _parsed_blocks(root, tail, index.meta.manifest_bytes if index else 0, progress=progress)
+    if index is not None:
+        first = next(blocks, None)  # a tail of no complete line leaves the index as it is
+        if first is None:
+            return IndexReport(path=index_path(root), rows=index.count(), problems=tail.problems)
+        blocks = itertools.chain(_index_parts(index), [first], blocks)
+    first_of_each = _FirstOfEachId()
+    rows = backend().write_index_stream(
+        root,
+        (kept for part in blocks if len(kept := first_of_each(part))),
+        lambda: IndexMeta(tail.end, tail.last_line_sha256),
+    )
+    tail.problems.extend(duplicate_message(run_id) for run_id in first_of_each.duplicates)
+    return IndexReport(path=index_path(root), rows=rows, problems=tail.problems)
+
+
+class _DamagedIndex(Exception):
+    pass
+
+
+def _index_parts(index: IndexFile) -> Iterator[Rows]:
+    try:
+        yield from index.parts()
+    except Exception as exc:
+        raise _DamagedIndex from exc
 
 
 # (root, the index files' identities) -> what the index covers: a writer asks after every

@@ -184,18 +184,6 @@ def manifest_size(root: Path) -> int:
         return 0
 
 
-def _chunks(path: Path, start: int, stop: int | None) -> Iterator[bytes]:
-    """Consecutive slices of the file from ``start`` (to ``stop``), as read."""
-    if not path.exists():
-        return
-    with open(path, "rb") as handle:
-        handle.seek(start)
-        position = start
-        while data := handle.read(_READ_CHUNK if stop is None else min(_READ_CHUNK, stop - position)):
-            position += len(data)
-            yield data
-
-
 def read_blocks(
     root: Path,
     read: ManifestRead,
@@ -203,37 +191,47 @@ def read_blocks(
     *,
     progress: Progress | None = None,
     stop: int | None = None,
-) -> Iterator[tuple[int, bytes]]:
+) -> Iterator[tuple[int, memoryview]]:
     """Blocks of complete manifest lines from byte ``start`` (a line boundary), each with
     its byte offset; ``read`` learns how far they went.
 
     An unterminated last line is left for the next reader (it may be an append still in
     progress or the remains of a killed writer) and noted in ``read.problems``. Reading
-    ends at byte ``stop`` when given (a line boundary).
+    ends at byte ``stop`` when given (a line boundary). Each block is a view of a fresh
+    slice of the file: each byte is read once (a line a slice cuts is read again whole
+    with the next slice).
     """
     read.end = start
-    carry = b""
-    carry_offset = start
-    last_line = b""
+    path = manifest_path(root)
+    if not path.exists():
+        return
     total = manifest_size(root) if stop is None else stop
-    for data in _chunks(manifest_path(root), start, stop):
-        if progress is not None:
-            progress(carry_offset + len(carry) + len(data) - start, total - start)
-        buffer = carry + data
-        buffer_offset = carry_offset
-        cut = buffer.rfind(b"\n") + 1
-        carry, carry_offset = buffer[cut:], buffer_offset + cut
-        if cut == 0:
-            continue
-        block = buffer[:cut]
-        last_line = block[block.rfind(b"\n", 0, cut - 1) + 1 : cut - 1]
-        read.end = carry_offset
-        read.last_line_sha256 = hashlib.sha256(last_line).hexdigest()
-        yield buffer_offset, block
-    if carry:
-        read.problems.append(
-            f"manifest byte {carry_offset}: incomplete last line ({len(carry)} bytes) ignored"
-        )
+    position = start  # the start of the line a slice begins with
+    want = _READ_CHUNK
+    leftover = 0  # bytes of an unterminated last line
+    with open(path, "rb", buffering=0) as handle:
+        while True:
+            size = want if stop is None else min(want, stop - position)
+            data = os.pread(handle.fileno(), size, position) if size > 0 else b""
+            if not data:
+                break
+            cut = data.rfind(b"\n") + 1
+            if cut == 0:
+                if len(data) < size:  # the file ends inside this line
+                    leftover = len(data)
+                    break
+                want *= 2  # a line longer than a slice: read more at once
+                continue
+            if progress is not None:
+                progress(position + cut - start, total - start)
+            last_start = data.rfind(b"\n", 0, cut - 1) + 1
+            read.last_line_sha256 = hashlib.sha256(memoryview(data)[last_start : cut - 1]).hexdigest()
+            read.end = position + cut
+            yield position, memoryview(data)[:cut]
+            position += cut
+            want = _READ_CHUNK
+    if leftover:
+        read.problems.append(f"manifest byte {position}: incomplete last line ({leftover} bytes) ignored")
 
 
 def last_line_sha256_before(root: Path, end: int) -> str | None:

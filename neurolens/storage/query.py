@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-from dataclasses import replace
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from neurolens.errors import RunNotFoundError, StoreError
 from neurolens.storage.filters import LATEST_SESSION, RunFilter
-from neurolens.storage.index import snapshot
+from neurolens.storage.index import select_rows, snapshot
 from neurolens.storage.manifest import COLUMNS
 from neurolens.storage.root import Location, StrPath, require_store, resolve_location
 from neurolens.storage.rows import Rows
@@ -18,20 +18,22 @@ if TYPE_CHECKING:
     import pandas as pd
 
 
-def select(root: Location, flt: RunFilter) -> Rows:
-    """Matching rows, newest first (``created_at``, then ``run_id``), at most ``limit``.
+def select(root: Location, flt: RunFilter, columns: Sequence[str] | None = None) -> Rows:
+    """Matching rows, newest first (``created_at``, then ``run_id``), at most ``limit``;
+    with at least ``columns`` (None: every column) when the store can read fewer.
 
     A root that is not a store is a ``StoreError`` (see ``require_store``). A remote table
     takes the filters, the session and the limit into its scan.
     """
+    wanted = flt.session_id
+
+    def narrowing(rows: Rows) -> Rows:
+        return rows if wanted is None else _session_rows(rows, wanted)
+
     if not isinstance(root, Path):
-        rows = root.select(flt)
-    else:
-        require_store(root)
-        rows = snapshot(root).filter(replace(flt, session_id=None))
-    if flt.session_id is not None:
-        rows = _session_rows(rows, flt.session_id)
-    return rows.newest(flt.limit)
+        return narrowing(root.select(flt)).newest(flt.limit)
+    require_store(root)
+    return select_rows(root, flt, narrowing, columns)
 
 
 def _session_rows(rows: Rows, wanted: str) -> Rows:

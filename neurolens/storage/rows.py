@@ -11,7 +11,7 @@ import functools
 import importlib
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,11 @@ from typing import Any
 from neurolens.storage.filters import RunFilter
 from neurolens.storage.manifest import coerce_entry
 
-INDEX_VERSION = "1"
+# Index-only column: where a row's line starts in the manifest, so a reader that found a
+# few rows through narrow columns reads those lines, not every column of every row.
+OFFSET_COLUMN = "manifest_offset"
+
+INDEX_VERSION = "2"  # 2: Parquet row groups of 64Ki rows and the manifest_offset column
 
 
 @dataclass(frozen=True)
@@ -67,6 +71,17 @@ class Rows(ABC):
     @abstractmethod
     def equals(self, other: Rows) -> bool: ...
 
+    def newest_candidates(self, limit: int) -> Rows:
+        """The ``limit`` newest rows by ``created_at`` alone, and every row as new as the
+        last of them: a superset of ``newest(limit)`` that needs no run_id."""
+        times = sorted(self.columns(["created_at"])["created_at"], reverse=True)
+        if limit >= len(times):
+            return self
+        if limit == 0:
+            return self.keep([False] * len(times))
+        last = times[limit - 1]
+        return self.keep([t >= last for t in self.columns(["created_at"])["created_at"]])
+
     def ids(self) -> list[str]:
         return self.columns(["run_id"])["run_id"]
 
@@ -84,42 +99,88 @@ class Rows(ABC):
         return (self.keep(keep) if duplicates else self), duplicates
 
 
+class IndexFile(ABC):
+    """An open index whose metadata has been read; rows are read on demand."""
+
+    meta: IndexMeta
+
+    @abstractmethod
+    def rows(self) -> Rows:
+        """Every row, in manifest order."""
+
+    @abstractmethod
+    def parts(self) -> Iterator[Rows]:
+        """Every row, in manifest order, a bounded number at a time."""
+
+    @abstractmethod
+    def count(self) -> int:
+        """How many rows the index holds."""
+
+    # Whether rows from ``matching`` carry OFFSET_COLUMN, so a few can be read from the manifest.
+    line_offsets = False
+
+    def matching(self, flt: RunFilter, columns: Sequence[str] | None, extra: Rows | None = None) -> Rows:
+        """The rows of the index, then ``extra``, that meet ``flt``'s conditions (not its
+        session or limit), with at least ``columns`` (None: all)."""
+        rows = self.rows() if extra is None else backend().concat([self.rows(), extra])
+        return rows.filter(flt)
+
+    def run_ids(self, among: Sequence[str]) -> Rows:
+        """Rows with at least the run_id column: every row whose id is among ``among``
+        (and perhaps others)."""
+        return self.rows()
+
+    def close(self) -> None:  # noqa: B027 - an index held in memory has nothing to close
+        """Release the open file."""
+
+    def __enter__(self) -> IndexFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 class Backend(ABC):
     """Makes, parses, encodes and decodes Rows, and names the index file."""
 
     index_name: str
 
     @abstractmethod
-    def from_entries(self, entries: list[dict[str, Any]]) -> Rows: ...
+    def from_entries(self, entries: list[dict[str, Any]], offsets: Sequence[int] | None = None) -> Rows:
+        """Rows of these entries (``offsets``: where each one's manifest line starts)."""
 
     @abstractmethod
     def concat(self, parts: Sequence[Rows]) -> Rows: ...
 
     @abstractmethod
-    def write_index(self, rows: Rows, meta: IndexMeta) -> dict[str, bytes]:
-        """File name -> bytes of the index holding ``rows``; written in this order."""
+    def write_index_stream(self, root: Path, parts: Iterable[Rows], meta: Callable[[], IndexMeta]) -> int:
+        """Write the index of ``parts`` (in order) in place of the old one, atomically;
+        ``meta`` is asked once every part is consumed. Returns the row count."""
 
     @abstractmethod
     def read_meta(self, root: Path) -> IndexMeta | None:
         """What the index at ``root`` claims to cover; None if it is unusable."""
 
     @abstractmethod
-    def read_index(self, root: Path) -> tuple[IndexMeta, Rows] | None:
-        """The index's metadata and rows, read together (one open file, so a compaction
-        replacing it meanwhile cannot pair old metadata with new rows); None if unusable."""
+    def open_index(self, root: Path) -> IndexFile | None:
+        """The index, open (its metadata and rows come from one open file, so a compaction
+        replacing it meanwhile cannot pair old metadata with new rows); None if it is from
+        another version. Raises on damage."""
 
-    def parse_block(self, offset: int, block: bytes) -> tuple[Rows, list[str]]:
+    def parse_block(self, offset: int, block: bytes | memoryview) -> tuple[Rows, list[str]]:
         """Complete manifest lines starting at byte ``offset``: rows, and lines skipped."""
-        entries, problems = parse_lines(offset, block)
-        return self.from_entries(entries), problems
+        entries, offsets, problems = parse_lines(offset, block)
+        return self.from_entries(entries, offsets), problems
 
 
-def parse_lines(offset: int, block: bytes) -> tuple[list[dict[str, Any]], list[str]]:
-    """Manifest lines one by one: valid entries, and a problem per skipped line."""
+def parse_lines(offset: int, block: bytes | memoryview) -> tuple[list[dict[str, Any]], list[int], list[str]]:
+    """Manifest lines one by one: valid entries, the byte offset of each one's line, and a
+    problem per skipped line."""
     entries: list[dict[str, Any]] = []
+    offsets: list[int] = []
     problems: list[str] = []
     position = offset
-    for line in block.split(b"\n")[:-1]:
+    for line in bytes(block).split(b"\n")[:-1]:
         if not line.strip():
             problems.append(f"manifest byte {position}: empty line skipped")
         else:
@@ -133,8 +194,17 @@ def parse_lines(offset: int, block: bytes) -> tuple[list[dict[str, Any]], list[s
                     problems.append(f"manifest byte {position}: invalid entry skipped ({entry})")
                 else:
                     entries.append(entry)
+                    offsets.append(position)
         position += len(line) + 1
-    return entries, problems
+    return entries, offsets, problems
+
+
+def plain_rows(entries: list[dict[str, Any]]) -> Rows:
+    """Rows held as the dicts given, whatever the backend: for a few rows, cheaper than
+    building a table (pyarrow's first conversion of Python values imports pandas)."""
+    from neurolens.storage.rows_plain import RecordRows
+
+    return RecordRows(entries)
 
 
 @functools.cache

@@ -2,25 +2,77 @@
 
 from __future__ import annotations
 
-import io
+import array
+import contextlib
+import functools
 import json
 import os
-from collections.abc import Sequence
+import re
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from neurolens.storage.files import open_in_store
+from neurolens.storage.files import open_in_store, replacing
 from neurolens.storage.filters import EQUALITY_FILTERS, PASSING_OUTCOME, RunFilter
 from neurolens.storage.manifest import COLUMNS, encode_tags
-from neurolens.storage.rows import INDEX_VERSION, Backend, IndexMeta, Rows
+from neurolens.storage.rows import (
+    INDEX_VERSION,
+    OFFSET_COLUMN,
+    Backend,
+    IndexFile,
+    IndexMeta,
+    Rows,
+    parse_lines,
+)
 
-_ROW_GROUP_SIZE = 256 * 1024
+# Rows per Parquet row group, fixed: the same rows always give the same bytes.
+_ROW_GROUP_SIZE = 64 * 1024
+_NEWLINE = re.compile(b"\n")
+# Columns of few distinct values, dictionary-encoded in the index. The unique ones (ids,
+# hashes, paths, times) stay plain: an overflowing dictionary slows writes and reads 2x.
+_DICTIONARY_COLUMNS = (
+    "day",
+    "model",
+    "backend",
+    "precision",
+    "batch_size",
+    "seq_len",
+    "gpu_name",
+    "driver_version",
+    "cuda_version",
+    "fp_json",
+    "tags",
+    "session_id",
+    "fingerprint_hash",
+    "outcome",
+    "repeat",
+)
+# Columns a reader filters or orders by: their row group min/max let a scan skip groups.
+_STATISTICS_COLUMNS = (
+    "run_id",
+    "created_at",
+    "day",
+    "model",
+    "backend",
+    "precision",
+    "batch_size",
+    "session_id",
+    "outcome",
+    OFFSET_COLUMN,
+)
 _NEWEST_FIRST = [("created_at", "descending"), ("run_id", "descending")]
 
 # The canonical encoding of a JSON object of strings to strings (what ``encode_tags``
 # writes): a block whose tags all match it needs no per-row JSON parse.
 _JSON_STRING = r'"(?:[^"\\\x00-\x1f]|\\(?:["\\/bfnrt]|u[0-9a-fA-F]{4}))*"'
 _TAGS_PATTERN = rf"^\{{(?:{_JSON_STRING}:{_JSON_STRING}(?:,{_JSON_STRING}:{_JSON_STRING})*)?\}}$"
+
+
+def _int64_array(values: Sequence[int]) -> Any:
+    """An int64 array built from a buffer (no pandas import; see ``_literal``)."""
+    import pyarrow as pa
+
+    return pa.Array.from_buffers(pa.int64(), len(values), [None, pa.py_buffer(array.array("q", values))])
 
 
 def _literal(text: str) -> Any:
@@ -35,6 +87,72 @@ def _literal(text: str) -> Any:
     return pa.Array.from_buffers(pa.string(), 1, [None, offsets, pa.py_buffer(data)])[0]
 
 
+def filter_mask(table: Any, flt: RunFilter) -> Any:
+    """Which rows of ``table`` meet the equality, outcome and tag conditions of ``flt``
+    (None: every row). A null in the mask means no. Dictionary-encoded columns are
+    tested once per distinct value, not once per row."""
+    import pyarrow.compute as pc
+
+    conditions = []
+    if not flt.include_failed:  # no outcome (a run written outside pytest) counts as passed
+        conditions.append(
+            _per_value(table.column("outcome"), lambda v: pc.equal(v, _literal(PASSING_OUTCOME)), null=True)
+        )
+    for name in EQUALITY_FILTERS:
+        wanted = getattr(flt, name)
+        if wanted is not None:
+            conditions.append(_per_value(table.column(name), functools.partial(pc.equal, _literal(wanted))))
+    if flt.tags:
+        conditions.append(_per_value(table.column("tags"), lambda v: _tags_match(v, flt.tags)))
+    mask = None
+    for condition in conditions:
+        mask = condition if mask is None else pc.and_kleene(mask, condition)
+    return mask
+
+
+def _per_value(column: Any, condition: Callable[[Any], Any], *, null: bool = False) -> Any:
+    """``condition`` over a column's values; for a dictionary chunk, over its dictionary
+    and then spread by the indices. A null value gets ``null``'s answer when given True."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    chunks = []
+    for chunk in column.chunks:
+        if pa.types.is_dictionary(chunk.type):
+            result = pc.take(condition(chunk.dictionary), chunk.indices)
+        else:
+            result = condition(chunk)
+        chunks.append(pc.or_kleene(pc.is_null(result), result) if null else result)
+    return pa.chunked_array(chunks, pa.bool_())
+
+
+def _tags_match(values: Any, wanted: Mapping[str, str]) -> Any:
+    """Which canonical tags JSON texts hold every wanted pair. '"key":"value"' inside the
+    text is the test; it can only match falsely where the JSON holds an escaped quote, so
+    texts with a backslash are parsed and checked exactly."""
+    import pyarrow.compute as pc
+
+    pairs = [pc.match_substring(values, encode_tags({key: value})[1:-1]) for key, value in wanted.items()]
+    mask = functools.reduce(pc.and_kleene, pairs)
+    doubtful = pc.and_kleene(mask, pc.match_substring(values, "\\"))
+    if not pc.any(doubtful).as_py():
+        return mask
+    texts = values.to_pylist()
+    exact = [
+        bool(maybe) and all(json.loads(text).get(k) == v for k, v in wanted.items()) if doubt else bool(maybe)
+        for text, maybe, doubt in zip(texts, mask.to_pylist(), doubtful.to_pylist(), strict=True)
+    ]
+    return _bool_array(exact)
+
+
+def _bool_array(values: Sequence[bool]) -> Any:
+    """A boolean array built from a buffer (no pandas import; see ``_literal``)."""
+    import pyarrow as pa
+
+    data = pa.py_buffer(array.array("b", values))
+    return pa.Array.from_buffers(pa.int8(), len(values), [None, data]).cast(pa.bool_())
+
+
 class ArrowRows(Rows):
     def __init__(self, table: Any) -> None:
         self.table = table
@@ -47,43 +165,17 @@ class ArrowRows(Rows):
         return data
 
     def records(self) -> list[dict[str, Any]]:
-        records: list[dict[str, Any]] = self.table.to_pylist()
+        records: list[dict[str, Any]] = self.table.select(list(COLUMNS)).to_pylist()
         return records
 
     def keep(self, mask: Sequence[bool]) -> Rows:
         return ArrowRows(self.table.filter(list(mask)))
 
     def filter(self, flt: RunFilter) -> Rows:
-        import pyarrow.compute as pc
-
-        table = self.table
-        # Kleene logic, and a null in the mask drops its row (as False would)
-        mask = None
-        if not flt.include_failed:
-            outcome = table.column("outcome")
-            mask = pc.or_kleene(pc.is_null(outcome), pc.equal(outcome, _literal(PASSING_OUTCOME)))
-        for name in EQUALITY_FILTERS:
-            wanted = getattr(flt, name)
-            if wanted is not None:
-                condition = pc.equal(table.column(name), _literal(wanted))
-                mask = condition if mask is None else pc.and_kleene(mask, condition)
-        for key, value in flt.tags.items():
-            # '"key":"value"' inside the canonical tags JSON. It can only match falsely where
-            # the JSON holds an escaped quote, so rows with a backslash are checked exactly.
-            condition = pc.match_substring(table.column("tags"), encode_tags({key: value})[1:-1])
-            mask = condition if mask is None else pc.and_kleene(mask, condition)
-        if mask is not None:
-            table = table.filter(mask, null_selection_behavior="drop")
-        if flt.tags and table.num_rows:
-            escaped = pc.match_substring(table.column("tags"), "\\").to_pylist()
-            if any(escaped):
-                tags = table.column("tags").to_pylist()
-                keep = [
-                    not maybe or all(json.loads(t).get(k) == v for k, v in flt.tags.items())
-                    for t, maybe in zip(tags, escaped, strict=True)
-                ]
-                table = table.filter(keep)
-        return ArrowRows(table)
+        mask = filter_mask(self.table, flt)
+        if mask is None:
+            return self
+        return ArrowRows(self.table.filter(mask, null_selection_behavior="drop"))
 
     def with_prefix(self, column: str, prefix: str) -> Rows:
         import pyarrow.compute as pc
@@ -107,6 +199,18 @@ class ArrowRows(Rows):
         if limit is not None and limit < table.num_rows:
             table = table.take(pc.select_k_unstable(table, k=limit, sort_keys=_NEWEST_FIRST))
         return ArrowRows(table.take(pc.sort_indices(table, sort_keys=_NEWEST_FIRST)))
+
+    def newest_candidates(self, limit: int) -> Rows:
+        import pyarrow.compute as pc
+
+        table = self.table
+        if limit >= table.num_rows:
+            return self
+        if limit == 0:
+            return ArrowRows(table.slice(0, 0))
+        newest = pc.select_k_unstable(table, k=limit, sort_keys=[("created_at", "descending")])
+        last = pc.min(table.column("created_at").take(newest))
+        return ArrowRows(table.filter(pc.greater_equal(table.column("created_at"), last)))
 
     def equals(self, other: Rows) -> bool:
         return isinstance(other, ArrowRows) and bool(self.table.equals(other.table))
@@ -137,12 +241,17 @@ class ArrowBackend(Backend):
         self.schema = pa.schema(
             [pa.field(name, kinds[kind], nullable) for name, (kind, nullable) in COLUMNS.items()]
         )
+        self.offset_field = pa.field(OFFSET_COLUMN, pa.int64(), nullable=False)
+        self.index_schema = self.schema.append(self.offset_field)
 
-    def from_entries(self, entries: list[dict[str, Any]]) -> Rows:
+    def from_entries(self, entries: list[dict[str, Any]], offsets: Sequence[int] | None = None) -> Rows:
         import pyarrow as pa
 
         columns = {name: [e[name] for e in entries] for name in COLUMNS}
-        return ArrowRows(pa.Table.from_pydict(columns, schema=self.schema))
+        table = pa.Table.from_pydict(columns, schema=self.schema)
+        if offsets is not None:
+            table = table.append_column(self.offset_field, _int64_array(offsets))
+        return ArrowRows(table)
 
     def concat(self, parts: Sequence[Rows]) -> Rows:
         import pyarrow as pa
@@ -152,16 +261,18 @@ class ArrowBackend(Backend):
             return self.from_entries([])
         return ArrowRows(pa.concat_tables(tables).combine_chunks())
 
-    def parse_block(self, offset: int, block: bytes) -> tuple[Rows, list[str]]:
+    def parse_block(self, offset: int, block: bytes | memoryview) -> tuple[Rows, list[str]]:
         """Arrow's JSON reader (C++, ~20x faster than line by line) for a block it can take
-        whole and that passes every check; any other block is parsed line by line."""
+        whole and that passes every check; any other block is parsed line by line. Rows
+        carry their line's offset in the manifest."""
         import pyarrow as pa
         import pyarrow.compute as pc
         import pyarrow.json as pa_json
 
+        line_ends = list(map(re.Match.end, _NEWLINE.finditer(block)))
         try:
             table = pa_json.read_json(
-                io.BytesIO(block),
+                pa.BufferReader(pa.py_buffer(block)),
                 read_options=pa_json.ReadOptions(block_size=1 << 22),
                 parse_options=pa_json.ParseOptions(
                     explicit_schema=self.schema, unexpected_field_behavior="ignore"
@@ -169,7 +280,7 @@ class ArrowBackend(Backend):
             )
             table = table.select(list(COLUMNS)).cast(self.schema)
             sound = (
-                table.num_rows == block.count(b"\n")
+                table.num_rows == len(line_ends)
                 and all(
                     nullable or table.column(name).null_count == 0 for name, (_, nullable) in COLUMNS.items()
                 )
@@ -184,35 +295,61 @@ class ArrowBackend(Backend):
         except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
             sound = False
         if sound:
-            return ArrowRows(table), []
-        return super().parse_block(offset, block)
+            ends = _int64_array(line_ends)
+            starts = pa.concat_arrays([_int64_array([0]), ends.slice(0, len(ends) - 1)])
+            return ArrowRows(table.append_column(self.offset_field, pc.add(starts, offset))), []
+        entries, offsets, problems = parse_lines(offset, block)
+        return self.from_entries(entries, offsets), problems
 
-    def write_index(self, rows: Rows, meta: IndexMeta) -> dict[str, bytes]:
+    def write_index_stream(self, root: Path, parts: Iterable[Rows], meta: Callable[[], IndexMeta]) -> int:
+        """Row groups of exactly ``_ROW_GROUP_SIZE`` rows (the last one shorter), written as
+        the parts come: memory holds about one group, whatever the store's size."""
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        assert isinstance(rows, ArrowRows)
-        metadata = {
-            "neurolens.index_version": INDEX_VERSION,
-            "neurolens.manifest_bytes": str(meta.manifest_bytes),
-            "neurolens.last_line_sha256": meta.last_line_sha256 or "",
-        }
-        table = rows.table.combine_chunks().replace_schema_metadata(metadata)
-        sink = pa.BufferOutputStream()
-        # Fixed writer options: the same rows always give the same bytes.
-        pq.write_table(
-            table,
-            sink,
-            compression="zstd",
-            row_group_size=_ROW_GROUP_SIZE,
-            write_statistics=True,
-            store_schema=True,
-        )
-        return {self.index_name: bytes(sink.getvalue().to_pybytes())}
+        written = 0
+        with replacing(root, self.index_name) as handle:
+            writer = pq.ParquetWriter(
+                handle,
+                self.index_schema,
+                compression="zstd",
+                write_statistics=list(_STATISTICS_COLUMNS),
+                store_schema=True,
+                use_dictionary=list(_DICTIONARY_COLUMNS),
+            )
+            try:
+                pending: list[Any] = []
+                count = 0
+                for part in parts:
+                    assert isinstance(part, ArrowRows)
+                    pending.append(part.table)
+                    count += len(part)
+                    while count >= _ROW_GROUP_SIZE:
+                        table = pa.concat_tables(pending)
+                        writer.write_table(table.slice(0, _ROW_GROUP_SIZE).combine_chunks())
+                        pending, count = [table.slice(_ROW_GROUP_SIZE)], count - _ROW_GROUP_SIZE
+                        written += _ROW_GROUP_SIZE
+                if count:
+                    writer.write_table(pa.concat_tables(pending).combine_chunks())
+                    written += count
+                info = meta()
+                writer.add_key_value_metadata(
+                    {
+                        "neurolens.index_version": INDEX_VERSION,
+                        "neurolens.manifest_bytes": str(info.manifest_bytes),
+                        "neurolens.last_line_sha256": info.last_line_sha256 or "",
+                    }
+                )
+            except BaseException:
+                with contextlib.suppress(Exception):  # the temporary file is removed anyway
+                    writer.close()
+                raise
+            writer.close()
+        return written
 
     @staticmethod
     def _meta(file: Any) -> IndexMeta | None:
-        meta = file.schema_arrow.metadata or {}
+        meta = file.metadata.metadata or {}
         if meta.get(b"neurolens.index_version") != INDEX_VERSION.encode():
             return None
         return IndexMeta(
@@ -228,15 +365,101 @@ class ArrowBackend(Backend):
         except Exception:  # any damage means "no usable index"; the manifest still answers
             return None
 
-    def read_index(self, root: Path) -> tuple[IndexMeta, Rows] | None:
+    def open_index(self, root: Path) -> IndexFile | None:
         import pyarrow.parquet as pq
 
-        with os.fdopen(open_in_store(root, self.index_name, os.O_RDONLY), "rb") as handle:
+        handle = os.fdopen(open_in_store(root, self.index_name, os.O_RDONLY), "rb")
+        try:
             file = pq.ParquetFile(handle)
             meta = self._meta(file)
-            if meta is None:
-                return None
-            table = file.read().replace_schema_metadata(None)
-        if not table.schema.equals(self.schema):
-            raise ValueError("unexpected index columns")
-        return meta, ArrowRows(table)
+            if meta is not None and not file.schema_arrow.remove_metadata().equals(self.index_schema):
+                raise ValueError("unexpected index columns")
+        except BaseException:
+            handle.close()
+            raise
+        if meta is None:
+            handle.close()
+            return None
+        return ParquetIndex(handle, file, meta, self.index_schema)
+
+
+class ParquetIndex(IndexFile):
+    """An open ``_index.parquet``: read by row group or by column, as a caller needs."""
+
+    line_offsets = True
+
+    def __init__(self, handle: Any, file: Any, meta: IndexMeta, schema: Any) -> None:
+        self.handle = handle
+        self.file = file
+        self.meta = meta
+        self.schema = schema
+
+    def close(self) -> None:
+        self.handle.close()
+
+    def count(self) -> int:
+        return int(self.file.metadata.num_rows)
+
+    def rows(self) -> Rows:
+        return ArrowRows(self.file.read().replace_schema_metadata(None))
+
+    def parts(self) -> Iterator[Rows]:
+        for group in range(self.file.metadata.num_row_groups):
+            yield ArrowRows(self.file.read_row_group(group).replace_schema_metadata(None))
+
+    def run_ids(self, among: Sequence[str]) -> Rows:
+        """Reads the run_id column of the row groups whose id range (statistics) holds one
+        of ``among``: generated ids grow with time, so new runs usually fall in none."""
+        import bisect
+
+        import pyarrow as pa
+
+        wanted = sorted(among)
+        groups = []
+        for group in range(self.file.metadata.num_row_groups):
+            stats = (
+                self.file.metadata.row_group(group).column(self.schema.get_field_index("run_id")).statistics
+            )
+            if stats is None or not stats.has_min_max:
+                groups.append(group)
+                continue
+            low, high = stats.min, stats.max
+            if bisect.bisect_left(wanted, low) < bisect.bisect_right(wanted, high):
+                groups.append(group)
+        table = self.file.read_row_groups(groups, columns=["run_id"]) if groups else None
+        if table is None:
+            return ArrowRows(pa.table({"run_id": pa.array([], pa.string())}))
+        return ArrowRows(table.replace_schema_metadata(None))
+
+    def matching(self, flt: RunFilter, columns: Sequence[str] | None, extra: Rows | None = None) -> Rows:
+        """Reads only the columns asked for and the ones the conditions need, the latter
+        as dictionaries where the index encodes them so (tested once per distinct value)."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        asked = [*COLUMNS, OFFSET_COLUMN] if columns is None else list(columns)
+        conditions = [
+            *(["outcome"] if not flt.include_failed else []),
+            *(name for name in EQUALITY_FILTERS if getattr(flt, name) is not None),
+            *(["tags"] if flt.tags else []),
+        ]
+        names = [n for n in self.schema.names if n in {*asked, *conditions}]
+        schema = pa.schema([self.schema.field(n) for n in names])
+        file = pq.ParquetFile(
+            self.handle,
+            metadata=self.file.metadata,
+            read_dictionary=[n for n in conditions if n in _DICTIONARY_COLUMNS],
+        )
+        table = file.read(columns=names)
+        mask = filter_mask(table, flt)
+        if mask is not None:
+            table = table.filter(mask, null_selection_behavior="drop")
+        table = table.cast(schema)  # dictionaries back to strings, the index's field types
+        if extra is not None and len(extra):
+            assert isinstance(extra, ArrowRows)
+            more = extra.table.select(names)
+            mask = filter_mask(more, flt)
+            if mask is not None:
+                more = more.filter(mask, null_selection_behavior="drop")
+            table = pa.concat_tables([table, more.cast(schema)])
+        return ArrowRows(table)

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from neurolens.errors import StoreError
-from neurolens.storage.files import read_store_file
+from neurolens.storage.files import read_store_file, replace_file_atomically
 from neurolens.storage.filters import RunFilter
-from neurolens.storage.rows import INDEX_VERSION, Backend, IndexMeta, Rows
+from neurolens.storage.rows import INDEX_VERSION, Backend, IndexFile, IndexMeta, Rows
 
 
 class RecordRows(Rows):
@@ -57,13 +57,19 @@ class PlainBackend(Backend):
     index_name = "_index.jsonl"
     meta_name = "_index.jsonl.meta.json"
 
-    def from_entries(self, entries: list[dict[str, Any]]) -> Rows:
-        return RecordRows(entries)
+    def from_entries(self, entries: list[dict[str, Any]], offsets: Sequence[int] | None = None) -> Rows:
+        return RecordRows(entries)  # the JSONL index is read whole: no offsets needed
 
     def concat(self, parts: Sequence[Rows]) -> Rows:
         return RecordRows([r for part in parts for r in part.records()])
 
-    def write_index(self, rows: Rows, meta: IndexMeta) -> dict[str, bytes]:
+    def write_index_stream(self, root: Path, parts: Iterable[Rows], meta: Callable[[], IndexMeta]) -> int:
+        rows = self.concat(list(parts))
+        for name, data in self._files(rows, meta()).items():
+            replace_file_atomically(root, name, data)  # rows first: the sidecar pins their hash
+        return len(rows)
+
+    def _files(self, rows: Rows, meta: IndexMeta) -> dict[str, bytes]:
         body = "".join(json.dumps(r, sort_keys=True, ensure_ascii=False) + "\n" for r in rows.records())
         data = body.encode("utf-8")
         sidecar = {
@@ -91,11 +97,26 @@ class PlainBackend(Backend):
             None if sidecar is None else IndexMeta(sidecar["manifest_bytes"], sidecar.get("last_line_sha256"))
         )
 
-    def read_index(self, root: Path) -> tuple[IndexMeta, Rows] | None:
+    def open_index(self, root: Path) -> IndexFile | None:
         sidecar = self._sidecar(root)
         data = read_store_file(root, self.index_name)
         # the rows and the sidecar are two files: a mismatch is a rewrite in progress
         if sidecar is None or hashlib.sha256(data).hexdigest() != sidecar.get("rows_sha256"):
             return None
         meta = IndexMeta(sidecar["manifest_bytes"], sidecar.get("last_line_sha256"))
-        return meta, RecordRows([json.loads(line) for line in data.splitlines()])
+        return RecordIndex(meta, RecordRows([json.loads(line) for line in data.splitlines()]))
+
+
+class RecordIndex(IndexFile):
+    def __init__(self, meta: IndexMeta, rows: Rows) -> None:
+        self.meta = meta
+        self._rows = rows
+
+    def rows(self) -> Rows:
+        return self._rows
+
+    def parts(self) -> Iterator[Rows]:
+        yield self._rows
+
+    def count(self) -> int:
+        return len(self._rows)
