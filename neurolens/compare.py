@@ -43,6 +43,7 @@ from neurolens.comparison import (
     resolve_metric,
 )
 from neurolens.errors import StoreError
+from neurolens.samples import GroupKey, SideGroup, arrow_hardware, arrow_samples
 from neurolens.storage.files import check_run_path, read_store_file
 from neurolens.storage.filters import RunFilter
 from neurolens.storage.manifest import COLUMNS
@@ -113,30 +114,36 @@ def compare(
         noise_floor=noise_floor,
     )
     roots = [resolve_location(baseline_root if baseline_root is not None else root), resolve_location(root)]
-    per_run = ["run_id", "run_json", "gpu_name", "driver_version", "session_id", "repeat", "created_at"]
-    needed = list(dict.fromkeys([*group_by, *per_run]))
-    if metric in COLUMNS:
-        needed.append(metric)
-    candidate_data = select(roots[1], sides[1]).columns(needed)
-    baseline_rows = select(roots[0], sides[0])
+    per_run = ["run_id", "gpu_name", "driver_version", "session_id", "repeat", "created_at"]
+    # the metric from the index, or each run's file
+    needed = list(dict.fromkeys([*group_by, *per_run, metric if metric in COLUMNS else "run_json"]))
+    rows = [select(root, side, needed, ordered=False) for root, side in zip(roots, sides, strict=True)]
     if roots[0] == roots[1]:
-        overlap = set(candidate_data["run_id"]) & set(baseline_rows.ids())
+        overlap = sorted(set(rows[0].ids()) & set(rows[1].ids()))
         if overlap:
             result.warnings.append(
                 f"{len(overlap)} run(s) match both sides; they count for the candidate only"
             )
-            baseline_rows = baseline_rows.without("run_id", sorted(overlap))
-    data = [baseline_rows.columns(needed), candidate_data]
-    for name, side, columns in zip(("baseline", "candidate"), sides, data, strict=True):
-        if not columns["run_id"] and result.nothing_compared is None:
+            rows[0] = rows[0].without("run_id", overlap)
+    for name, side, side_rows in zip(("baseline", "candidate"), sides, rows, strict=True):
+        if not len(side_rows) and result.nothing_compared is None:
             result.nothing_compared = f"the {name} is empty: no run matches {side.describe()}"
-    groups = [_group(data[0], group_by), _group(data[1], group_by)]
     docs = _Documents(roots)
-    for key in sorted(set(groups[0]) | set(groups[1]), key=repr):
+    tables = [r.arrow() for r in rows]
+    if metric in COLUMNS and tables[0] is not None and tables[1] is not None:
+        by_side = [arrow_samples(table, group_by, metric) for table in tables]
+        hardware = arrow_hardware(tables, group_by)
+    else:
+        data = [r.columns(needed) for r in rows]
+        by_side = [_side_samples(docs, metric, i, data[i], group_by, result.warnings) for i in (0, 1)]
+        hardware = _hardware(data, group_by)
+    for key in sorted(set(by_side[0]) | set(by_side[1]), key=repr):
         group = dict(zip(group_by, key, strict=True))
-        picks = [(0, data[0], groups[0].get(key, [])), (1, data[1], groups[1].get(key, []))]
-        result.groups.append(_compare_group(docs, result, group, picks[0], picks[1]))
-        _warn_mixed_hardware(result, group, picks)
+        base, cand = by_side[0].get(key, SideGroup()), by_side[1].get(key, SideGroup())
+        out = judge(result, group, base.samples, cand.samples)
+        out.baseline_runs, out.candidate_runs = base.runs, cand.runs
+        result.groups.append(out)
+        _warn_mixed_hardware(result, group, hardware.get(key, set()))
     if result.groups and all(g.baseline is None and g.candidate is None for g in result.groups):
         raise UnknownMetricError(metric, sorted(docs.metrics_seen | set(METRIC_COLUMNS)))
     compared = any(g.verdict in COMPARED for g in result.groups)
@@ -192,16 +199,35 @@ class _Documents:
         return document
 
 
-Side = tuple[int, dict[str, list[Any]], list[int]]  # (0 baseline / 1 candidate, columns, positions)
+def _side_samples(
+    docs: _Documents,
+    metric: str,
+    which: int,
+    data: dict[str, list[Any]],
+    group_by: Sequence[str],
+    warnings: list[str],
+) -> dict[GroupKey, SideGroup]:
+    """Per group: the side's samples, run by run in Python (for metrics only run files
+    hold, or rows without Arrow); ``samples.arrow_samples`` is the same rule vectorised."""
+    return {
+        key: SideGroup(_samples(docs, metric, which, data, positions, warnings), len(positions))
+        for key, positions in _group(data, group_by).items()
+    }
 
 
-def _samples(docs: _Documents, metric: str, side: Side, warnings: list[str]) -> list[float]:
+def _samples(
+    docs: _Documents,
+    metric: str,
+    which: int,
+    data: dict[str, list[Any]],
+    positions: list[int],
+    warnings: list[str],
+) -> list[float]:
     """The side's sample values, oldest first: per session (and round), the median of its
     runs' metric. A run without a session is a sample of its own."""
-    which, data, positions = side
     indexed = metric in data
-    by_sample: dict[tuple[str, Any], list[float]] = {}
-    newest: dict[tuple[str, Any], str] = {}
+    by_sample: dict[tuple[bool, str, Any], list[float]] = {}
+    newest: dict[tuple[bool, str, Any], str] = {}
     for i in positions:
         if indexed:
             value = data[metric][i]
@@ -213,24 +239,24 @@ def _samples(docs: _Documents, metric: str, side: Side, warnings: list[str]) -> 
         if not isinstance(value, (int, float)) or isinstance(value, bool):
             continue
         session = data["session_id"][i]
-        key = (f"session {session}" if session is not None else f"run {data['run_id'][i]}", data["repeat"][i])
+        key = (session is not None, session if session is not None else data["run_id"][i], data["repeat"][i])
         by_sample.setdefault(key, []).append(float(value))
         newest[key] = max(newest.get(key, ""), data["created_at"][i])
-    order = sorted(by_sample, key=lambda key: (newest[key], repr(key)))
+    # oldest first by the newest run; ties: session-less runs, then by id and round (None last)
+    order = sorted(by_sample, key=lambda k: (newest[k], k[0], k[1], k[2] is None, k[2] or 0))
     return [statistics.median(by_sample[key]) for key in order]
 
 
-def _compare_group(
-    docs: _Documents, result: Comparison, group: dict[str, Any], base_side: Side, cand_side: Side
-) -> GroupResult:
-    out = judge(
-        result,
-        group,
-        _samples(docs, result.metric, base_side, result.warnings),
-        _samples(docs, result.metric, cand_side, result.warnings),
-    )
-    out.baseline_runs, out.candidate_runs = len(base_side[2]), len(cand_side[2])
-    return out
+def _hardware(
+    data: list[dict[str, list[Any]]], group_by: Sequence[str]
+) -> dict[GroupKey, set[tuple[str, str]]]:
+    kinds: dict[GroupKey, set[tuple[str, str]]] = {}
+    for columns in data:
+        for key, positions in _group(columns, group_by).items():
+            kinds.setdefault(key, set()).update(
+                (columns["gpu_name"][i] or "-", columns["driver_version"][i] or "-") for i in positions
+            )
+    return kinds
 
 
 def judge(
@@ -309,16 +335,9 @@ def _significance(out: GroupResult, base_values: list[float], cand_values: list[
         out.significance_note = f"cannot tell: {m} and {n} sessions cannot give p < {alpha:g}"
 
 
-def _warn_mixed_hardware(result: Comparison, group: dict[str, Any], sides: list[Side]) -> None:
-    kinds = sorted(
-        {
-            (data["gpu_name"][i] or "-", data["driver_version"][i] or "-")
-            for _, data, positions in sides
-            for i in positions
-        }
-    )
+def _warn_mixed_hardware(result: Comparison, group: dict[str, Any], kinds: set[tuple[str, str]]) -> None:
     if len(kinds) > 1:
-        shown = ", ".join(f"{gpu} (driver {driver})" for gpu, driver in kinds)
+        shown = ", ".join(f"{gpu} (driver {driver})" for gpu, driver in sorted(kinds))
         label = " ".join("-" if v is None else str(v) for v in group.values())
         result.warnings.append(f"group {label}: runs on different GPUs or drivers: {shown}")
 

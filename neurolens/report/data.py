@@ -78,7 +78,8 @@ def build_report(
     threshold = threshold or Threshold.parse("5%")
     per_run = ["run_id", "created_at", "session_id", "repeat", METRIC, "latency_p99_ms", "gpu_utilization",
                *_HARDWARE, "fingerprint_hash", "fp_json"]  # fmt: skip
-    data = select(root, flt).columns(list(dict.fromkeys([*group_by, *per_run])))
+    wanted = list(dict.fromkeys([*group_by, *per_run]))
+    data = select(root, flt, wanted).columns(wanted)
     rules = Comparison(METRIC, False, threshold, gate=True, require_significance=False, alpha=0.05)
     groups: dict[tuple[Any, ...], list[int]] = {}
     for position, key in enumerate(zip(*(data[k] for k in group_by), strict=True)):

@@ -187,10 +187,13 @@ def select_rows(
     flt: RunFilter,
     narrowing: Callable[[Rows], Rows],
     columns: Sequence[str] | None = None,
+    *,
+    ordered: bool = True,
 ) -> Rows:
     """The rows meeting ``flt``'s conditions, then ``narrowing`` (the session), newest
-    first, at most ``flt.limit``; with at least ``columns`` (None: all). Reads only the
-    columns it needs; never reads run files, never writes."""
+    first (in no order when not ``ordered`` and there is no limit), at most
+    ``flt.limit``; with at least ``columns`` (None: all). Reads only the columns it
+    needs; never reads run files, never writes."""
     conditions = replace(flt, session_id=None, limit=None)
     with opened_index(root) as (index, _):
         if index is None:  # snapshot says why, and answers from the manifest
@@ -213,7 +216,8 @@ def select_rows(
             if fetched is not None:
                 return fetched.newest(flt.limit)
         wanted = None if columns is None else [*columns, *order]
-        return narrowing(index.matching(conditions, wanted, extra)).newest(flt.limit)
+        rows = narrowing(index.matching(conditions, wanted, extra))
+        return rows if flt.limit is None and not ordered else rows.newest(flt.limit)
 
 
 def _lines_at(root: Path, rows: Rows) -> Rows | None:

@@ -18,9 +18,12 @@ if TYPE_CHECKING:
     import pandas as pd
 
 
-def select(root: Location, flt: RunFilter, columns: Sequence[str] | None = None) -> Rows:
+def select(
+    root: Location, flt: RunFilter, columns: Sequence[str] | None = None, *, ordered: bool = True
+) -> Rows:
     """Matching rows, newest first (``created_at``, then ``run_id``), at most ``limit``;
-    with at least ``columns`` (None: every column) when the store can read fewer.
+    with at least ``columns`` (None: every column) when the store can read fewer. A
+    caller that orders them itself passes ``ordered=False`` (a sort saved).
 
     A root that is not a store is a ``StoreError`` (see ``require_store``). A remote table
     takes the filters, the session and the limit into its scan.
@@ -33,7 +36,7 @@ def select(root: Location, flt: RunFilter, columns: Sequence[str] | None = None)
     if not isinstance(root, Path):
         return narrowing(root.select(flt)).newest(flt.limit)
     require_store(root)
-    return select_rows(root, flt, narrowing, columns)
+    return select_rows(root, flt, narrowing, columns, ordered=ordered)
 
 
 def _session_rows(rows: Rows, wanted: str) -> Rows:

@@ -82,6 +82,10 @@ class Rows(ABC):
         last = times[limit - 1]
         return self.keep([t >= last for t in self.columns(["created_at"])["created_at"]])
 
+    def arrow(self) -> Any:
+        """These rows as a pyarrow Table, or None where they are held otherwise."""
+        return None
+
     def ids(self) -> list[str]:
         return self.columns(["run_id"])["run_id"]
 

@@ -160,6 +160,9 @@ class ArrowRows(Rows):
     def __len__(self) -> int:
         return int(self.table.num_rows)
 
+    def arrow(self) -> Any:
+        return self.table
+
     def columns(self, names: Sequence[str]) -> dict[str, list[Any]]:
         data: dict[str, list[Any]] = self.table.select(list(names)).to_pydict()
         return data

@@ -1,0 +1,179 @@
+"""The index's read paths agree with reading every row: pushed-down filters, a limited
+query's rows read from their manifest lines, the uncovered tail, and the streamed writer."""
+
+from __future__ import annotations
+
+import json
+import random
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from neurolens.compare import _Documents, _side_samples
+from neurolens.errors import ManifestWarning
+from neurolens.samples import arrow_samples
+from neurolens.storage import index as _index
+from neurolens.storage.filters import RunFilter
+from neurolens.storage.manifest import encode_entry, encode_tags
+from neurolens.storage.query import _session_rows, select
+from neurolens.storage.rows import backend
+from neurolens.storage.store import compact_index, rebuild_index_from_manifest
+
+
+def entry(i: int, *, created: int | None = None, run_id: str | None = None) -> dict[str, Any]:
+    when = i if created is None else created
+    rid = run_id or f"{i:012x}-0000-7000-8000-{i:012x}"
+    return {
+        "run_id": rid,
+        "created_at": f"2025-{1 + when % 12:02d}-{1 + when % 28:02d}T00:00:{when % 60:02d}.{when:06d}Z",
+        "day": f"2025-{1 + when % 12:02d}-{1 + when % 28:02d}",
+        "model": ["gpt2", "bert"][i % 2],
+        "backend": ["onnxrt", "torch", "tensorrt"][i % 3],
+        "precision": "fp16",
+        "batch_size": 1 + i % 4,
+        "seq_len": None if i % 5 == 0 else 128,
+        "total_latency_ms": 1.0 + i % 97,
+        "gpu_utilization": None,
+        "gpu_name": None,
+        "driver_version": None,
+        "cuda_version": None,
+        "run_json": f"2025/01/01/x/{rid}.json",
+        "fp_json": None,
+        "tags": encode_tags({"branch": f"b{i % 7}", **({"q": 'say "hi"'} if i % 11 == 0 else {})}),
+        "sha256": "0" * 64,
+        "session_id": None if i % 3 == 0 else f"s{i % 13}",
+        "fingerprint_hash": None,
+        "outcome": [None, "passed", "failed"][i % 3],
+        "repeat": None,
+        "latency_p99_ms": None,
+    }
+
+
+def write_manifest(root: Path, entries: list[dict[str, Any]], *, append: bool = False) -> None:
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / "_manifest.jsonl", "ab" if append else "wb") as handle:
+        handle.write(b"".join(encode_entry(e) for e in entries))
+
+
+def every_row(root: Path, flt: RunFilter) -> list[dict[str, Any]]:
+    """The reference: every row of the index and tail, filtered in memory."""
+    rows = _index.snapshot(root, warn=False).filter(
+        RunFilter(**{**flt.__dict__, "session_id": None, "limit": None})
+    )
+    if flt.session_id is not None:
+        rows = _session_rows(rows, flt.session_id)
+    return rows.newest(flt.limit).records()
+
+
+FILTERS = [
+    RunFilter(tags={"branch": "b3"}, limit=5),
+    RunFilter(tags={"q": 'say "hi"'}, limit=3),
+    RunFilter(tags={"branch": "b3"}, limit=5, include_failed=True),
+    RunFilter(model="gpt2", backend="torch", limit=2000),
+    RunFilter(day="2025-03-03"),
+    RunFilter(session_id="s4", limit=4),
+    RunFilter(session_id="latest", limit=2),
+    RunFilter(tags={"branch": "b1"}),
+    RunFilter(limit=0),
+]
+
+
+@pytest.mark.parametrize("flt", FILTERS, ids=repr)
+def test_reads_equal_every_row_with_and_without_a_tail(tmp_path: Path, flt: RunFilter) -> None:
+    write_manifest(tmp_path, [entry(i, created=(i * 7919) % 3000) for i in range(3000)])
+    compact_index(tmp_path)
+    assert select(tmp_path, flt).records() == every_row(tmp_path, flt)
+    # a tail the index does not cover, with a duplicate of an indexed run (the first wins)
+    tail = [entry(i, created=(i * 104729) % 5000) for i in range(3000, 3400)]
+    tail.append({**entry(9999), "run_id": entry(5)["run_id"], "total_latency_ms": 12345.0})
+    write_manifest(tmp_path, tail, append=True)
+    with pytest.warns(ManifestWarning, match="duplicate run id"):
+        got = select(tmp_path, flt).records()
+    assert got == every_row(tmp_path, flt)
+    assert all(r["total_latency_ms"] != 12345.0 for r in got)
+
+
+def test_a_limited_query_reads_only_its_rows_lines_and_falls_back_when_one_was_edited(tmp_path: Path) -> None:
+    write_manifest(tmp_path, [entry(i) for i in range(500)])
+    compact_index(tmp_path)
+    flt = RunFilter(tags={"branch": "b2"}, limit=3)
+    expected = every_row(tmp_path, flt)
+    # edit the newest match's line in place (same length) under the index: its time changes
+    data = (tmp_path / "_manifest.jsonl").read_bytes()
+    old = json.dumps(expected[0]["created_at"]).encode()
+    new = old.replace(b"2025-", b"2024-")
+    (tmp_path / "_manifest.jsonl").write_bytes(data.replace(old, new, 1))
+    # the line no longer holds the row the index points at: the index's own rows answer
+    assert select(tmp_path, flt).records() == expected
+
+
+def test_the_index_has_fixed_row_groups_and_rebuild_equals_compaction_across_them(tmp_path: Path) -> None:
+    count = 64 * 1024 + 5000
+    order = list(range(count))
+    random.Random(4).shuffle(order)
+    write_manifest(tmp_path, [entry(i, created=order[i]) for i in range(count - 1000)])
+    compact_index(tmp_path)
+    write_manifest(tmp_path, [entry(i, created=order[i]) for i in range(count - 1000, count)], append=True)
+    compact_index(tmp_path)  # the old index's groups streamed, then the tail
+    compacted = (tmp_path / "_index.parquet").read_bytes()
+    assert rebuild_index_from_manifest(tmp_path).read_bytes() == compacted
+    meta = pq.ParquetFile(tmp_path / "_index.parquet").metadata
+    assert [meta.row_group(g).num_rows for g in range(meta.num_row_groups)] == [64 * 1024, 5000]
+    offsets = pq.read_table(tmp_path / "_index.parquet", columns=["manifest_offset"]).column(0).to_pylist()
+    manifest = (tmp_path / "_manifest.jsonl").read_bytes()
+    assert offsets[:3] == [0, manifest.index(b"\n") + 1, manifest.index(b"\n", manifest.index(b"\n") + 1) + 1]
+    assert all(manifest[o - 1 : o] == b"\n" for o in offsets[1:])
+
+
+def test_an_index_of_the_previous_version_is_not_used_and_the_next_write_replaces_it(tmp_path: Path) -> None:
+    write_manifest(tmp_path, [entry(i) for i in range(50)])
+    compact_index(tmp_path)
+    table = pq.read_table(tmp_path / "_index.parquet")
+    pq.write_table(table.drop(["manifest_offset"]).replace_schema_metadata({"neurolens.index_version": "1"}),
+                   tmp_path / "_index.parquet")  # fmt: skip
+    flt = RunFilter(tags={"branch": "b1"}, limit=3)
+    with pytest.warns(Warning, match="from another version"):
+        got = select(tmp_path, flt).records()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert got == every_row(tmp_path, flt)
+    compact_index(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert select(tmp_path, flt).records() == got
+
+
+samples_rows = st.lists(
+    st.tuples(
+        st.sampled_from(["gpt2", "bert"]),
+        st.sampled_from([None, 128]),
+        st.one_of(st.none(), st.sampled_from(["s1", "s2", "s3"])),
+        st.one_of(st.none(), st.integers(0, 2)),
+        st.integers(0, 40),
+        st.one_of(st.none(), st.floats(0.5, 50, allow_nan=False)),
+    ),
+    max_size=60,
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(samples_rows)
+def test_vectorised_samples_equal_the_run_by_run_rule(rows: list[tuple[Any, ...]]) -> None:
+    entries = []
+    for i, (model, seq, session, repeat, when, latency) in enumerate(rows):
+        e = entry(i, created=when)
+        e.update(model=model, seq_len=seq, session_id=session, repeat=repeat, gpu_utilization=latency)
+        entries.append(e)
+    group_by = ["model", "seq_len"]
+    arrow_rows = backend().from_entries(entries)
+    vectorised = arrow_samples(arrow_rows.arrow(), group_by, "gpu_utilization")
+    data = arrow_rows.columns([*group_by, "run_id", "session_id", "repeat", "created_at", "gpu_utilization"])
+    by_run = _side_samples(_Documents([]), "gpu_utilization", 0, data, group_by, [])
+    assert {k: (v.samples, v.runs) for k, v in vectorised.items()} == {
+        k: (v.samples, v.runs) for k, v in by_run.items()
+    }
