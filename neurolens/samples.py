@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from neurolens.storage.arrow_filters import float64_array
+
 GroupKey = tuple[Any, ...]
 
 
@@ -57,7 +59,7 @@ def arrow_samples(table: Any, group_by: Sequence[str], metric: str) -> dict[Grou
     )  # fmt: skip
     sessions = _samples_table(
         per_sample, group_by, per_sample.column("created_at_max"), True, per_sample.column("session_id"),
-        per_sample.column("repeat"), pa.chunked_array([_float64(medians)], pa.float64()),
+        per_sample.column("repeat"), pa.chunked_array([float64_array(medians)], pa.float64()),
     )  # fmt: skip
     both = pa.concat_tables([lone.select(columns), sessions.select(columns)])
     # A stable sort by time (then kind, id, round; nulls last): each group's list below
@@ -107,13 +109,3 @@ def _samples_table(
 
 def _keys(table: Any, group_by: Sequence[str]) -> list[GroupKey]:
     return list(zip(*(table.column(name).to_pylist() for name in group_by), strict=True))
-
-
-def _float64(values: list[float]) -> Any:
-    """A float64 array built from a buffer (pyarrow's conversion of Python values would
-    import pandas)."""
-    import array
-
-    import pyarrow as pa
-
-    return pa.Array.from_buffers(pa.float64(), len(values), [None, pa.py_buffer(array.array("d", values))])

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import array
 import contextlib
-import functools
-import json
 import os
 import re
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from neurolens.storage.arrow_filters import filter_mask, int64_array
 from neurolens.storage.files import open_in_store, replacing
-from neurolens.storage.filters import EQUALITY_FILTERS, PASSING_OUTCOME, RunFilter
-from neurolens.storage.manifest import COLUMNS, encode_tags
+from neurolens.storage.filters import EQUALITY_FILTERS, RunFilter
+from neurolens.storage.manifest import COLUMNS
 from neurolens.storage.rows import (
     INDEX_VERSION,
     OFFSET_COLUMN,
@@ -66,91 +64,6 @@ _NEWEST_FIRST = [("created_at", "descending"), ("run_id", "descending")]
 # writes): a block whose tags all match it needs no per-row JSON parse.
 _JSON_STRING = r'"(?:[^"\\\x00-\x1f]|\\(?:["\\/bfnrt]|u[0-9a-fA-F]{4}))*"'
 _TAGS_PATTERN = rf"^\{{(?:{_JSON_STRING}:{_JSON_STRING}(?:,{_JSON_STRING}:{_JSON_STRING})*)?\}}$"
-
-
-def _int64_array(values: Sequence[int]) -> Any:
-    """An int64 array built from a buffer (no pandas import; see ``_literal``)."""
-    import pyarrow as pa
-
-    return pa.Array.from_buffers(pa.int64(), len(values), [None, pa.py_buffer(array.array("q", values))])
-
-
-def _literal(text: str) -> Any:
-    """A string scalar built from buffers. pyarrow imports pandas (0.3 s) on its first
-    conversion of a Python value; a reader that only filters needs none."""
-    import struct
-
-    import pyarrow as pa
-
-    data = text.encode("utf-8")
-    offsets = pa.py_buffer(struct.pack("<ii", 0, len(data)))
-    return pa.Array.from_buffers(pa.string(), 1, [None, offsets, pa.py_buffer(data)])[0]
-
-
-def filter_mask(table: Any, flt: RunFilter) -> Any:
-    """Which rows of ``table`` meet the equality, outcome and tag conditions of ``flt``
-    (None: every row). A null in the mask means no. Dictionary-encoded columns are
-    tested once per distinct value, not once per row."""
-    import pyarrow.compute as pc
-
-    conditions = []
-    if not flt.include_failed:  # no outcome (a run written outside pytest) counts as passed
-        conditions.append(
-            _per_value(table.column("outcome"), lambda v: pc.equal(v, _literal(PASSING_OUTCOME)), null=True)
-        )
-    for name in EQUALITY_FILTERS:
-        wanted = getattr(flt, name)
-        if wanted is not None:
-            conditions.append(_per_value(table.column(name), functools.partial(pc.equal, _literal(wanted))))
-    if flt.tags:
-        conditions.append(_per_value(table.column("tags"), lambda v: _tags_match(v, flt.tags)))
-    mask = None
-    for condition in conditions:
-        mask = condition if mask is None else pc.and_kleene(mask, condition)
-    return mask
-
-
-def _per_value(column: Any, condition: Callable[[Any], Any], *, null: bool = False) -> Any:
-    """``condition`` over a column's values; for a dictionary chunk, over its dictionary
-    and then spread by the indices. A null value gets ``null``'s answer when given True."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    chunks = []
-    for chunk in column.chunks:
-        if pa.types.is_dictionary(chunk.type):
-            result = pc.take(condition(chunk.dictionary), chunk.indices)
-        else:
-            result = condition(chunk)
-        chunks.append(pc.or_kleene(pc.is_null(result), result) if null else result)
-    return pa.chunked_array(chunks, pa.bool_())
-
-
-def _tags_match(values: Any, wanted: Mapping[str, str]) -> Any:
-    """Which canonical tags JSON texts hold every wanted pair. '"key":"value"' inside the
-    text is the test; it can only match falsely where the JSON holds an escaped quote, so
-    texts with a backslash are parsed and checked exactly."""
-    import pyarrow.compute as pc
-
-    pairs = [pc.match_substring(values, encode_tags({key: value})[1:-1]) for key, value in wanted.items()]
-    mask = functools.reduce(pc.and_kleene, pairs)
-    doubtful = pc.and_kleene(mask, pc.match_substring(values, "\\"))
-    if not pc.any(doubtful).as_py():
-        return mask
-    texts = values.to_pylist()
-    exact = [
-        bool(maybe) and all(json.loads(text).get(k) == v for k, v in wanted.items()) if doubt else bool(maybe)
-        for text, maybe, doubt in zip(texts, mask.to_pylist(), doubtful.to_pylist(), strict=True)
-    ]
-    return _bool_array(exact)
-
-
-def _bool_array(values: Sequence[bool]) -> Any:
-    """A boolean array built from a buffer (no pandas import; see ``_literal``)."""
-    import pyarrow as pa
-
-    data = pa.py_buffer(array.array("b", values))
-    return pa.Array.from_buffers(pa.int8(), len(values), [None, data]).cast(pa.bool_())
 
 
 class ArrowRows(Rows):
@@ -253,7 +166,7 @@ class ArrowBackend(Backend):
         columns = {name: [e[name] for e in entries] for name in COLUMNS}
         table = pa.Table.from_pydict(columns, schema=self.schema)
         if offsets is not None:
-            table = table.append_column(self.offset_field, _int64_array(offsets))
+            table = table.append_column(self.offset_field, int64_array(offsets))
         return ArrowRows(table)
 
     def concat(self, parts: Sequence[Rows]) -> Rows:
@@ -298,8 +211,8 @@ class ArrowBackend(Backend):
         except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
             sound = False
         if sound:
-            ends = _int64_array(line_ends)
-            starts = pa.concat_arrays([_int64_array([0]), ends.slice(0, len(ends) - 1)])
+            ends = int64_array(line_ends)
+            starts = pa.concat_arrays([int64_array([0]), ends.slice(0, len(ends) - 1)])
             return ArrowRows(table.append_column(self.offset_field, pc.add(starts, offset))), []
         entries, offsets, problems = parse_lines(offset, block)
         return self.from_entries(entries, offsets), problems
