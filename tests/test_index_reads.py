@@ -177,3 +177,20 @@ def test_vectorised_samples_equal_the_run_by_run_rule(rows: list[tuple[Any, ...]
     assert {k: (v.samples, v.runs) for k, v in vectorised.items()} == {
         k: (v.samples, v.runs) for k, v in by_run.items()
     }
+
+
+def test_a_run_id_held_by_the_index_or_the_tail_is_refused_and_a_new_one_stored(tmp_path: Path) -> None:
+    from neurolens.errors import RunExistsError
+    from neurolens.storage.store import write_run
+    from tests.factories import make_run
+
+    write_manifest(tmp_path, [entry(i) for i in range(300)])
+    compact_index(tmp_path)
+    write_manifest(tmp_path, [entry(i) for i in range(300, 310)], append=True)  # not indexed
+    before = (tmp_path / "_manifest.jsonl").read_bytes()
+    for held in (entry(0)["run_id"], entry(150)["run_id"], entry(305)["run_id"]):
+        with pytest.raises(RunExistsError, match=held):
+            write_run(tmp_path, make_run(run_id=held, created_at="2026-01-01T00:00:00Z"))
+    assert (tmp_path / "_manifest.jsonl").read_bytes() == before
+    fresh = f"{999:012x}-0000-7000-8000-{999:012x}"
+    assert write_run(tmp_path, make_run(run_id=fresh, created_at="2026-01-01T00:00:00Z"))["run_id"] == fresh

@@ -88,13 +88,9 @@ class _FirstOfEachId:
         if len(fresh) == len(ids) and self.seen.isdisjoint(fresh):
             self.seen |= fresh  # the common case: no Python loop over the rows
             return part
-        keep = []
-        for run_id in ids:
-            keep.append(run_id not in self.seen)
-            if run_id in self.seen:
-                self.duplicates.append(run_id)
-            self.seen.add(run_id)
-        return part.keep(keep)
+        kept, duplicates = part.without_seen(self.seen)
+        self.duplicates.extend(duplicates)
+        return kept
 
 
 def _check_covers(root: Path, meta: IndexMeta, name: str) -> str | None:
@@ -143,13 +139,23 @@ def read_index(root: Path) -> tuple[IndexState | None, str | None]:
         return IndexState(rows=rows, manifest_bytes=index.meta.manifest_bytes), None
 
 
+def _fresh_tail(
+    root: Path, start: int, known: Callable[[list[str]], Rows] | None, progress: Progress | None = None
+) -> tuple[Rows, ManifestRead]:
+    """The manifest's rows from byte ``start``, less ids seen earlier there or among the
+    rows ``known`` gives for the tail's ids (the first wins); problems name the dropped."""
+    tail_rows, tail = read_tail(root, start, progress=progress)
+    fresh, duplicates = tail_rows.without_duplicates(known(tail_rows.ids()) if known else None)
+    tail.problems.extend(duplicate_message(run_id) for run_id in duplicates)
+    return fresh, tail
+
+
 def _fold_tail(
     root: Path, state: IndexState | None, progress: Progress | None = None
 ) -> tuple[Rows, ManifestRead]:
     """The index's rows plus the manifest tail it does not cover, duplicates dropped."""
-    tail_rows, tail = read_tail(root, state.manifest_bytes if state else 0, progress=progress)
-    fresh, duplicates = tail_rows.without_duplicates(state.rows if state else None)
-    tail.problems.extend(duplicate_message(run_id) for run_id in duplicates)
+    start = state.manifest_bytes if state else 0
+    fresh, tail = _fresh_tail(root, start, (lambda _: state.rows) if state else None, progress)
     if state is None:
         return fresh, tail
     return (backend().concat([state.rows, fresh]) if len(fresh) else state.rows), tail
@@ -201,9 +207,7 @@ def select_rows(
         covered = index.meta.manifest_bytes
         extra = None
         if manifest_size(root) > covered:
-            tail_rows, tail = read_tail(root, covered)
-            extra, duplicates = tail_rows.without_duplicates(index.run_ids(tail_rows.ids()))
-            tail.problems.extend(duplicate_message(run_id) for run_id in duplicates)
+            extra, tail = _fresh_tail(root, covered, index.run_ids)
             for message in tail.problems:
                 warnings.warn(message, ManifestWarning, stacklevel=3)
         order = ["created_at", "run_id", "session_id"]
@@ -252,7 +256,13 @@ def has_run(root: Path, run_id: str) -> bool:
     """Whether the store holds a run of this id (whatever its day or backend)."""
     if not os.path.lexists(root / MANIFEST_NAME):
         return False
-    return run_id in snapshot(root, warn=False).with_prefix("run_id", run_id).ids()
+    with opened_index(root) as (index, _):
+        if index is None:
+            return run_id in snapshot(root, warn=False).with_prefix("run_id", run_id).ids()
+        # only the row groups whose id range could hold it, then the uncovered tail
+        if run_id in index.run_ids([run_id]).with_prefix("run_id", run_id).ids():
+            return True
+        return run_id in read_tail(root, index.meta.manifest_bytes)[0].ids()
 
 
 @contextlib.contextmanager

@@ -74,13 +74,11 @@ class Rows(ABC):
     def newest_candidates(self, limit: int) -> Rows:
         """The ``limit`` newest rows by ``created_at`` alone, and every row as new as the
         last of them: a superset of ``newest(limit)`` that needs no run_id."""
-        times = sorted(self.columns(["created_at"])["created_at"], reverse=True)
+        times = self.columns(["created_at"])["created_at"]
         if limit >= len(times):
             return self
-        if limit == 0:
-            return self.keep([False] * len(times))
-        last = times[limit - 1]
-        return self.keep([t >= last for t in self.columns(["created_at"])["created_at"]])
+        last = sorted(times, reverse=True)[limit - 1] if limit else None
+        return self.keep([last is not None and t >= last for t in times])
 
     def arrow(self) -> Any:
         """These rows as a pyarrow Table, or None where they are held otherwise."""
@@ -92,7 +90,11 @@ class Rows(ABC):
     def without_duplicates(self, known: Rows | None = None) -> tuple[Rows, list[str]]:
         """These rows less run ids seen in ``known`` or earlier here (the first wins),
         and the duplicate ids dropped."""
-        seen = set(known.ids()) if known is not None else set()
+        return self.without_seen(set(known.ids()) if known is not None else set())
+
+    def without_seen(self, seen: set[str]) -> tuple[Rows, list[str]]:
+        """These rows less run ids in ``seen`` or earlier here, and the duplicate ids
+        dropped; ``seen`` gains these rows' ids."""
         keep, duplicates = [], []
         for run_id in self.ids():
             duplicate = run_id in seen
