@@ -118,8 +118,8 @@ def compare(
     # the metric from the index, or each run's file
     needed = list(dict.fromkeys([*group_by, *per_run, metric if metric in COLUMNS else "run_json"]))
     rows = [select(root, side, needed, ordered=False) for root, side in zip(roots, sides, strict=True)]
-    if roots[0] == roots[1]:
-        overlap = sorted(set(rows[0].ids()) & set(rows[1].ids()))
+    if roots[0] == roots[1] and not sides[0].excludes(sides[1]):
+        overlap = rows[0].shared_ids(rows[1])
         if overlap:
             result.warnings.append(
                 f"{len(overlap)} run(s) match both sides; they count for the candidate only"

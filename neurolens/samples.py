@@ -65,7 +65,7 @@ def arrow_samples(table: Any, group_by: Sequence[str], metric: str) -> dict[Grou
     # A stable sort by time (then kind, id, round; nulls last): each group's list below
     # keeps this order, oldest first.
     order = [("_time", "ascending"), ("_session", "ascending"), ("_id", "ascending"), ("_round", "ascending")]
-    per_sample = both.take(pc.sort_indices(both, sort_keys=order))
+    per_sample = both.select([*group_by, "_value"]).take(pc.sort_indices(both, sort_keys=order))
     per_group = per_sample.group_by(list(group_by), use_threads=False).aggregate([("_value", "list")])
     for key, samples in zip(
         _keys(per_group, group_by), per_group.column("_value_list").to_pylist(), strict=True

@@ -3,26 +3,20 @@
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Sequence
 from functools import cache
 
 
 def _ranks(values: Sequence[float]) -> tuple[list[float], list[int]]:
     """Average ranks (1-based) of ``values`` and the sizes of tied groups."""
-    order = sorted(range(len(values)), key=values.__getitem__)
-    ranks = [0.0] * len(values)
-    ties = []
-    i = 0
-    while i < len(order):
-        j = i
-        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
-            j += 1
-        for k in range(i, j + 1):
-            ranks[order[k]] = (i + j) / 2 + 1
-        if j > i:
-            ties.append(j - i + 1)
-        i = j + 1
-    return ranks, ties
+    counts = Counter(values)
+    rank_of = {}
+    below = 0
+    for value in sorted(counts):
+        rank_of[value] = below + (counts[value] + 1) / 2
+        below += counts[value]
+    return [rank_of[v] for v in values], [c for c in counts.values() if c > 1]
 
 
 @cache

@@ -194,3 +194,18 @@ def test_a_run_id_held_by_the_index_or_the_tail_is_refused_and_a_new_one_stored(
     assert (tmp_path / "_manifest.jsonl").read_bytes() == before
     fresh = f"{999:012x}-0000-7000-8000-{999:012x}"
     assert write_run(tmp_path, make_run(run_id=fresh, created_at="2026-01-01T00:00:00Z"))["run_id"] == fresh
+
+
+@pytest.mark.parametrize(
+    ("one", "other", "excluded"),
+    [
+        (RunFilter(tags={"branch": "main"}), RunFilter(tags={"branch": "pr"}), True),
+        (RunFilter(tags={"branch": "main"}), RunFilter(tags={"branch": "main", "x": "1"}), False),
+        (RunFilter(tags={"branch": "main"}), RunFilter(tags={"job": "1"}), False),
+        (RunFilter(model="a"), RunFilter(model="b", tags={"k": "v"}), True),
+        (RunFilter(day="2025-01-01"), RunFilter(session_id="latest"), False),
+        (RunFilter(session_id="abc"), RunFilter(session_id="abd"), False),  # prefixes: not proven
+    ],
+)
+def test_filters_that_exclude_each_other(one: RunFilter, other: RunFilter, excluded: bool) -> None:
+    assert one.excludes(other) is excluded and other.excludes(one) is excluded

@@ -79,6 +79,17 @@ class RunFilter:
         """Whether any condition is set (a filter that selects less than everything)."""
         return any(getattr(self, name) is not None for name in EQUALITY_FILTERS) or bool(self.tags)
 
+    def excludes(self, other: RunFilter) -> bool:
+        """Whether no run can meet both filters: an equality or a tag both set, to
+        different values (sessions match by prefix, so they never prove it)."""
+        return any(
+            getattr(self, name) is not None
+            and getattr(other, name) is not None
+            and getattr(self, name) != getattr(other, name)
+            for name in EQUALITY_FILTERS
+            if name != "session_id"
+        ) or any(key in other.tags and other.tags[key] != value for key, value in self.tags.items())
+
     def describe(self) -> str:
         """The filter as its command-line options (``--tag branch=main --day ...``)."""
         parts = [

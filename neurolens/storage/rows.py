@@ -84,6 +84,10 @@ class Rows(ABC):
         """These rows as a pyarrow Table, or None where they are held otherwise."""
         return None
 
+    def shared_ids(self, other: Rows) -> list[str]:
+        """The run ids both these rows and ``other`` hold, sorted."""
+        return sorted(set(self.ids()) & set(other.ids()))
+
     def ids(self) -> list[str]:
         return self.columns(["run_id"])["run_id"]
 

@@ -131,6 +131,15 @@ class ArrowRows(Rows):
     def equals(self, other: Rows) -> bool:
         return isinstance(other, ArrowRows) and bool(self.table.equals(other.table))
 
+    def shared_ids(self, other: Rows) -> list[str]:
+        import pyarrow.compute as pc
+
+        if not isinstance(other, ArrowRows):
+            return super().shared_ids(other)
+        ids = self.table.column("run_id")
+        shared: list[str] = ids.filter(pc.is_in(ids, value_set=other.table.column("run_id"))).to_pylist()
+        return sorted(shared)
+
     def without_duplicates(self, known: Rows | None = None) -> tuple[Rows, list[str]]:
         import pyarrow.compute as pc
 
@@ -360,22 +369,23 @@ class ParquetIndex(IndexFile):
             *(["tags"] if flt.tags else []),
         ]
         names = [n for n in self.schema.names if n in {*asked, *conditions}]
-        schema = pa.schema([self.schema.field(n) for n in names])
+        kept = [n for n in names if n in asked]  # condition-only columns go after filtering
+        schema = pa.schema([self.schema.field(n) for n in kept])
         file = pq.ParquetFile(
             self.handle,
             metadata=self.file.metadata,
             read_dictionary=[n for n in conditions if n in _DICTIONARY_COLUMNS],
         )
-        table = file.read(columns=names)
-        mask = filter_mask(table, flt)
-        if mask is not None:
-            table = table.filter(mask, null_selection_behavior="drop")
-        table = table.cast(schema)  # dictionaries back to strings, the index's field types
+        parts = [file.read(columns=names)]
         if extra is not None and len(extra):
             assert isinstance(extra, ArrowRows)
-            more = extra.table.select(names)
-            mask = filter_mask(more, flt)
+            parts.append(extra.table.select(names))
+        selected = []
+        for table in parts:
+            mask = filter_mask(table, flt)
             if mask is not None:
-                more = more.filter(mask, null_selection_behavior="drop")
-            table = pa.concat_tables([table, more.cast(schema)])
+                table = table.filter(mask, null_selection_behavior="drop")
+            # dictionaries back to strings, the index's field types
+            selected.append(table.select(kept).cast(schema))
+        table = selected[0] if len(selected) == 1 else pa.concat_tables(selected)
         return ArrowRows(table)
