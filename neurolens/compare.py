@@ -43,7 +43,7 @@ from neurolens.comparison import (
     resolve_metric,
 )
 from neurolens.errors import StoreError
-from neurolens.samples import GroupKey, SideGroup, arrow_hardware, arrow_samples
+from neurolens.samples import GroupKey, SideGroup, arrow_samples
 from neurolens.storage.files import check_run_path, read_store_file
 from neurolens.storage.filters import RunFilter
 from neurolens.storage.manifest import COLUMNS
@@ -132,18 +132,16 @@ def compare(
     tables = [r.arrow() for r in rows]
     if metric in COLUMNS and tables[0] is not None and tables[1] is not None:
         by_side = [arrow_samples(table, group_by, metric) for table in tables]
-        hardware = arrow_hardware(tables, group_by)
     else:
         data = [r.columns(needed) for r in rows]
         by_side = [_side_samples(docs, metric, i, data[i], group_by, result.warnings) for i in (0, 1)]
-        hardware = _hardware(data, group_by)
     for key in sorted(set(by_side[0]) | set(by_side[1]), key=repr):
         group = dict(zip(group_by, key, strict=True))
         base, cand = by_side[0].get(key, SideGroup()), by_side[1].get(key, SideGroup())
         out = judge(result, group, base.samples, cand.samples)
         out.baseline_runs, out.candidate_runs = base.runs, cand.runs
         result.groups.append(out)
-        _warn_mixed_hardware(result, group, hardware.get(key, set()))
+        _warn_mixed_hardware(result, group, base.hardware | cand.hardware)
     if result.groups and all(g.baseline is None and g.candidate is None for g in result.groups):
         raise UnknownMetricError(metric, sorted(docs.metrics_seen | set(METRIC_COLUMNS)))
     compared = any(g.verdict in COMPARED for g in result.groups)
@@ -210,7 +208,11 @@ def _side_samples(
     """Per group: the side's samples, run by run in Python (for metrics only run files
     hold, or rows without Arrow); ``samples.arrow_samples`` is the same rule vectorised."""
     return {
-        key: SideGroup(_samples(docs, metric, which, data, positions, warnings), len(positions))
+        key: SideGroup(
+            _samples(docs, metric, which, data, positions, warnings),
+            len(positions),
+            {(data["gpu_name"][i] or "-", data["driver_version"][i] or "-") for i in positions},
+        )
         for key, positions in _group(data, group_by).items()
     }
 
@@ -245,18 +247,6 @@ def _samples(
     # oldest first by the newest run; ties: session-less runs, then by id and round (None last)
     order = sorted(by_sample, key=lambda k: (newest[k], k[0], k[1], k[2] is None, k[2] or 0))
     return [statistics.median(by_sample[key]) for key in order]
-
-
-def _hardware(
-    data: list[dict[str, list[Any]]], group_by: Sequence[str]
-) -> dict[GroupKey, set[tuple[str, str]]]:
-    kinds: dict[GroupKey, set[tuple[str, str]]] = {}
-    for columns in data:
-        for key, positions in _group(columns, group_by).items():
-            kinds.setdefault(key, set()).update(
-                (columns["gpu_name"][i] or "-", columns["driver_version"][i] or "-") for i in positions
-            )
-    return kinds
 
 
 def judge(

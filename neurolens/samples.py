@@ -2,29 +2,33 @@
 per session (or round, or session-less run), the median of its runs' metric.
 
 This is ``compare``'s sampling rule (see ``compare._samples``) done without a Python step
-per run, for metrics the index holds; a million runs are a few column operations.
-Samples are ordered oldest first by their newest run, then (on equal times) session-less
-runs before sessions, then by id and round.
+per run, for metrics the index holds; a million runs are a few sorts. Samples are ordered
+oldest first by their newest run, then (on equal times) session-less runs before
+sessions, then by id and round.
+
+Grouping is done by sorting on dense integer codes, not with ``Table.group_by``: that
+needs ``pyarrow.dataset``, whose import pulls in pandas (0.4 s of a CLI gate's time).
 """
 
 from __future__ import annotations
 
-import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from neurolens.storage.arrow_filters import float64_array
+from neurolens.storage.arrow_filters import float64_array, int64_array
 
 GroupKey = tuple[Any, ...]
 
 
 @dataclass
 class SideGroup:
-    """One side of one group: its sample values (oldest first) and how many runs made them."""
+    """One side of one group: its sample values (oldest first), how many runs made them,
+    and the (GPU, driver) pairs they ran on ("-" for none)."""
 
     samples: list[float] = field(default_factory=list)
     runs: int = 0
+    hardware: set[tuple[str, str]] = field(default_factory=set)
 
 
 def arrow_samples(table: Any, group_by: Sequence[str], metric: str) -> dict[GroupKey, SideGroup]:
@@ -32,79 +36,129 @@ def arrow_samples(table: Any, group_by: Sequence[str], metric: str) -> dict[Grou
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    runs = table.group_by(list(group_by), use_threads=False).aggregate([("run_id", "count")])
+    table = table.combine_chunks()
+
+    def col(name: str) -> Any:  # a column as one Array, so masks and takes stay Arrays
+        return table.column(name).combine_chunks()
+
+    group = _codes(table, group_by)
+    keys, starts, ends, order = _runs(group)
+    firsts = table.select(list(group_by)).take(order.take(starts))
     out = {
         key: SideGroup(runs=count)
-        for key, count in zip(_keys(runs, group_by), runs.column("run_id_count").to_pylist(), strict=True)
+        for key, count in zip(_keys(firsts, group_by), pc.subtract(ends, starts).to_pylist(), strict=True)
     }
-    valid = table.filter(pc.is_valid(table.column(metric)))
-    if not valid.num_rows:
-        return out
-    # A run without a session is a sample of its own: only runs with one are aggregated.
-    alone = valid.filter(pc.is_null(valid.column("session_id")))
-    grouped = valid.filter(pc.is_valid(valid.column("session_id")))
-    per_sample = grouped.group_by([*group_by, "session_id", "repeat"], use_threads=False).aggregate(
-        [(metric, "list"), (metric, "count"), ("created_at", "max")]
-    )
-    values = per_sample.column(f"{metric}_list")
-    medians = pc.list_element(values, 0).cast(pa.float64()).to_pylist()
-    several = pc.indices_nonzero(pc.greater(per_sample.column(f"{metric}_count"), 1)).to_pylist()
-    if several:
-        for position, members in zip(several, values.take(several).to_pylist(), strict=True):
-            medians[position] = statistics.median(members)
-    columns = [*group_by, "_time", "_session", "_id", "_round", "_value"]
-    lone = _samples_table(
-        alone, group_by, alone.column("created_at"), False, alone.column("run_id"), alone.column("repeat"),
-        alone.column(metric).cast(pa.float64()),
-    )  # fmt: skip
-    sessions = _samples_table(
-        per_sample, group_by, per_sample.column("created_at_max"), True, per_sample.column("session_id"),
-        per_sample.column("repeat"), pa.chunked_array([float64_array(medians)], pa.float64()),
-    )  # fmt: skip
-    both = pa.concat_tables([lone.select(columns), sessions.select(columns)])
-    # A stable sort by time (then kind, id, round; nulls last): each group's list below
-    # keeps this order, oldest first.
-    order = [("_time", "ascending"), ("_session", "ascending"), ("_id", "ascending"), ("_round", "ascending")]
-    per_sample = both.select([*group_by, "_value"]).take(pc.sort_indices(both, sort_keys=order))
-    per_group = per_sample.group_by(list(group_by), use_threads=False).aggregate([("_value", "list")])
-    for key, samples in zip(
-        _keys(per_group, group_by), per_group.column("_value_list").to_pylist(), strict=True
+    keyed = dict(zip(keys.to_pylist(), out, strict=True))  # group code -> group key
+    _, kind_starts, _, kind_order = _runs(_codes(table, ["gpu_name", "driver_version"], first=group))
+    kinds = table.select(["gpu_name", "driver_version"]).take(kind_order.take(kind_starts))
+    kind_groups = group.take(kind_order.take(kind_starts)).to_pylist()
+    for code, gpu, driver in zip(
+        kind_groups, kinds.column(0).to_pylist(), kinds.column(1).to_pylist(), strict=True
     ):
-        out[key].samples = samples
+        out[keyed[code]].hardware.add((gpu or "-", driver or "-"))
+    valid = pc.is_valid(col(metric))
+    lone = pc.and_(valid, pc.is_null(col("session_id")))
+    pooled = pc.and_(valid, pc.is_valid(col("session_id")))
+    values = col(metric).cast(pa.float64())
+
+    # Lone runs: each is a sample of its own.
+    parts = [
+        pa.table(
+            {
+                "_group": group.filter(lone),
+                "_time": col("created_at").filter(lone),
+                "_session": pc.is_null(col("run_id").filter(lone)),  # all False
+                "_id": col("run_id").filter(lone),
+                "_round": col("repeat").filter(lone),
+                "_value": values.filter(lone),
+            }
+        )
+    ]
+    # Runs of a session (and round): one sample, their median, at their newest time.
+    if pc.any(pooled).as_py():
+        session = table.filter(pooled)
+        sample = _codes(session, ["session_id", "repeat"], first=group.filter(pooled))
+        by_value = pc.sort_indices(
+            pa.table({"s": sample, "v": values.filter(pooled)}), [("s", "ascending"), ("v", "ascending")]
+        )
+        _, starts, ends, _ = _runs(sample.take(by_value), ordered=True)
+        sorted_values = values.filter(pooled).take(by_value)
+        one, two = int64_array([1, 2])
+        low = pc.add(starts, pc.divide(pc.subtract(pc.subtract(ends, starts), one), two))
+        high = pc.add(starts, pc.divide(pc.subtract(ends, starts), two))
+        medians = pc.divide(
+            pc.add(sorted_values.take(low), sorted_values.take(high)), float64_array([2.0])[0]
+        )
+        times = session.column("created_at").combine_chunks()
+        by_time = pc.sort_indices(
+            pa.table({"s": sample, "t": times}), [("s", "ascending"), ("t", "ascending")]
+        )
+        _, _, time_ends, _ = _runs(sample.take(by_time), ordered=True)
+        newest = by_time.take(pc.subtract(time_ends, one))
+        first = by_value.take(starts)
+        ids = session.column("session_id").combine_chunks()
+        parts.append(
+            pa.table(
+                {
+                    "_group": group.filter(pooled).take(first),
+                    "_time": times.take(newest),
+                    "_session": pc.is_valid(ids.take(first)),  # all True
+                    "_id": ids.take(first),
+                    "_round": session.column("repeat").combine_chunks().take(first),
+                    "_value": medians,
+                }
+            )
+        )
+    samples = pa.concat_tables(parts)
+    if not samples.num_rows:
+        return out
+    order = [("_group", "ascending"), ("_time", "ascending"), ("_session", "ascending"),
+             ("_id", "ascending"), ("_round", "ascending")]  # fmt: skip
+    ranked = pc.sort_indices(samples, sort_keys=order)  # nulls last
+    codes, starts, ends, _ = _runs(samples.column("_group").take(ranked), ordered=True)
+    sample_values = samples.column("_value").take(ranked).to_pylist()
+    for code, start, end in zip(codes.to_pylist(), starts.to_pylist(), ends.to_pylist(), strict=True):
+        out[keyed[code]].samples = sample_values[start:end]
     return out
 
 
-def arrow_hardware(tables: Sequence[Any], group_by: Sequence[str]) -> dict[GroupKey, set[tuple[str, str]]]:
-    """Per group key: the (GPU, driver) pairs its runs on either side ran on ("-" for none)."""
-    kinds: dict[GroupKey, set[tuple[str, str]]] = {}
-    for table in tables:
-        names = list(dict.fromkeys([*group_by, "gpu_name", "driver_version"]))
-        pairs = table.select(names).group_by(names, use_threads=False).aggregate([])
-        gpus = pairs.column("gpu_name").to_pylist()
-        drivers = pairs.column("driver_version").to_pylist()
-        for key, gpu, driver in zip(_keys(pairs, group_by), gpus, drivers, strict=True):
-            kinds.setdefault(key, set()).add((gpu or "-", driver or "-"))
-    return kinds
-
-
-def _samples_table(
-    source: Any, group_by: Sequence[str], time: Any, session: bool, ids: Any, rounds: Any, values: Any
-) -> Any:
-    """Samples as rows: group keys, newest time, kind (session or lone run), id, round, value."""
+def _codes(table: Any, columns: Sequence[str], first: Any = None) -> Any:
+    """One int64 per row, equal where the rows' values in ``columns`` (and ``first``'s
+    code) are equal, dense: from 0 to the number of distinct combinations. Nulls are a
+    value of their own."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    return pa.table(
-        {
-            **{name: source.column(name) for name in group_by},
-            "_time": time,
-            # ids are never null: all True for sessions, all False for lone runs
-            "_session": pc.is_valid(ids) if session else pc.is_null(ids),
-            "_id": ids,
-            "_round": rounds,
-            "_value": values,
-        }
-    )
+    code = first
+    for name in columns:
+        encoded = pc.dictionary_encode(table.column(name).combine_chunks(), null_encoding="encode")
+        indices = encoded.indices.cast(pa.int64())
+        if code is None:
+            code = indices
+        else:  # re-encoded at each step, so codes stay below the row count (no overflow)
+            width = int64_array([len(encoded.dictionary)])[0]
+            code = pc.dictionary_encode(pc.add(pc.multiply(code, width), indices)).indices.cast(pa.int64())
+    assert code is not None
+    return code
+
+
+def _runs(codes: Any, *, ordered: bool = False) -> tuple[Any, Any, Any, Any]:
+    """For the codes (sorted first unless ``ordered``): each distinct code, where its run
+    starts and ends in the sorted order, and that order (indices into ``codes``; None
+    when they came ordered)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    order = None if ordered else pc.array_sort_indices(codes)
+    ranked = codes if order is None else codes.take(order)
+    count = len(ranked)
+    if count == 0:
+        empty = int64_array([])
+        return empty, empty, empty, order
+    changes = pc.indices_nonzero(pc.not_equal(ranked.slice(1), ranked.slice(0, count - 1)))
+    starts = pa.concat_arrays([int64_array([0]), pc.add(changes.cast(pa.int64()), int64_array([1])[0])])
+    ends = pa.concat_arrays([starts.slice(1), int64_array([count])])
+    return ranked.take(starts), starts, ends, order
 
 
 def _keys(table: Any, group_by: Sequence[str]) -> list[GroupKey]:

@@ -299,3 +299,29 @@ def test_ls_filters_without_importing_pandas(tmp_path: Path) -> None:
     argv = ["ls", "--root", str(tmp_path), "--tag", "branch=main", "--model", "m1", "--limit", "2", "--json"]
     done = subprocess.run([sys.executable, "-c", script, *argv], capture_output=True, text=True, check=True)
     assert done.stdout.split() == ["0", "1", "False"]
+
+
+def test_compare_gates_without_importing_pandas(tmp_path: Path) -> None:
+    # Table.group_by needs pyarrow.dataset, which imports pandas (0.4 s): compare groups by sorting
+    from neurolens.storage.store import compact_index
+    from tests.factories import make_run
+
+    for branch, latency in (("main", 10.0), ("pr", 20.0)):
+        for session in range(3):
+            for i in range(2):  # sessions of two runs: medians, not lone samples
+                run = make_run(tags={"branch": branch}, session_id=f"{branch}-{session}")
+                run["metrics"] = {**run["metrics"], "total_latency_ms": latency + i}
+                write_run(tmp_path, run)
+        write_run(tmp_path, make_run(tags={"branch": branch}))  # and a run without a session
+    compact_index(tmp_path)
+    script = (
+        "import sys, io, contextlib; from neurolens.cli import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()) as out:\n"
+        "    code = main(sys.argv[1:])\n"
+        "verdict = __import__('json').loads(out.getvalue())['groups'][0]['verdict']\n"
+        "print(code, verdict, 'pandas' in sys.modules)"
+    )
+    sides = ["--baseline-tag", "branch=main", "--candidate-tag", "branch=pr"]
+    argv = ["compare", "--root", str(tmp_path), *sides, "--fail-above", "5%", "--json"]
+    done = subprocess.run([sys.executable, "-c", script, *argv], capture_output=True, text=True)
+    assert done.stdout.split() == ["1", "regressed", "False"], done.stderr

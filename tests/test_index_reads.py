@@ -156,6 +156,7 @@ samples_rows = st.lists(
         st.one_of(st.none(), st.integers(0, 2)),
         st.integers(0, 40),
         st.one_of(st.none(), st.floats(0.5, 50, allow_nan=False)),
+        st.sampled_from([None, "H100", "A100"]),
     ),
     max_size=60,
 )
@@ -165,18 +166,27 @@ samples_rows = st.lists(
 @given(samples_rows)
 def test_vectorised_samples_equal_the_run_by_run_rule(rows: list[tuple[Any, ...]]) -> None:
     entries = []
-    for i, (model, seq, session, repeat, when, latency) in enumerate(rows):
+    for i, (model, seq, session, repeat, when, latency, gpu) in enumerate(rows):
         e = entry(i, created=when)
-        e.update(model=model, seq_len=seq, session_id=session, repeat=repeat, gpu_utilization=latency)
+        e.update(
+            model=model, seq_len=seq, session_id=session, repeat=repeat, gpu_utilization=latency, gpu_name=gpu
+        )
         entries.append(e)
     group_by = ["model", "seq_len"]
     arrow_rows = backend().from_entries(entries)
     vectorised = arrow_samples(arrow_rows.arrow(), group_by, "gpu_utilization")
-    data = arrow_rows.columns([*group_by, "run_id", "session_id", "repeat", "created_at", "gpu_utilization"])
-    by_run = _side_samples(_Documents([]), "gpu_utilization", 0, data, group_by, [])
-    assert {k: (v.samples, v.runs) for k, v in vectorised.items()} == {
-        k: (v.samples, v.runs) for k, v in by_run.items()
-    }
+    names = [
+        *group_by,
+        "run_id",
+        "session_id",
+        "repeat",
+        "created_at",
+        "gpu_utilization",
+        "gpu_name",
+        "driver_version",
+    ]
+    by_run = _side_samples(_Documents([]), "gpu_utilization", 0, arrow_rows.columns(names), group_by, [])
+    assert vectorised == by_run
 
 
 def test_a_run_id_held_by_the_index_or_the_tail_is_refused_and_a_new_one_stored(tmp_path: Path) -> None:
