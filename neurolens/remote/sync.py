@@ -98,20 +98,22 @@ def pull(remote: RemoteTable, root: Path, flt: RunFilter | None = None) -> Merge
     rows = remote.select(flt).records()
     report = MergeReport()
     ensure_root(root)
-    importer = Importer(root, report)
-    wanted = [r for r in rows if not importer.skips(remote.url, r)]
-    by_id = {r["run_id"]: r for r in wanted}
-    ids = list(by_id)
-    for start in range(0, len(ids), _BATCH):
-        for payload in remote.with_ids(ids[start : start + _BATCH], ["run_id", "document", "fingerprint"]):
-            entry = by_id[payload["run_id"]]
-            fingerprint = payload["fingerprint"]
-            importer.add(
-                remote.url,
-                entry,
-                payload["document"].encode("utf-8"),
-                None if fingerprint is None else fingerprint.encode("utf-8"),
-            )
-        importer.flush()
+    with Importer(root, report) as importer:
+        wanted = [r for r in rows if not importer.skips(remote.url, r)]
+        by_id = {r["run_id"]: r for r in wanted}
+        ids = list(by_id)
+        for start in range(0, len(ids), _BATCH):
+            for payload in remote.with_ids(
+                ids[start : start + _BATCH], ["run_id", "document", "fingerprint"]
+            ):
+                entry = by_id[payload["run_id"]]
+                fingerprint = payload["fingerprint"]
+                importer.add(
+                    remote.url,
+                    entry,
+                    payload["document"].encode("utf-8"),
+                    None if fingerprint is None else fingerprint.encode("utf-8"),
+                )
+            importer.flush()
     index.compact(root, warn=False)
     return report

@@ -206,8 +206,9 @@ def canonical_bytes(value: Any, *, indent: int | None = 2) -> bytes:
     return (text + "\n").encode("utf-8")
 
 
-def prepare_run(run: Mapping[str, Any]) -> dict[str, Any]:
-    """Validate ``run`` and return the canonical document (a new dict).
+def prepare_run(run: Mapping[str, Any], *, parsed: bool = False) -> dict[str, Any]:
+    """Validate ``run`` and return the canonical document (a new dict, or ``run`` itself
+    when ``parsed``: a dict fresh from ``json.loads``, already a plain copy of its own).
 
     Fills ``run_id``, ``created_at`` (normalised to UTC) and ``schema_version``.
     Raises RunValidationError naming the first offending field.
@@ -215,7 +216,9 @@ def prepare_run(run: Mapping[str, Any]) -> dict[str, Any]:
     if not isinstance(run, Mapping):
         raise RunValidationError("", f"a run must be a mapping, not {type(run).__name__}")
     check_json_value(dict(run), "")
-    document: dict[str, Any] = json.loads(json.dumps(dict(run)))  # deep, plain copy
+    document: dict[str, Any] = (
+        run if parsed and isinstance(run, dict) else json.loads(json.dumps(dict(run)))  # deep, plain copy
+    )
     if document.get("schema_version", SCHEMA_VERSION) != SCHEMA_VERSION:
         raise RunValidationError(
             "schema_version",

@@ -81,24 +81,33 @@ def open_dir(root: Path, relative: str = "", *, create: bool = False) -> int:
 
 def open_in_store(root: Path, relative: str, flags: int, mode: int = 0o644) -> int:
     """Open the regular file ``relative`` under ``root`` without following any link."""
-    folder, _, name = relative.rpartition("/")
-    dir_fd = open_dir(root, folder)
+    dir_fd = open_dir(root, relative.rpartition("/")[0])
     try:
-        _parts(name)
-        try:
-            fd = os.open(name, flags | _NOFOLLOW | _NONBLOCK | _CLOEXEC, mode, dir_fd=dir_fd)
-        except FileNotFoundError:
-            raise
-        except OSError as exc:
-            if exc.errno == errno.EISDIR:
-                raise StoreError(f"{root / relative} is a folder, not a file") from None
-            raise _refusal(root, relative, exc) from None
+        return _open_file_in(dir_fd, root, relative, flags, mode)
     finally:
         os.close(dir_fd)
+
+
+def _open_file_in(
+    dir_fd: int, root: Path, relative: str, flags: int, mode: int = 0o644, *, reading: bool = False
+) -> int:
+    """Open the regular file ``relative``'s last component in its folder ``dir_fd``.
+    ``reading``: for a read-only use that keeps O_NONBLOCK (it changes nothing for a
+    regular file), a syscall saved per file."""
+    name = relative.rpartition("/")[2]
+    _parts(name)
+    try:
+        fd = os.open(name, flags | _NOFOLLOW | _NONBLOCK | _CLOEXEC, mode, dir_fd=dir_fd)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        if exc.errno == errno.EISDIR:
+            raise StoreError(f"{root / relative} is a folder, not a file") from None
+        raise _refusal(root, relative, exc) from None
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
         raise StoreError(f"{root / relative} is not a regular file")
-    if _NONBLOCK and sys.platform != "win32":  # only there so a FIFO cannot block the open
+    if _NONBLOCK and not reading and sys.platform != "win32":  # only so a FIFO cannot block the open
         fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~_NONBLOCK)
     return fd
 
@@ -108,6 +117,51 @@ def read_store_file(root: Path, relative: str) -> bytes:
     fd = open_in_store(root, relative, os.O_RDONLY)
     with os.fdopen(fd, "rb") as handle:
         return handle.read()
+
+
+class Folders:
+    """Folders under a root, each opened once (a component at a time, without following
+    links, as ``open_dir`` does) and kept open: reading or writing a batch of run files in
+    a few day folders costs one open per file, not one per path component."""
+
+    def __init__(self, root: Path, *, create: bool = False, keep: int = 256) -> None:
+        self.root = root
+        self.create = create
+        self.keep = keep
+        self._open: dict[str, int] = {}
+
+    def fd(self, folder: str) -> int:
+        """The descriptor of ``folder`` (created when ``create``); owned by this object."""
+        fd = self._open.pop(folder, None)
+        if fd is None:
+            fd = open_dir(self.root, folder, create=self.create)
+            if len(self._open) >= self.keep:  # the least recently used goes
+                os.close(self._open.pop(next(iter(self._open))))
+        self._open[folder] = fd
+        return fd
+
+    def read(self, relative: str) -> bytes:
+        """The bytes of a regular file inside the root (see ``read_store_file``)."""
+        folder = self.fd(relative.rpartition("/")[0])
+        fd = _open_file_in(folder, self.root, relative, os.O_RDONLY, reading=True)
+        try:
+            chunks = []
+            while chunk := os.read(fd, 1 << 20):
+                chunks.append(chunk)
+            return b"".join(chunks)
+        finally:
+            os.close(fd)
+
+    def close(self) -> None:
+        for fd in self._open.values():
+            os.close(fd)
+        self._open.clear()
+
+    def __enter__(self) -> Folders:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def fsync_dir(dir_fd: int) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 from neurolens.errors import NeurolensError, RunExistsError
 from neurolens.storage import index as _index
 from neurolens.storage.document import canonical_bytes, prepare_run, run_relpaths
-from neurolens.storage.files import append_lines_durably, create_file_atomically, open_dir, read_store_file
+from neurolens.storage.files import Folders, append_lines_durably, create_file_atomically
 from neurolens.storage.manifest import (
     MANIFEST_NAME,
     encode_entry,
@@ -50,18 +50,16 @@ class MergeReport:
         return {**asdict(self), "complete": self.complete}
 
 
-def check_run_bytes(
-    entry: dict[str, Any], run_bytes: bytes, fp_bytes: bytes | None
-) -> tuple[dict[str, Any], bytes, bytes | None] | str:
-    """(document, run bytes, fingerprint bytes) of a sound run, or what is wrong with it."""
+def check_run_bytes(entry: dict[str, Any], run_bytes: bytes, fp_bytes: bytes | None) -> dict[str, Any] | str:
+    """The manifest entry a sound run's files give (equal to ``entry`` but for columns
+    ``entry`` predates), or what is wrong with the run."""
     if hashlib.sha256(run_bytes).hexdigest() != entry["sha256"]:
         return f"run file {entry['run_json']} does not match its manifest hash"
     try:
-        document = json.loads(run_bytes)
-        canonical = prepare_run(document)
+        canonical = prepare_run(json.loads(run_bytes), parsed=True)
     except (ValueError, NeurolensError, RecursionError) as exc:
         return f"run file {entry['run_json']} is not a valid run ({exc})"
-    if canonical_bytes(canonical) != run_bytes:
+    if canonical_bytes(canonical) != run_bytes:  # also catches a document prepare_run filled in
         return f"run file {entry['run_json']} is not in canonical form"
     if fp_bytes is not None:
         try:
@@ -71,19 +69,28 @@ def check_run_bytes(
     run_rel, fp_rel = run_relpaths(canonical, with_fingerprint=fp_bytes is not None)
     if (run_rel, fp_rel) != (entry["run_json"], entry["fp_json"]):
         return f"manifest entry of {entry['run_id']} names {entry['run_json']}, expected {run_rel}"
-    if entry_differences(entry_for(canonical, run_rel, fp_rel, entry["sha256"]), entry):
+    expected = entry_for(canonical, run_rel, fp_rel, entry["sha256"])
+    if entry_differences(expected, entry):
         return f"manifest entry of {entry['run_id']} disagrees with its run file"
-    return canonical, run_bytes, fp_bytes
+    return expected
 
 
 class Importer:
-    """Copies checked runs into ``dest``: files now, manifest lines in batches."""
+    """Copies checked runs into ``dest``: files now, manifest lines in batches. Use it in a
+    ``with`` block: it keeps the destination's folders open."""
 
     def __init__(self, dest: Path, report: MergeReport) -> None:
         self.dest = dest
         self.report = report
         self.known = known_runs(dest)
         self._pending: list[bytes] = []
+        self._folders = Folders(dest, create=True)
+
+    def __enter__(self) -> Importer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._folders.close()
 
     def add(self, label: str, entry: dict[str, Any], run_bytes: bytes, fp_bytes: bytes | None) -> None:
         """Check one run and copy it in, unless the store has it (skipped) or holds another
@@ -95,20 +102,17 @@ class Importer:
         if isinstance(checked, str):
             self.report.damaged.append(f"{label}: {checked}")
             return
-        document = checked[0]
         try:
-            _place(self.dest, entry["run_json"], run_bytes)
+            self._place(entry["run_json"], run_bytes)
             if fp_bytes is not None and entry["fp_json"]:
-                _place(self.dest, entry["fp_json"], fp_bytes)
+                self._place(entry["fp_json"], fp_bytes)
         except RunExistsError:
             self.report.conflicts.append(
                 f"{label}: {entry['run_json']} exists in the destination with other content"
             )
             return
         self.known[run_id] = entry["sha256"]
-        self._pending.append(
-            encode_entry(entry_for(document, entry["run_json"], entry["fp_json"], entry["sha256"]))
-        )
+        self._pending.append(encode_entry(checked))
         if len(self._pending) >= _BATCH:
             self.flush()
 
@@ -134,6 +138,15 @@ class Importer:
         self.report.added += len(self._pending)
         self._pending.clear()
 
+    def _place(self, relative: str, data: bytes) -> None:
+        """Copy one file in; an identical file left by an interrupted import is accepted."""
+        folder, _, name = relative.rpartition("/")
+        try:
+            create_file_atomically(self._folders.fd(folder), name, data, durable=False)
+        except RunExistsError:
+            if self._folders.read(relative) != data:
+                raise
+
 
 def known_runs(root: Path) -> dict[str, str]:
     """run id -> sha256 of the runs a store holds (index plus manifest tail)."""
@@ -141,19 +154,6 @@ def known_runs(root: Path) -> dict[str, str]:
         return {}
     columns = _index.snapshot(root, warn=False).columns(["run_id", "sha256"])
     return dict(zip(columns["run_id"], columns["sha256"], strict=True))
-
-
-def _place(dest: Path, relative: str, data: bytes) -> None:
-    """Copy one file in; an identical file left by an interrupted import is accepted."""
-    folder, _, name = relative.rpartition("/")
-    dir_fd = open_dir(dest, folder, create=True)
-    try:
-        create_file_atomically(dir_fd, name, data, durable=False)
-    except RunExistsError:
-        if read_store_file(dest, relative) != data:
-            raise
-    finally:
-        os.close(dir_fd)
 
 
 def reason(exc: Exception) -> str:

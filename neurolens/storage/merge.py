@@ -20,7 +20,7 @@ from pathlib import Path, PurePosixPath
 
 from neurolens.errors import StoreError
 from neurolens.storage import index as _index
-from neurolens.storage.files import check_run_path, read_store_file
+from neurolens.storage.files import Folders, check_run_path
 from neurolens.storage.importer import Importer, MergeReport, reason
 from neurolens.storage.manifest import manifest_path
 from neurolens.storage.root import ensure_root, require_store
@@ -138,7 +138,7 @@ def merge_stores(
             for s in sources
         ]
         ensure_root(dest_root)
-        importer = Importer(dest_root, report)
+        importer = stack.enter_context(Importer(dest_root, report))
         for src, label in opened:
             if src.resolve() == dest_root.resolve():
                 raise StoreError(f"source {label} is the destination itself")
@@ -148,6 +148,12 @@ def merge_stores(
 
 
 def _merge_one(src: Path, label: Path, importer: Importer) -> None:
+    with Folders(src) as folders:
+        _copy_runs(src, folders, label, importer)
+    importer.flush()
+
+
+def _copy_runs(src: Path, folders: Folders, label: Path, importer: Importer) -> None:
     rows, manifest = _index.read_tail(src)
     importer.report.damaged.extend(f"{label}: {problem}" for problem in manifest.problems)
     for entry in rows.records():
@@ -156,7 +162,7 @@ def _merge_one(src: Path, label: Path, importer: Importer) -> None:
         files: list[bytes | None] = []
         for kind, relative in (("run file", entry["run_json"]), ("fingerprint", entry["fp_json"])):
             try:
-                files.append(read_store_file(src, check_run_path(relative)) if relative else None)
+                files.append(folders.read(check_run_path(relative)) if relative else None)
             except (OSError, StoreError) as exc:
                 importer.report.damaged.append(f"{label}: {kind} {relative} cannot be read ({reason(exc)})")
                 break
@@ -164,4 +170,3 @@ def _merge_one(src: Path, label: Path, importer: Importer) -> None:
             run_bytes, fp_bytes = files
             assert run_bytes is not None
             importer.add(str(label), entry, run_bytes, fp_bytes)
-    importer.flush()
