@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from neurolens.errors import StoreError
+from neurolens.storage import verify
 from neurolens.storage.merge import merge_stores
 from neurolens.storage.query import query
 from neurolens.storage.store import rebuild_index_from_manifest, write_run
@@ -293,6 +294,23 @@ def test_verify_finds_each_kind_of_damage(store: Path) -> None:
     problems = verify_store(store).problems
     assert any(p.kind == "entry_mismatch" and "model" in p.message for p in problems)
     assert any(p.kind == "orphan_file" and p.where == "2025/03/03/onnxrt/stray.json" for p in problems)
+
+
+def test_verify_in_worker_processes_gives_the_same_report(
+    store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = store / "2025/03/03/onnxrt"
+    (folder / "v0001.json").write_text("{broken")
+    (folder / "v0002.json").unlink()
+    (folder / "v0004.fp.json").unlink()
+    alone = verify_store(store, workers=1).to_dict()
+    monkeypatch.setattr(verify, "_PART", 2)  # parts of two runs: three worker tasks
+    seen: list[tuple[int, int]] = []
+    spread = verify_store(store, workers=2, progress=lambda done, total: seen.append((done, total)))
+    assert spread.to_dict() == alone
+    assert [kind for kind in alone["counts"]] == ["hash_mismatch", "invalid_run", "missing_run_file",
+                                                   "missing_fingerprint"]  # fmt: skip
+    assert seen[-1] == (6, 6) and [done for done, _ in seen] == sorted(done for done, _ in seen)
 
 
 def test_verify_index_problems(store: Path) -> None:

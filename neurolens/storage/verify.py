@@ -14,10 +14,13 @@ temporary files are ``leftovers``: reported apart, harmless, removed by ``remove
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
+import multiprocessing
 import os
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,8 +29,16 @@ from neurolens.errors import NeurolensError, StoreError
 from neurolens.storage import index as _index
 from neurolens.storage.document import prepare_run, run_relpaths
 from neurolens.storage.files import Folders, check_run_path, open_dir, read_store_file
-from neurolens.storage.manifest import MANIFEST_NAME, Progress, entry_differences, entry_for, manifest_size
+from neurolens.storage.manifest import (
+    COLUMNS,
+    MANIFEST_NAME,
+    Progress,
+    entry_differences,
+    entry_for,
+    manifest_size,
+)
 from neurolens.storage.root import require_store
+from neurolens.storage.rows import Rows
 
 
 @dataclass
@@ -68,13 +79,24 @@ class VerifyReport:
         }
 
 
+# Runs one worker process checks at a time; a store of fewer than two such parts is
+# checked in this process (starting workers costs more than it saves).
+_PART = 20_000
+
+
 def verify_store(
-    root: str | os.PathLike[str], *, full: bool = False, progress: Progress | None = None
+    root: str | os.PathLike[str],
+    *,
+    full: bool = False,
+    progress: Progress | None = None,
+    workers: int | None = None,
 ) -> VerifyReport:
     """Every problem of the store at ``root`` (kinds in the module docstring); reads, never writes.
 
     Consistent beside live writers: a file that no entry of the manifest as first read
-    names is checked again against what was appended since.
+    names is checked again against what was appended since. Run files are read and hashed
+    by ``workers`` processes (default: one per CPU) when the store is large; the report
+    is the same, in the same order.
     """
     root_path = Path(root)
     report = VerifyReport(root=root_path)
@@ -85,22 +107,59 @@ def verify_store(
     unique, duplicates = rows.without_duplicates()
     for run_id in duplicates:
         report.add("duplicate_run_id", MANIFEST_NAME, _index.duplicate_message(run_id))
-    entries = unique.records()
-    report.runs = len(entries)
-    named: set[str] = set()
-    with Folders(root_path) as folders:
-        for number, entry in enumerate(entries, 1):
-            named.add(entry["run_json"])
-            if entry["fp_json"]:
-                named.add(entry["fp_json"])
-            _check_entry(folders, entry, full, report)
-            if progress is not None and number % 10000 == 0:
-                progress(number, len(entries))
-    if progress is not None:
-        progress(len(entries), len(entries))
+    report.runs = len(unique)
+    paths = unique.columns(["run_json", "fp_json"])
+    named: set[str] = {*paths["run_json"], *(p for p in paths["fp_json"] if p)}
+    _check_entries(root_path, unique, full, report, progress, workers or os.cpu_count() or 1)
     _check_files(root_path, named, tail.end, report)
     _check_index(root_path, report)
     return report
+
+
+def _check_entries(
+    root: Path, rows: Rows, full: bool, report: VerifyReport, progress: Progress | None, workers: int
+) -> None:
+    """Check every entry's files, in parts spread over worker processes when there are
+    enough; problems are added in entry order either way."""
+    total = len(rows)
+    if workers < 2 or total < 2 * _PART:
+        with Folders(root) as folders:
+            for number, entry in enumerate(rows.records(), 1):
+                _check_entry(folders, entry, full, report)
+                if progress is not None and number % 10000 == 0:
+                    progress(number, total)
+    else:
+        table = rows.arrow()
+        records = rows.records() if table is None else []
+        parts: list[Any] = [
+            table.select(list(COLUMNS)).slice(start, _PART)
+            if table is not None
+            else records[start : start + _PART]
+            for start in range(0, total, _PART)
+        ]
+        # forkserver: a clean process to fork workers from (this one may run pyarrow threads)
+        methods = multiprocessing.get_all_start_methods()
+        context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+        with ProcessPoolExecutor(min(workers, len(parts)), mp_context=context) as pool:
+            done = 0
+            for part, problems in zip(parts, pool.map(_check_part, itertools.repeat(root), parts,
+                                                      itertools.repeat(full)), strict=True):  # fmt: skip
+                report.problems.extend(problems)
+                done += len(part)
+                if progress is not None:
+                    progress(done, total)
+    if progress is not None:
+        progress(total, total)
+
+
+def _check_part(root: Path, part: Any, full: bool) -> list[Problem]:
+    """A worker's share: the problems of a slice of entries (a Table, or dicts)."""
+    report = VerifyReport(root=root)
+    entries = part if isinstance(part, list) else part.to_pylist()
+    with Folders(root) as folders:
+        for entry in entries:
+            _check_entry(folders, entry, full, report)
+    return report.problems
 
 
 def _check_entry(folders: Folders, entry: dict[str, Any], full: bool, report: VerifyReport) -> None:
