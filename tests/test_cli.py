@@ -290,15 +290,16 @@ def test_ls_filters_without_importing_pandas(tmp_path: Path) -> None:
     for i in range(3):
         write_run(tmp_path, make_run(model=f"m{i}", tags={"branch": "main"}))
     compact_index(tmp_path)
+    write_run(tmp_path, make_run(model="m1", tags={"branch": "main"}))  # a tail the index lacks
     script = (
         "import sys, io, contextlib; from neurolens.cli import main\n"
         "with contextlib.redirect_stdout(io.StringIO()) as out:\n"
         "    code = main(sys.argv[1:])\n"
         "print(code, len(__import__('json').loads(out.getvalue())), 'pandas' in sys.modules)"
     )
-    argv = ["ls", "--root", str(tmp_path), "--tag", "branch=main", "--model", "m1", "--limit", "2", "--json"]
+    argv = ["ls", "--root", str(tmp_path), "--tag", "branch=main", "--model", "m1", "--limit", "5", "--json"]
     done = subprocess.run([sys.executable, "-c", script, *argv], capture_output=True, text=True, check=True)
-    assert done.stdout.split() == ["0", "1", "False"]
+    assert done.stdout.split() == ["0", "2", "False"]
 
 
 def test_compare_gates_without_importing_pandas(tmp_path: Path) -> None:

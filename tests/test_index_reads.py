@@ -219,3 +219,21 @@ def test_a_run_id_held_by_the_index_or_the_tail_is_refused_and_a_new_one_stored(
 )
 def test_filters_that_exclude_each_other(one: RunFilter, other: RunFilter, excluded: bool) -> None:
     assert one.excludes(other) is excluded and other.excludes(one) is excluded
+
+
+def test_rebuild_and_verify_import_no_pandas(tmp_path: Path) -> None:
+    # pyarrow imports pandas (0.4 s and tens of MB) on its first conversion of a Python value
+    import subprocess
+    import sys
+
+    write_manifest(tmp_path, [entry(i) for i in range(20)])
+    script = (
+        "import sys; from neurolens.storage.store import rebuild_index_from_manifest\n"
+        "from neurolens.storage.verify import verify_store\n"
+        "rebuild_index_from_manifest(sys.argv[1]); verify_store(sys.argv[1])\n"
+        "print('pandas' in sys.modules)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, check=True
+    )
+    assert done.stdout.split() == ["False"]

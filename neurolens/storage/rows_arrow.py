@@ -222,7 +222,8 @@ class ArrowBackend(Backend):
         if sound:
             ends = int64_array(line_ends)
             starts = pa.concat_arrays([int64_array([0]), ends.slice(0, len(ends) - 1)])
-            return ArrowRows(table.append_column(self.offset_field, pc.add(starts, offset))), []
+            shifted = pc.add(starts, int64_array([offset])[0])  # a Python int would import pandas
+            return ArrowRows(table.append_column(self.offset_field, shifted)), []
         entries, offsets, problems = parse_lines(offset, block)
         return self.from_entries(entries, offsets), problems
 
@@ -351,10 +352,9 @@ class ParquetIndex(IndexFile):
             low, high = stats.min, stats.max
             if bisect.bisect_left(wanted, low) < bisect.bisect_right(wanted, high):
                 groups.append(group)
-        table = self.file.read_row_groups(groups, columns=["run_id"]) if groups else None
-        if table is None:
-            return ArrowRows(pa.table({"run_id": pa.array([], pa.string())}))
-        return ArrowRows(table.replace_schema_metadata(None))
+        if not groups:  # built from no chunks: an empty pa.array or empty_table imports pandas
+            return ArrowRows(pa.Table.from_arrays([pa.chunked_array([], type=pa.string())], names=["run_id"]))
+        return ArrowRows(self.file.read_row_groups(groups, columns=["run_id"]).replace_schema_metadata(None))
 
     def matching(self, flt: RunFilter, columns: Sequence[str] | None, extra: Rows | None = None) -> Rows:
         """Reads only the columns asked for and the ones the conditions need, the latter
