@@ -13,13 +13,13 @@ temporary files are ``leftovers``: reported apart, harmless, removed by ``remove
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-import itertools
 import json
 import multiprocessing
 import os
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -110,46 +110,66 @@ def verify_store(
     report.runs = len(unique)
     paths = unique.columns(["run_json", "fp_json"])
     named: set[str] = {*paths["run_json"], *(p for p in paths["fp_json"] if p)}
-    _check_entries(root_path, unique, full, report, progress, workers or os.cpu_count() or 1)
-    _check_files(root_path, named, tail.end, report)
-    _check_index(root_path, report)
+    # The run files are checked (by workers, for a large store) while this process lists
+    # the store's files and checks the index; problems keep the order: entries, files, index.
+    later = VerifyReport(root=root_path)
+    with _entry_checks(root_path, unique, full, progress, workers or os.cpu_count() or 1) as entry_problems:
+        _check_files(root_path, named, tail.end, later)
+        _check_index(root_path, later, unique, tail.end)
+        report.problems.extend(entry_problems())
+    report.problems.extend(later.problems)
+    report.files, report.leftovers = later.files, later.leftovers
     return report
 
 
-def _check_entries(
-    root: Path, rows: Rows, full: bool, report: VerifyReport, progress: Progress | None, workers: int
-) -> None:
-    """Check every entry's files, in parts spread over worker processes when there are
-    enough; problems are added in entry order either way."""
+@contextlib.contextmanager
+def _entry_checks(
+    root: Path, rows: Rows, full: bool, progress: Progress | None, workers: int
+) -> Iterator[Callable[[], list[Problem]]]:
+    """Start checking every entry's files (in parts spread over worker processes when
+    there are enough); yields the call that waits for their problems, in entry order."""
     total = len(rows)
     if workers < 2 or total < 2 * _PART:
-        with Folders(root) as folders:
-            for number, entry in enumerate(rows.records(), 1):
-                _check_entry(folders, entry, full, report)
-                if progress is not None and number % 10000 == 0:
-                    progress(number, total)
-    else:
-        table = rows.arrow()
-        records = rows.records() if table is None else []
-        parts: list[Any] = [
-            table.select(list(COLUMNS)).slice(start, _PART)
-            if table is not None
-            else records[start : start + _PART]
-            for start in range(0, total, _PART)
-        ]
-        # forkserver: a clean process to fork workers from (this one may run pyarrow threads)
-        methods = multiprocessing.get_all_start_methods()
-        context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
-        with ProcessPoolExecutor(min(workers, len(parts)), mp_context=context) as pool:
+
+        def here() -> list[Problem]:
+            found = VerifyReport(root=root)
+            with Folders(root) as folders:
+                for number, entry in enumerate(rows.records(), 1):
+                    _check_entry(folders, entry, full, found)
+                    if progress is not None and number % 10000 == 0:
+                        progress(number, total)
+            if progress is not None:
+                progress(total, total)
+            return found.problems
+
+        yield here
+        return
+    table = rows.arrow()
+    whole: Any = rows.records() if table is None else table.select(list(COLUMNS))
+    # Table slices travel to the workers as Arrow data, turned into dicts there
+    parts = [whole[start : start + _PART] if table is None else whole.slice(start, _PART)
+             for start in range(0, total, _PART)]  # fmt: skip
+    # forkserver: a clean process to fork workers from (this one may run pyarrow threads)
+    methods = multiprocessing.get_all_start_methods()
+    context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+    with ProcessPoolExecutor(min(workers, len(parts)), mp_context=context) as pool:
+        futures = [pool.submit(_check_part, root, part, full) for part in parts]
+
+        def collect() -> list[Problem]:
+            found: list[Problem] = []
             done = 0
-            for part, problems in zip(parts, pool.map(_check_part, itertools.repeat(root), parts,
-                                                      itertools.repeat(full)), strict=True):  # fmt: skip
-                report.problems.extend(problems)
+            for part, future in zip(parts, futures, strict=True):
+                found.extend(future.result())
                 done += len(part)
                 if progress is not None:
                     progress(done, total)
-    if progress is not None:
-        progress(total, total)
+            return found
+
+        try:
+            yield collect
+        finally:
+            for future in futures:
+                future.cancel()
 
 
 def _check_part(root: Path, part: Any, full: bool) -> list[Problem]:
@@ -287,15 +307,19 @@ def remove_leftovers(report: VerifyReport) -> list[str]:
     return removed
 
 
-def _check_index(root: Path, report: VerifyReport) -> None:
+def _check_index(root: Path, report: VerifyReport, unique: Rows, end: int) -> None:
+    """The index against the manifest it claims to cover; ``unique``: the manifest's rows
+    up to byte ``end``, already read (duplicates dropped)."""
     if manifest_size(root) == 0:
         return
     state, problem = _index.read_index(root)
     if state is None:
         report.add("index", _index.index_path(root).name, f"{problem} (`neurolens rebuild` restores it)")
         return
-    rows, _ = _index.read_tail(root, 0, stop=state.manifest_bytes)
-    expected, _ = rows.without_duplicates()
+    if state.manifest_bytes == end:
+        expected = unique
+    else:
+        expected = _index.read_tail(root, 0, stop=state.manifest_bytes)[0].without_duplicates()[0]
     if not state.rows.equals(expected):
         report.add(
             "index",
