@@ -94,6 +94,13 @@ def _open_file_in(
     """Open the regular file ``relative``'s last component in its folder ``dir_fd``.
     ``reading``: for a read-only use that keeps O_NONBLOCK (it changes nothing for a
     regular file), a syscall saved per file."""
+    return _open_regular(dir_fd, root, relative, flags, mode, reading=reading)[0]
+
+
+def _open_regular(
+    dir_fd: int, root: Path, relative: str, flags: int, mode: int = 0o644, *, reading: bool = False
+) -> tuple[int, os.stat_result]:
+    """``_open_file_in``, with the file's status as it was checked."""
     name = relative.rpartition("/")[2]
     _parts(name)
     try:
@@ -104,12 +111,13 @@ def _open_file_in(
         if exc.errno == errno.EISDIR:
             raise StoreError(f"{root / relative} is a folder, not a file") from None
         raise _refusal(root, relative, exc) from None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
+    status = os.fstat(fd)
+    if not stat.S_ISREG(status.st_mode):
         os.close(fd)
         raise StoreError(f"{root / relative} is not a regular file")
     if _NONBLOCK and not reading and sys.platform != "win32":  # only so a FIFO cannot block the open
         fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~_NONBLOCK)
-    return fd
+    return fd, status
 
 
 def read_store_file(root: Path, relative: str) -> bytes:
@@ -143,9 +151,13 @@ class Folders:
     def read(self, relative: str) -> bytes:
         """The bytes of a regular file inside the root (see ``read_store_file``)."""
         folder = self.fd(relative.rpartition("/")[0])
-        fd = _open_file_in(folder, self.root, relative, os.O_RDONLY, reading=True)
+        fd, status = _open_regular(folder, self.root, relative, os.O_RDONLY, reading=True)
         try:
-            chunks = []
+            # one read of the size the file had (one more byte asks whether it grew since)
+            data = os.read(fd, status.st_size + 1)
+            if len(data) <= status.st_size:
+                return data
+            chunks = [data]
             while chunk := os.read(fd, 1 << 20):
                 chunks.append(chunk)
             return b"".join(chunks)
