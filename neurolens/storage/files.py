@@ -83,24 +83,17 @@ def open_in_store(root: Path, relative: str, flags: int, mode: int = 0o644) -> i
     """Open the regular file ``relative`` under ``root`` without following any link."""
     dir_fd = open_dir(root, relative.rpartition("/")[0])
     try:
-        return _open_file_in(dir_fd, root, relative, flags, mode)
+        return _open_regular(dir_fd, root, relative, flags, mode)[0]
     finally:
         os.close(dir_fd)
-
-
-def _open_file_in(
-    dir_fd: int, root: Path, relative: str, flags: int, mode: int = 0o644, *, reading: bool = False
-) -> int:
-    """Open the regular file ``relative``'s last component in its folder ``dir_fd``.
-    ``reading``: for a read-only use that keeps O_NONBLOCK (it changes nothing for a
-    regular file), a syscall saved per file."""
-    return _open_regular(dir_fd, root, relative, flags, mode, reading=reading)[0]
 
 
 def _open_regular(
     dir_fd: int, root: Path, relative: str, flags: int, mode: int = 0o644, *, reading: bool = False
 ) -> tuple[int, os.stat_result]:
-    """``_open_file_in``, with the file's status as it was checked."""
+    """Open the regular file ``relative``'s last component in its folder ``dir_fd``; the
+    descriptor and the status it was checked with. ``reading``: for a read-only use that
+    keeps O_NONBLOCK (it changes nothing for a regular file), a syscall saved per file."""
     name = relative.rpartition("/")[2]
     _parts(name)
     try:
