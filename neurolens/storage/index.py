@@ -31,6 +31,7 @@ from neurolens.storage.manifest import (
     manifest_size,
     read_blocks,
 )
+from neurolens.storage.prefetch import prefetched
 from neurolens.storage.rows import OFFSET_COLUMN, IndexFile, IndexMeta, Rows, backend, plain_rows
 
 LOCK_NAME = "_index.lock"
@@ -328,7 +329,7 @@ def _rewrite(root: Path, index: IndexFile | None, progress: Progress | None) -> 
     first_of_each = _FirstOfEachId()
     rows = backend().write_index_stream(
         root,
-        (kept for part in blocks if len(kept := first_of_each(part))),
+        prefetched(kept for part in blocks if len(kept := first_of_each(part))),
         lambda: IndexMeta(tail.end, tail.last_line_sha256),
     )
     tail.problems.extend(duplicate_message(run_id) for run_id in first_of_each.duplicates)

@@ -198,7 +198,7 @@ class ArrowBackend(Backend):
         try:
             table = pa_json.read_json(
                 pa.BufferReader(pa.py_buffer(block)),
-                read_options=pa_json.ReadOptions(block_size=1 << 22),
+                read_options=pa_json.ReadOptions(block_size=1 << 19),
                 parse_options=pa_json.ParseOptions(
                     explicit_schema=self.schema, unexpected_field_behavior="ignore"
                 ),
