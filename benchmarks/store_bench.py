@@ -90,14 +90,51 @@ def run_doc(i: int) -> dict[str, object]:
     }
 
 
-def per_write_ms(root: Path, writes: int) -> float:
-    """Median wall time of one write_run (compactions included, amortised in the mean)."""
-    times = []
+class BareFileOps:
+    """The file operations a durable write_run needs, done bare, as a baseline on the same
+    disk: two new files each written to a temporary name, fsynced and linked into place,
+    one folder fsync, one manifest-sized line appended and fsynced."""
+
+    def __init__(self, folder: Path, run_bytes: int = 500, fp_bytes: int = 20, line_bytes: int = 650) -> None:
+        folder.mkdir(parents=True)
+        self.dir_fd = os.open(folder, os.O_RDONLY)
+        self.manifest = os.open(folder / "manifest", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        self.sizes = (run_bytes, fp_bytes)
+        self.line = b"x" * (line_bytes - 1) + b"\n"
+        self.count = 0
+
+    def append(self) -> None:
+        """The raw baseline: one line appended and fsynced."""
+        os.write(self.manifest, self.line)
+        os.fsync(self.manifest)
+
+    def write(self) -> None:
+        self.count += 1
+        for name, size in zip((f"r{self.count}.json", f"r{self.count}.fp.json"), self.sizes, strict=True):
+            fd = os.open(f".{name}.tmp", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644, dir_fd=self.dir_fd)
+            os.write(fd, b"x" * size)
+            os.fsync(fd)
+            os.close(fd)
+            os.link(f".{name}.tmp", name, src_dir_fd=self.dir_fd, dst_dir_fd=self.dir_fd)
+            os.unlink(f".{name}.tmp", dir_fd=self.dir_fd)
+        os.fsync(self.dir_fd)
+        self.append()
+
+
+def paired_write_ms(root: Path, bare: BareFileOps, writes: int) -> tuple[float, float, float]:
+    """Mean ms of (write_run, the bare file operations, a raw append + fsync), taken in
+    turn so that the disk's drift on a shared machine falls on all three alike."""
+    spent = [0.0, 0.0, 0.0]
     for i in range(writes):
+        run = run_doc(i)
         start = time.perf_counter()
-        write_run(root, run_doc(i), fingerprint={"bench": True})
-        times.append((time.perf_counter() - start) * 1000)
-    return statistics.fmean(times)
+        write_run(root, run, fingerprint={"bench": True})
+        spent[0] += time.perf_counter() - start
+        for slot, step in ((1, bare.write), (2, bare.append)):
+            start = time.perf_counter()
+            step()
+            spent[slot] += time.perf_counter() - start
+    return spent[0] * 1000 / writes, spent[1] * 1000 / writes, spent[2] * 1000 / writes
 
 
 def child_peak(code: str, *args: str) -> tuple[float, float, str]:
@@ -125,11 +162,17 @@ def main() -> None:
         print(f"python {sys.version.split()[0]}, {os.cpu_count()} cpus, workdir {work}")
         small = make_store(work / "small", args.small)
         medium = make_store(work / "medium", args.medium)
-        base = per_write_ms(small, args.writes)
-        grown = per_write_ms(medium, args.writes)
+        bare = BareFileOps(work / "bare")
+        base, _, _ = paired_write_ms(small, bare, args.writes)
+        grown, floor, raw = paired_write_ms(medium, bare, args.writes)
         print(f"write_run mean per run, {args.small:,} runs in store: {base:.3f} ms")
         print(f"write_run mean per run, {args.medium:,} runs in store: {grown:.3f} ms")
         print(f"write_run ratio {args.medium:,} / {args.small:,}: {grown / base:.2f}")
+        print(f"baseline, raw append + fsync of one line: {raw:.3f} ms")
+        print(
+            f"baseline, a durable write's file operations done bare (2 files, folder, line): {floor:.3f} ms "
+            f"(write_run at {args.medium:,} runs: {grown / floor:.2f}x)"
+        )
 
         start = time.perf_counter()
         big = make_store(work / "big", args.big)
@@ -175,6 +218,11 @@ def main() -> None:
             f"{statistics.median(ls_times) * 1000:.0f} ms (median of 5)"
         )
         print(f"python -c 'import pyarrow': {statistics.median(import_times) * 1000:.0f} ms (median of 5)")
+        at_big, floor, raw = paired_write_ms(big, bare, args.writes)
+        print(
+            f"write_run mean per run, {args.big:,} runs in store: {at_big:.3f} ms "
+            f"(raw append {raw:.3f} ms, bare file operations {floor:.3f} ms: {at_big / floor:.2f}x)"
+        )
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

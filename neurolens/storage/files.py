@@ -64,11 +64,8 @@ def open_dir(root: Path, relative: str = "", *, create: bool = False) -> int:
         return fd
     try:
         for part in _parts(relative):
-            if create:
-                with contextlib.suppress(FileExistsError):
-                    os.mkdir(part, 0o755, dir_fd=fd)
             try:
-                child = os.open(part, os.O_RDONLY | _DIRECTORY | _NOFOLLOW | _CLOEXEC, dir_fd=fd)
+                child = _open_child_dir(fd, part, create)
             except OSError as exc:
                 raise _refusal(root, relative, exc) from None
             os.close(fd)
@@ -77,6 +74,20 @@ def open_dir(root: Path, relative: str = "", *, create: bool = False) -> int:
         os.close(fd)
         raise
     return fd
+
+
+def _open_child_dir(fd: int, name: str, create: bool) -> int:
+    """The folder ``name`` in the folder ``fd``, made first if missing and ``create``
+    (the open comes first: the folders of a day exist for all but its first run)."""
+    flags = os.O_RDONLY | _DIRECTORY | _NOFOLLOW | _CLOEXEC
+    try:
+        return os.open(name, flags, dir_fd=fd)
+    except FileNotFoundError:
+        if not create:
+            raise
+    with contextlib.suppress(FileExistsError):  # another writer made it meanwhile
+        os.mkdir(name, 0o755, dir_fd=fd)
+    return os.open(name, flags, dir_fd=fd)
 
 
 def open_in_store(root: Path, relative: str, flags: int, mode: int = 0o644) -> int:

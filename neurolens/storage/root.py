@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 from typing import TYPE_CHECKING, Union
 
@@ -45,6 +46,14 @@ def resolve_location(location: StrPath | RemoteTable | None) -> Location:
 
 def ensure_root(root: Path) -> None:
     """Create the root (and parents) for a writer; a root that is a file is an error."""
+    try:
+        if stat.S_ISDIR(os.stat(root).st_mode):  # the common case: one stat per write
+            return
+    except FileNotFoundError:
+        root.mkdir(parents=True, exist_ok=True)
+        return
+    except OSError:
+        pass
     if root.exists() and not root.is_dir():
         raise StoreError(f"store root {root} exists and is not a directory")
     root.mkdir(parents=True, exist_ok=True)
