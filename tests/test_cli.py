@@ -295,11 +295,13 @@ def test_ls_filters_without_importing_pandas(tmp_path: Path) -> None:
         "import sys, io, contextlib; from neurolens.cli import main\n"
         "with contextlib.redirect_stdout(io.StringIO()) as out:\n"
         "    code = main(sys.argv[1:])\n"
-        "print(code, len(__import__('json').loads(out.getvalue())), 'pandas' in sys.modules)"
+        "print(code, len(__import__('json').loads(out.getvalue())), 'pandas' in sys.modules,\n"
+        "      'neurolens.storage.merge' in sys.modules)"
     )
     argv = ["ls", "--root", str(tmp_path), "--tag", "branch=main", "--model", "m1", "--limit", "5", "--json"]
     done = subprocess.run([sys.executable, "-c", script, *argv], capture_output=True, text=True, check=True)
-    assert done.stdout.split() == ["0", "2", "False"]
+    # nor what other commands run: only the command given has its options registered
+    assert done.stdout.split() == ["0", "2", "False", "False"]
 
 
 def test_compare_gates_without_importing_pandas(tmp_path: Path) -> None:

@@ -61,7 +61,9 @@ exit codes: 0 ok, 1 runtime error, regression, incomplete merge or damaged store
 COMMANDS = (ls, show, rebuild, compare, report, merge, verify, push, pull, remote)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The whole command line; with ``only``, just that command's options are added (the
+    others keep their name and summary): registering a command can import what it runs."""
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="Query, compare, merge and check the NeuroLens run stores `pytest --neurolens-store` "
@@ -72,8 +74,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module in COMMANDS:
-        module.register(add_command(commands, module))
+        parser_of_command = add_command(commands, module)
+        if only is None or only == module.NAME:
+            module.register(parser_of_command)
     return parser
+
+
+def _command_in(argv: Sequence[str]) -> str | None:
+    """The command ``argv`` runs, if it names one (the first word not an option)."""
+    word = next((w for w in argv if not w.startswith("-")), None)
+    return word if word in {module.NAME for module in COMMANDS} else None
 
 
 # Options whose values may start with '-' (``--group-by -gpu_name``, ``--fail-above -5%``):
@@ -101,8 +111,8 @@ def _join_dash_values(argv: list[str]) -> list[str]:
 
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     """Run the command line; return the exit status (0 ok, 1 runtime error, 2 usage, 3 nothing compared)."""
-    parser = build_parser()
-    args = parser.parse_args(_join_dash_values(list(sys.argv[1:] if argv is None else argv)))
+    words = _join_dash_values(list(sys.argv[1:] if argv is None else argv))
+    args = build_parser(only=_command_in(words)).parse_args(words)
     stream = out if out is not None else sys.stdout
     from neurolens.errors import IndexWarning, ManifestWarning, NeurolensError
 
