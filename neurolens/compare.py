@@ -27,7 +27,6 @@ import json
 import math
 import statistics
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -117,7 +116,12 @@ def compare(
     per_run = ["run_id", "gpu_name", "driver_version", "session_id", "repeat", "created_at"]
     # the metric from the index, or each run's file
     needed = list(dict.fromkeys([*group_by, *per_run, metric if metric in COLUMNS else "run_json"]))
-    rows = [select(root, side, needed, ordered=False) for root, side in zip(roots, sides, strict=True)]
+    # grouped by code, not by text: these may come dictionary-encoded from the index
+    encoded = [c for c in (*group_by, "gpu_name", "driver_version") if c not in ("run_id", "session_id")]
+    rows = [
+        select(root, side, needed, ordered=False, as_dictionary=encoded)
+        for root, side in zip(roots, sides, strict=True)
+    ]
     if roots[0] == roots[1] and not sides[0].excludes(sides[1]):
         overlap = rows[0].shared_ids(rows[1])
         if overlap:
@@ -347,7 +351,9 @@ def compare_frame(
     import pandas as pd
 
     comparison = compare(root, baseline, candidate, **options)
-    records = [{**g.group, **{k: v for k, v in asdict(g).items() if k != "group"}} for g in comparison.groups]
+    records = [
+        {**g.group, **{k: v for k, v in g.to_dict().items() if k != "group"}} for g in comparison.groups
+    ]
     frame: pd.DataFrame = pd.DataFrame.from_records(records)
     frame.attrs["comparison"] = comparison.to_dict()
     return frame

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 DEFAULT_METRIC = "total_latency_ms"
@@ -95,6 +95,11 @@ class GroupResult:
     def label(self) -> str:
         return " ".join("-" if v is None else str(v) for v in self.group.values())
 
+    def to_dict(self) -> dict[str, Any]:
+        """The fields in order, as ``dataclasses.asdict`` gives them, without its deep copy
+        of every value (a tenth of a second on a thousand groups)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)} | {"group": dict(self.group)}
+
 
 @dataclass
 class Comparison:
@@ -128,6 +133,6 @@ class Comparison:
             "failed": self.failed,
             "nothing_compared": self.nothing_compared,
             "counts": self.counts(),
-            "groups": [asdict(g) for g in self.groups],
+            "groups": [g.to_dict() for g in self.groups],
             "warnings": self.warnings,
         }

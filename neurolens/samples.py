@@ -131,12 +131,18 @@ def _codes(table: Any, columns: Sequence[str], first: Any = None) -> Any:
 
     code = first
     for name in columns:
-        encoded = pc.dictionary_encode(table.column(name).combine_chunks(), null_encoding="encode")
-        indices = encoded.indices.cast(pa.int64())
+        column = table.column(name).combine_chunks()  # a dictionary column: one dictionary
+        if pa.types.is_dictionary(column.type):  # as read from the index: null is one more code
+            values = len(column.dictionary) + 1
+            indices = pc.fill_null(column.indices.cast(pa.int64()), int64_array([values - 1])[0])
+        else:
+            encoded = pc.dictionary_encode(column, null_encoding="encode")
+            values = len(encoded.dictionary)
+            indices = encoded.indices.cast(pa.int64())
         if code is None:
             code = indices
         else:  # re-encoded at each step, so codes stay below the row count (no overflow)
-            width = int64_array([len(encoded.dictionary)])[0]
+            width = int64_array([values])[0]
             code = pc.dictionary_encode(pc.add(pc.multiply(code, width), indices)).indices.cast(pa.int64())
     assert code is not None
     return code

@@ -8,15 +8,17 @@ from collections.abc import Sequence
 from functools import cache
 
 
-def _ranks(values: Sequence[float]) -> tuple[list[float], list[int]]:
-    """Average ranks (1-based) of ``values`` and the sizes of tied groups."""
-    counts = Counter(values)
+def _rank_sum(x: Sequence[float], y: Sequence[float]) -> tuple[float, list[int]]:
+    """The sum of ``x``'s average ranks (1-based) among ``x`` and ``y``, and the sizes of
+    tied groups."""
+    counts = Counter(x)
+    counts.update(y)
     rank_of = {}
     below = 0
     for value in sorted(counts):
         rank_of[value] = below + (counts[value] + 1) / 2
         below += counts[value]
-    return [rank_of[v] for v in values], [c for c in counts.values() if c > 1]
+    return sum(map(rank_of.__getitem__, x)), [c for c in counts.values() if c > 1]
 
 
 @cache
@@ -40,8 +42,8 @@ def mann_whitney_u(x: Sequence[float], y: Sequence[float]) -> tuple[float, float
     m, n = len(x), len(y)
     if m == 0 or n == 0:
         raise ValueError("both samples need values")
-    ranks, ties = _ranks([*x, *y])
-    u = sum(ranks[:m]) - m * (m + 1) / 2
+    rank_sum, ties = _rank_sum(x, y)
+    u = rank_sum - m * (m + 1) / 2
     if not ties and m <= 25 and n <= 25:
         counts = _u_counts(m, n)
         total = sum(counts)

@@ -187,6 +187,29 @@ def test_vectorised_samples_equal_the_run_by_run_rule(rows: list[tuple[Any, ...]
     ]
     by_run = _side_samples(_Documents([]), "gpu_utilization", 0, arrow_rows.columns(names), group_by, [])
     assert vectorised == by_run
+    # the same, with text columns dictionary-encoded as compare reads them from the index: a
+    # dictionary per row group, nulls outside the dictionary; grouped by a nullable one too
+    encoded = _dictionary_chunks(arrow_rows.arrow(), ["model", "gpu_name", "driver_version"])
+    assert arrow_samples(encoded, group_by, "gpu_utilization") == by_run
+    by_gpu = ["gpu_name", "model"]
+    assert arrow_samples(encoded, by_gpu, "gpu_utilization") == _side_samples(
+        _Documents([]), "gpu_utilization", 0, arrow_rows.columns([*names, *by_gpu]), by_gpu, []
+    )
+
+
+def _dictionary_chunks(table: Any, names: list[str]) -> Any:
+    """``table`` in two chunks whose ``names`` columns each have their own dictionary."""
+    import pyarrow as pa
+
+    half = table.num_rows // 2
+    parts = [table.slice(0, half), table.slice(half)]
+    columns = {}
+    for name in table.column_names:
+        chunks = [part.column(name).combine_chunks() for part in parts]
+        if name in names:
+            chunks = [chunk.dictionary_encode() for chunk in chunks]
+        columns[name] = pa.chunked_array(chunks)
+    return pa.table(columns)
 
 
 def test_a_run_id_held_by_the_index_or_the_tail_is_refused_and_a_new_one_stored(tmp_path: Path) -> None:

@@ -196,11 +196,13 @@ def select_rows(
     columns: Sequence[str] | None = None,
     *,
     ordered: bool = True,
+    as_dictionary: Sequence[str] = (),
 ) -> Rows:
     """The rows meeting ``flt``'s conditions, then ``narrowing`` (the session), newest
     first (in no order when not ``ordered`` and there is no limit), at most
-    ``flt.limit``; with at least ``columns`` (None: all). Reads only the columns it
-    needs; never reads run files, never writes."""
+    ``flt.limit``; with at least ``columns`` (None: all), those in ``as_dictionary``
+    perhaps dictionary-encoded. Reads only the columns it needs; never reads run files,
+    never writes."""
     conditions = replace(flt, session_id=None, limit=None)
     with opened_index(root) as (index, _):
         if index is None:  # snapshot says why, and answers from the manifest
@@ -221,7 +223,7 @@ def select_rows(
             if fetched is not None:
                 return fetched.newest(flt.limit)
         wanted = None if columns is None else [*columns, *order]
-        rows = narrowing(index.matching(conditions, wanted, extra))
+        rows = narrowing(index.matching(conditions, wanted, extra, as_dictionary=as_dictionary))
         return rows if flt.limit is None and not ordered else rows.newest(flt.limit)
 
 

@@ -19,11 +19,18 @@ if TYPE_CHECKING:
 
 
 def select(
-    root: Location, flt: RunFilter, columns: Sequence[str] | None = None, *, ordered: bool = True
+    root: Location,
+    flt: RunFilter,
+    columns: Sequence[str] | None = None,
+    *,
+    ordered: bool = True,
+    as_dictionary: Sequence[str] = (),
 ) -> Rows:
     """Matching rows, newest first (``created_at``, then ``run_id``), at most ``limit``;
     with at least ``columns`` (None: every column) when the store can read fewer. A
-    caller that orders them itself passes ``ordered=False`` (a sort saved).
+    caller that orders them itself passes ``ordered=False`` (a sort saved). Text columns
+    in ``as_dictionary`` may come dictionary-encoded, as the index holds them (a caller
+    that groups by them is spared a million strings).
 
     A root that is not a store is a ``StoreError`` (see ``require_store``). A remote table
     takes the filters, the session and the limit into its scan.
@@ -36,7 +43,7 @@ def select(
     if not isinstance(root, Path):
         return narrowing(root.select(flt)).newest(flt.limit)
     require_store(root)
-    return select_rows(root, flt, narrowing, columns, ordered=ordered)
+    return select_rows(root, flt, narrowing, columns, ordered=ordered, as_dictionary=as_dictionary)
 
 
 def _session_rows(rows: Rows, wanted: str) -> Rows:

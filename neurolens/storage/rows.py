@@ -129,9 +129,17 @@ class IndexFile(ABC):
     # Whether rows from ``matching`` carry OFFSET_COLUMN, so a few can be read from the manifest.
     line_offsets = False
 
-    def matching(self, flt: RunFilter, columns: Sequence[str] | None, extra: Rows | None = None) -> Rows:
+    def matching(
+        self,
+        flt: RunFilter,
+        columns: Sequence[str] | None,
+        extra: Rows | None = None,
+        *,
+        as_dictionary: Sequence[str] = (),
+    ) -> Rows:
         """The rows of the index, then ``extra``, that meet ``flt``'s conditions (not its
-        session or limit), with at least ``columns`` (None: all)."""
+        session or limit), with at least ``columns`` (None: all); text columns in
+        ``as_dictionary`` may stay dictionary-encoded where the index encodes them."""
         rows = self.rows() if extra is None else backend().concat([self.rows(), extra])
         return rows.filter(flt)
 

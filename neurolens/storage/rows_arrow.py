@@ -356,9 +356,17 @@ class ParquetIndex(IndexFile):
             return ArrowRows(pa.Table.from_arrays([pa.chunked_array([], type=pa.string())], names=["run_id"]))
         return ArrowRows(self.file.read_row_groups(groups, columns=["run_id"]).replace_schema_metadata(None))
 
-    def matching(self, flt: RunFilter, columns: Sequence[str] | None, extra: Rows | None = None) -> Rows:
+    def matching(
+        self,
+        flt: RunFilter,
+        columns: Sequence[str] | None,
+        extra: Rows | None = None,
+        *,
+        as_dictionary: Sequence[str] = (),
+    ) -> Rows:
         """Reads only the columns asked for and the ones the conditions need, the latter
-        as dictionaries where the index encodes them so (tested once per distinct value)."""
+        as dictionaries where the index encodes them so (tested once per distinct value),
+        the former too when in ``as_dictionary``."""
         import pyarrow as pa
         import pyarrow.parquet as pq
 
@@ -370,11 +378,24 @@ class ParquetIndex(IndexFile):
         ]
         names = [n for n in self.schema.names if n in {*asked, *conditions}]
         kept = [n for n in names if n in asked]  # condition-only columns go after filtering
-        schema = pa.schema([self.schema.field(n) for n in kept])
+        text = pa.string()
+        encoded = {
+            n
+            for n in as_dictionary
+            if n in kept and n in _DICTIONARY_COLUMNS and self.schema.field(n).type == text
+        }
+        schema = pa.schema(
+            [
+                self.schema.field(n).with_type(pa.dictionary(pa.int32(), text))
+                if n in encoded
+                else self.schema.field(n)
+                for n in kept
+            ]
+        )
         file = pq.ParquetFile(
             self.handle,
             metadata=self.file.metadata,
-            read_dictionary=[n for n in conditions if n in _DICTIONARY_COLUMNS],
+            read_dictionary=[n for n in _DICTIONARY_COLUMNS if n in conditions or n in encoded],
         )
         parts = [file.read(columns=names)]
         if extra is not None and len(extra):
@@ -385,7 +406,7 @@ class ParquetIndex(IndexFile):
             mask = filter_mask(table, flt)
             if mask is not None:
                 table = table.filter(mask, null_selection_behavior="drop")
-            # dictionaries back to strings, the index's field types
+            # dictionaries back to strings, the index's field types (but those asked for)
             selected.append(table.select(kept).cast(schema))
         table = selected[0] if len(selected) == 1 else pa.concat_tables(selected)
         return ArrowRows(table)
