@@ -202,3 +202,38 @@ def test_the_fast_schema_check_never_accepts_what_jsonschema_refuses(
     reference_accepts = not list(_validator().iter_errors(document))
     if fast_accepts:
         assert reference_accepts, document
+
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.floats()  # NaN and infinities too: both encoders must refuse them alike
+    | st.text(),
+    lambda children: (
+        st.lists(children, max_size=5)
+        | st.tuples(children, children)  # json writes a tuple as a list: left to json
+        | st.dictionaries(st.text(max_size=8), children, max_size=5)
+        | st.dictionaries(st.integers(0, 9), children, max_size=3)
+    ),  # keys json converts: left to json
+    max_leaves=40,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(json_values)
+def test_canonical_bytes_are_exactly_what_json_dumps_writes(value: Any) -> None:
+    import json
+
+    from neurolens.storage.document import canonical_bytes
+
+    try:
+        text = json.dumps(value, sort_keys=True, ensure_ascii=False, allow_nan=False, indent=2)
+    except ValueError as exc:  # NaN or an infinity
+        try:
+            canonical_bytes(value)
+        except ValueError as ours:
+            assert str(ours) == str(exc)
+            return
+        raise AssertionError("canonical_bytes accepted what json refuses") from None
+    assert canonical_bytes(value) == (text + "\n").encode("utf-8")
