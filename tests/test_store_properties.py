@@ -153,7 +153,7 @@ def test_whatever_write_run_accepts_every_reader_reads(run: dict[str, Any]) -> N
 
 # --- the fast schema check agrees with jsonschema (the reference) ---------------------------
 
-json_values = st.recursive(
+schema_probe_values = st.recursive(
     st.none()
     | st.booleans()
     | st.integers(-(2**70), 2**70)
@@ -171,7 +171,9 @@ NESTED = ["total_latency_ms", "gpu_utilization", "outcome", "repeat", "nodeid", 
 
 @settings(max_examples=400, deadline=None)
 @given(
-    st.lists(st.tuples(st.sampled_from(FIELDS), st.sampled_from([None, *NESTED]), json_values), max_size=4)
+    st.lists(
+        st.tuples(st.sampled_from(FIELDS), st.sampled_from([None, *NESTED]), schema_probe_values), max_size=4
+    )
 )
 def test_the_fast_schema_check_never_accepts_what_jsonschema_refuses(
     edits: list[tuple[str, Any, Any]],
@@ -204,24 +206,30 @@ def test_the_fast_schema_check_never_accepts_what_jsonschema_refuses(
         assert reference_accepts, document
 
 
-json_values = st.recursive(
+def _json_containers(children: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    keyed_by_text: st.SearchStrategy[Any] = st.dictionaries(st.text(max_size=8), children, max_size=5)
+    keyed_by_int: st.SearchStrategy[Any] = st.dictionaries(st.integers(0, 9), children, max_size=3)
+    return (
+        st.lists(children, max_size=5)
+        | st.tuples(children, children)  # json writes a tuple as a list: left to json
+        | keyed_by_text
+        | keyed_by_int  # keys json converts to text: left to json
+    )
+
+
+encodable_values: st.SearchStrategy[Any] = st.recursive(
     st.none()
     | st.booleans()
     | st.integers(-(2**70), 2**70)
     | st.floats()  # NaN and infinities too: both encoders must refuse them alike
     | st.text(),
-    lambda children: (
-        st.lists(children, max_size=5)
-        | st.tuples(children, children)  # json writes a tuple as a list: left to json
-        | st.dictionaries(st.text(max_size=8), children, max_size=5)
-        | st.dictionaries(st.integers(0, 9), children, max_size=3)
-    ),  # keys json converts: left to json
+    _json_containers,
     max_leaves=40,
 )
 
 
 @settings(max_examples=400, deadline=None)
-@given(json_values)
+@given(encodable_values)
 def test_canonical_bytes_are_exactly_what_json_dumps_writes(value: Any) -> None:
     import json
 
