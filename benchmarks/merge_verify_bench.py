@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import os
 import shutil
 import subprocess
 import sys
@@ -63,6 +64,27 @@ def build_store(root: Path, runs: int, prefix: str) -> Path:
     return root
 
 
+def copied_bare(sources: list[Path], dest: Path) -> float:
+    """Baseline for merge: seconds to copy the sources' files as they are (no checks, no
+    fsync), the file creation a merge cannot avoid."""
+    start = time.perf_counter()
+    for source in sources:
+        shutil.copytree(source, dest / source.name, copy_function=shutil.copyfile)
+    return time.perf_counter() - start
+
+
+def read_bare(root: Path) -> tuple[float, int]:
+    """Baseline for verify: seconds to read and hash every file of the store, one process."""
+    start = time.perf_counter()
+    count = 0
+    for folder, _, names in os.walk(root):
+        for name in names:
+            with open(os.path.join(folder, name), "rb") as handle:
+                hashlib.sha256(handle.read()).digest()
+            count += 1
+    return time.perf_counter() - start, count
+
+
 def timed(argv: list[str]) -> tuple[float, str]:
     start = time.perf_counter()
     done = subprocess.run(argv, capture_output=True, text=True)
@@ -83,8 +105,13 @@ def main() -> None:
         a = build_store(work / "a", args.merge_runs, "a")
         b = build_store(work / "b", args.merge_runs, "b")
         print(f"built two {args.merge_runs:,}-run stores in {time.perf_counter() - start:.1f} s")
+        bare = copied_bare([a, b], work / "copied")
+        shutil.rmtree(work / "copied")
         seconds, line = timed([cli, "merge", str(a), str(b), "--root", str(work / "merged")])
-        print(f"neurolens merge of two {args.merge_runs:,}-run stores: {seconds:.1f} s ({line})")
+        print(
+            f"neurolens merge of two {args.merge_runs:,}-run stores: {seconds:.1f} s ({line}); "
+            f"baseline, their files copied bare: {bare:.1f} s ({seconds / bare:.1f}x)"
+        )
         seconds, line = timed([cli, "merge", str(a), str(b), "--root", str(work / "merged")])
         print(f"the same merge again (everything already present): {seconds:.1f} s ({line})")
         seconds, line = timed([cli, "verify", "--root", str(work / "merged")])
@@ -95,8 +122,13 @@ def main() -> None:
         start = time.perf_counter()
         big = build_store(work / "big", args.verify_runs, "v")
         print(f"built a {args.verify_runs:,}-run store in {time.perf_counter() - start:.1f} s")
+        bare, files = read_bare(big)
         seconds, line = timed([cli, "verify", "--root", str(big)])
-        print(f"neurolens verify of {args.verify_runs:,} runs: {seconds:.1f} s ({line})")
+        print(
+            f"neurolens verify of {args.verify_runs:,} runs: {seconds:.1f} s ({line}); "
+            f"baseline, its {files:,} files read and hashed bare in one process: {bare:.1f} s "
+            f"({seconds / bare:.1f}x)"
+        )
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
