@@ -313,6 +313,19 @@ def test_verify_in_worker_processes_gives_the_same_report(
     assert seen[-1] == (6, 6) and [done for done, _ in seen] == sorted(done for done, _ in seen)
 
 
+def test_a_worker_s_part_travels_as_its_own_rows_not_its_parent_table() -> None:
+    import pickle
+
+    import pyarrow as pa
+
+    table = pa.table({"run_id": [f"run-{i:06d}" for i in range(100_000)], "n": list(range(100_000))})
+    part = table.slice(50_000, 1_000)
+    payload = verify._part_payload(part)
+    # a pickled slice carries all 100,000 rows; the payload about its 1,000
+    assert len(pickle.dumps(payload)) * 20 < len(pickle.dumps(part))
+    assert pa.ipc.open_stream(pickle.loads(pickle.dumps(payload))).read_all().to_pylist() == part.to_pylist()
+
+
 def test_verify_index_problems(store: Path) -> None:
     index = store / "_index.parquet"
     index.unlink()

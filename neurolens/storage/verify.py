@@ -147,8 +147,9 @@ def _entry_checks(
     table = rows.arrow()
     whole: Any = rows.records() if table is None else table.select(list(COLUMNS))
     # Table slices travel to the workers as Arrow data, turned into dicts there
-    parts = [whole[start : start + _PART] if table is None else whole.slice(start, _PART)
-             for start in range(0, total, _PART)]  # fmt: skip
+    starts = range(0, total, _PART)
+    parts = [whole[start : start + _PART] if table is None else _part_payload(whole.slice(start, _PART))
+             for start in starts]  # fmt: skip
     # forkserver: a clean process to fork workers from (this one may run pyarrow threads)
     methods = multiprocessing.get_all_start_methods()
     context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
@@ -157,10 +158,9 @@ def _entry_checks(
 
         def collect() -> list[Problem]:
             found: list[Problem] = []
-            done = 0
-            for part, future in zip(parts, futures, strict=True):
+            for start, future in zip(starts, futures, strict=True):
                 found.extend(future.result())
-                done += len(part)
+                done = min(start + _PART, total)
                 if progress is not None:
                     progress(done, total)
             return found
@@ -172,10 +172,26 @@ def _entry_checks(
                 future.cancel()
 
 
+def _part_payload(part: Any) -> Any:
+    """A Table slice as Arrow IPC bytes holding just its rows: a pickled slice carries its
+    whole parent table (every part of a 1M-run store would ship all 1M rows)."""
+    import pyarrow as pa
+
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, part.schema) as writer:
+        writer.write_table(part)
+    return sink.getvalue()
+
+
 def _check_part(root: Path, part: Any, full: bool) -> list[Problem]:
-    """A worker's share: the problems of a slice of entries (a Table, or dicts)."""
+    """A worker's share: the problems of a slice of entries (Arrow IPC bytes, or dicts)."""
     report = VerifyReport(root=root)
-    entries = part if isinstance(part, list) else part.to_pylist()
+    if isinstance(part, list):
+        entries = part
+    else:
+        import pyarrow as pa
+
+        entries = pa.ipc.open_stream(part).read_all().to_pylist()
     with Folders(root) as folders:
         for entry in entries:
             _check_entry(folders, entry, full, report)
