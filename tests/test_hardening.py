@@ -125,6 +125,32 @@ def test_a_run_file_that_is_a_symlink_is_refused(
     assert verify_store(root).counts() == {"unreadable_run_file": 1, "symlink": 1}
 
 
+def test_a_symlinked_manifest_is_never_read_through(
+    cli: Cli, tmp_path: Path, make_run: Callable[..., dict[str, Any]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # a manifest elsewhere, of a valid run: read through the link it would list as the store's
+    elsewhere = tmp_path / "elsewhere"
+    write_run(elsewhere, make_run(model="outside-the-root"))
+    root = tmp_path / "store"
+    root.mkdir()
+    (root / "_manifest.jsonl").symlink_to(elsewhere / "_manifest.jsonl")
+    for argv in (
+        ["ls", "--json"],
+        ["verify"],
+        ["rebuild"],
+        ["compare", "--baseline-tag", "a=b", "--candidate-tag", "a=c"],
+    ):
+        status, out = cli(*argv, "--root", str(root))
+        err = capsys.readouterr().err
+        assert status == 1 and "outside-the-root" not in out, argv
+        assert "_manifest.jsonl is a symlink: refusing to follow it" in err, argv
+    with pytest.raises(StoreError, match="symlink"):
+        query(root)
+    with pytest.raises(StoreError, match="symlink"):
+        write_run(root, make_run())
+    assert sorted(p.name for p in root.iterdir()) == ["_manifest.jsonl"]  # nothing written
+
+
 def test_a_fifo_in_place_of_a_run_file_does_not_hang_a_reader(
     tmp_path: Path, make_run: Callable[..., dict[str, Any]]
 ) -> None:

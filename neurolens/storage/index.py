@@ -27,8 +27,8 @@ from neurolens.storage.manifest import (
     Progress,
     coerce_entry,
     last_line_sha256_before,
-    manifest_path,
     manifest_size,
+    open_manifest,
     read_blocks,
 )
 from neurolens.storage.prefetch import prefetched
@@ -232,7 +232,7 @@ def _lines_at(root: Path, rows: Rows) -> Rows | None:
     None if a line there is not the row's (the manifest was edited under the index)."""
     keys = rows.columns(["created_at", OFFSET_COLUMN])
     entries = []
-    with open(manifest_path(root), "rb", buffering=0) as handle:
+    with open_manifest(root) as handle:
         for created_at, offset in zip(keys["created_at"], keys[OFFSET_COLUMN], strict=True):
             line = _line_at(handle.fileno(), offset)
             try:

@@ -9,10 +9,14 @@ import hashlib
 import json
 import math
 import os
+import stat
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
+
+from neurolens.errors import StoreError
+from neurolens.storage.files import open_in_store
 
 MANIFEST_NAME = "_manifest.jsonl"
 
@@ -180,10 +184,21 @@ def manifest_path(root: Path) -> Path:
 
 
 def manifest_size(root: Path) -> int:
+    """The manifest's size in bytes (0 when there is none); a symlink is a StoreError."""
     try:
-        return os.stat(manifest_path(root)).st_size
+        status = os.lstat(manifest_path(root))
     except FileNotFoundError:
         return 0
+    if stat.S_ISLNK(status.st_mode):
+        raise StoreError(f"{manifest_path(root)} is a symlink: refusing to follow it out of the store")
+    return status.st_size
+
+
+def open_manifest(root: Path) -> BinaryIO:
+    """The manifest, opened for reading inside the root without following a link: a
+    symlinked manifest is a StoreError, never a file elsewhere read as runs.
+    FileNotFoundError when there is none."""
+    return os.fdopen(open_in_store(root, MANIFEST_NAME, os.O_RDONLY), "rb")
 
 
 def read_blocks(
@@ -204,14 +219,15 @@ def read_blocks(
     with the next slice).
     """
     read.end = start
-    path = manifest_path(root)
-    if not path.exists():
+    try:
+        handle = open_manifest(root)
+    except FileNotFoundError:
         return
     total = manifest_size(root) if stop is None else stop
     position = start  # the start of the line a slice begins with
     want = _READ_CHUNK
     leftover = 0  # bytes of an unterminated last line
-    with open(path, "rb", buffering=0) as handle:
+    with handle:
         while True:
             size = want if stop is None else min(want, stop - position)
             data = os.pread(handle.fileno(), size, position) if size > 0 else b""
@@ -240,7 +256,7 @@ def last_line_sha256_before(root: Path, end: int) -> str | None:
     """sha256 of the manifest line that ends at byte ``end`` (None if there is none)."""
     if end <= 0:
         return None
-    with open(manifest_path(root), "rb") as handle:
+    with open_manifest(root) as handle:
         window = 64 * 1024
         while True:
             begin = max(0, end - window)

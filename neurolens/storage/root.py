@@ -69,5 +69,7 @@ def require_store(root: Path) -> None:
         raise StoreError(f"no store at {root} (it does not exist)")
     if not root.is_dir():
         raise StoreError(f"no store at {root} (it is not a directory)")
+    if (root / "_manifest.jsonl").is_symlink():
+        raise StoreError(f"{root / '_manifest.jsonl'} is a symlink: refusing to follow it out of the store")
     if not (root / "_manifest.jsonl").is_file():
         raise StoreError(f"no store at {root} (no _manifest.jsonl)")

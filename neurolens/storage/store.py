@@ -29,7 +29,7 @@ from neurolens.storage.document import (
     take_minted,
 )
 from neurolens.storage.files import append_lines_durably, create_file_atomically, fsync_dir, open_dir
-from neurolens.storage.manifest import MANIFEST_NAME, Progress, encode_entry, entry_for
+from neurolens.storage.manifest import MANIFEST_NAME, Progress, encode_entry, entry_for, manifest_size
 from neurolens.storage.root import StrPath, default_root, ensure_root, require_store, resolve_root
 
 __all__ = [
@@ -68,6 +68,7 @@ def write_run(
 
     root = resolve_root(root)
     ensure_root(root)
+    manifest_size(root)  # a symlinked manifest is refused before anything is written
     run_rel, fp_rel = run_relpaths(document, with_fingerprint=fp_bytes is not None)
     folder, _, run_name = run_rel.rpartition("/")
     entry = entry_for(document, run_rel, fp_rel, hashlib.sha256(run_bytes).hexdigest())
