@@ -54,7 +54,7 @@ ADDED_COLUMNS = frozenset({"outcome", "repeat", "latency_p99_ms"})
 Progress = Callable[[int, int], None]
 
 # Manifest files are read in slices of about this size so memory stays bounded.
-_READ_CHUNK = 16 * 1024 * 1024
+_READ_CHUNK = 8 * 1024 * 1024
 
 
 def encode_tags(tags: Mapping[str, str]) -> str:

@@ -181,8 +181,8 @@ def _arrow_copy(block: bytes | memoryview) -> Any:
     """``block`` copied into memory Arrow owns. The JSON reader reads ahead on Arrow's IO
     threads; a slice of a Python-owned buffer (``pa.py_buffer``) released by one of them
     as the interpreter exits takes the GIL there and aborts the process ("terminate called
-    without an active exception", 1 run in 40 of `ls` with a tail). A copy costs ~3 ms per
-    16 MiB slice."""
+    without an active exception", 1 run in 40 of `ls` with a tail). A copy costs ~2 ms per
+    8 MiB manifest slice."""
     import pyarrow as pa
 
     copy = pa.allocate_buffer(len(block))
