@@ -5,13 +5,14 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from neurolens.storage.arrow_filters import filter_mask, int64_array
+from neurolens.storage.arrow_io import arrow_copy, arrow_file
 from neurolens.storage.files import open_in_store, replacing
-from neurolens.storage.filters import EQUALITY_FILTERS, RunFilter
+from neurolens.storage.filters import RunFilter
 from neurolens.storage.manifest import COLUMNS
 from neurolens.storage.rows import (
     INDEX_VERSION,
@@ -28,7 +29,7 @@ _ROW_GROUP_SIZE = 64 * 1024
 _NEWLINE = re.compile(b"\n")
 # Columns of few distinct values, dictionary-encoded in the index. The unique ones (ids,
 # hashes, paths, times) stay plain: an overflowing dictionary slows writes and reads 2x.
-_DICTIONARY_COLUMNS = (
+DICTIONARY_COLUMNS = (
     "day",
     "model",
     "backend",
@@ -154,43 +155,6 @@ class ArrowRows(Rows):
         return super().without_duplicates(known)
 
 
-def _arrow_file(fd: int) -> Any:
-    """The file open at ``fd`` (opened inside the store without following links) as a file
-    Arrow reads itself: through a Python file object, Arrow's reader threads hold Python
-    buffers, and one released on such a thread as the interpreter exits aborts the process
-    ("terminate called without an active exception"). Reopened through /proc/self/fd, the
-    same file, not a path looked up again; a Python file object where there is no /proc."""
-    import pyarrow as pa
-
-    try:
-        native = pa.OSFile(f"/proc/self/fd/{fd}", "r")
-    except (OSError, pa.ArrowException):
-        return os.fdopen(fd, "rb")
-    try:
-        if not os.path.samestat(os.fstat(native.fileno()), os.fstat(fd)):
-            raise OSError(f"/proc/self/fd/{fd} is not the file opened")
-    except BaseException:
-        native.close()
-        os.close(fd)
-        raise
-    os.close(fd)
-    return native
-
-
-def _arrow_copy(block: bytes | memoryview) -> Any:
-    """``block`` copied into memory Arrow owns. The JSON reader reads ahead on Arrow's IO
-    threads; a slice of a Python-owned buffer (``pa.py_buffer``) released by one of them
-    as the interpreter exits takes the GIL there and aborts the process ("terminate called
-    without an active exception", 1 run in 40 of `ls` with a tail). A copy costs ~2 ms per
-    8 MiB manifest slice."""
-    import pyarrow as pa
-
-    copy = pa.allocate_buffer(len(block))
-    if len(block):
-        memoryview(copy).cast("B")[:] = block
-    return copy
-
-
 class ArrowBackend(Backend):
     """Rows are a pyarrow Table; the index is ``_index.parquet`` with its metadata in the footer."""
 
@@ -234,7 +198,7 @@ class ArrowBackend(Backend):
         line_ends = list(map(re.Match.end, _NEWLINE.finditer(block)))
         try:
             table = pa_json.read_json(
-                pa.BufferReader(_arrow_copy(block)),
+                pa.BufferReader(arrow_copy(block)),
                 read_options=pa_json.ReadOptions(block_size=1 << 20),
                 parse_options=pa_json.ParseOptions(
                     explicit_schema=self.schema, unexpected_field_behavior="ignore"
@@ -278,7 +242,7 @@ class ArrowBackend(Backend):
                 compression="zstd",
                 write_statistics=list(_STATISTICS_COLUMNS),
                 store_schema=True,
-                use_dictionary=list(_DICTIONARY_COLUMNS),
+                use_dictionary=list(DICTIONARY_COLUMNS),
             )
             try:
                 pending: list[Any] = []
@@ -323,7 +287,7 @@ class ArrowBackend(Backend):
         import pyarrow.parquet as pq
 
         try:
-            with _arrow_file(open_in_store(root, self.index_name, os.O_RDONLY)) as handle:
+            with arrow_file(open_in_store(root, self.index_name, os.O_RDONLY)) as handle:
                 return self._meta(pq.ParquetFile(handle))
         except Exception:  # any damage means "no usable index"; the manifest still answers
             return None
@@ -331,7 +295,7 @@ class ArrowBackend(Backend):
     def open_index(self, root: Path) -> IndexFile | None:
         import pyarrow.parquet as pq
 
-        handle = _arrow_file(open_in_store(root, self.index_name, os.O_RDONLY))
+        handle = arrow_file(open_in_store(root, self.index_name, os.O_RDONLY))
         try:
             file = pq.ParquetFile(handle)
             meta = self._meta(file)
@@ -343,107 +307,6 @@ class ArrowBackend(Backend):
         if meta is None:
             handle.close()
             return None
+        from neurolens.storage.parquet_index import ParquetIndex  # it reads into ArrowRows
+
         return ParquetIndex(handle, file, meta, self.index_schema)
-
-
-class ParquetIndex(IndexFile):
-    """An open ``_index.parquet``: read by row group or by column, as a caller needs."""
-
-    line_offsets = True
-
-    def __init__(self, handle: Any, file: Any, meta: IndexMeta, schema: Any) -> None:
-        self.handle = handle
-        self.file = file
-        self.meta = meta
-        self.schema = schema
-
-    def close(self) -> None:
-        self.handle.close()
-
-    def count(self) -> int:
-        return int(self.file.metadata.num_rows)
-
-    def rows(self) -> Rows:
-        return ArrowRows(self.file.read().replace_schema_metadata(None))
-
-    def parts(self) -> Iterator[Rows]:
-        for group in range(self.file.metadata.num_row_groups):
-            yield ArrowRows(self.file.read_row_group(group).replace_schema_metadata(None))
-
-    def run_ids(self, among: Sequence[str]) -> Rows:
-        """Reads the run_id column of the row groups whose id range (statistics) holds one
-        of ``among``: generated ids grow with time, so new runs usually fall in none."""
-        import bisect
-
-        import pyarrow as pa
-
-        wanted = sorted(among)
-        groups = []
-        for group in range(self.file.metadata.num_row_groups):
-            stats = (
-                self.file.metadata.row_group(group).column(self.schema.get_field_index("run_id")).statistics
-            )
-            if stats is None or not stats.has_min_max:
-                groups.append(group)
-                continue
-            low, high = stats.min, stats.max
-            if bisect.bisect_left(wanted, low) < bisect.bisect_right(wanted, high):
-                groups.append(group)
-        if not groups:  # built from no chunks: an empty pa.array or empty_table imports pandas
-            return ArrowRows(pa.Table.from_arrays([pa.chunked_array([], type=pa.string())], names=["run_id"]))
-        return ArrowRows(self.file.read_row_groups(groups, columns=["run_id"]).replace_schema_metadata(None))
-
-    def matching(
-        self,
-        flt: RunFilter,
-        columns: Sequence[str] | None,
-        extra: Rows | None = None,
-        *,
-        as_dictionary: Sequence[str] = (),
-    ) -> Rows:
-        """Reads only the columns asked for and the ones the conditions need, the latter
-        as dictionaries where the index encodes them so (tested once per distinct value),
-        the former too when in ``as_dictionary``."""
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        asked = [*COLUMNS, OFFSET_COLUMN] if columns is None else list(columns)
-        conditions = [
-            *(["outcome"] if not flt.include_failed else []),
-            *(name for name in EQUALITY_FILTERS if getattr(flt, name) is not None),
-            *(["tags"] if flt.tags else []),
-        ]
-        names = [n for n in self.schema.names if n in {*asked, *conditions}]
-        kept = [n for n in names if n in asked]  # condition-only columns go after filtering
-        text = pa.string()
-        encoded = {
-            n
-            for n in as_dictionary
-            if n in kept and n in _DICTIONARY_COLUMNS and self.schema.field(n).type == text
-        }
-        schema = pa.schema(
-            [
-                self.schema.field(n).with_type(pa.dictionary(pa.int32(), text))
-                if n in encoded
-                else self.schema.field(n)
-                for n in kept
-            ]
-        )
-        file = pq.ParquetFile(
-            self.handle,
-            metadata=self.file.metadata,
-            read_dictionary=[n for n in _DICTIONARY_COLUMNS if n in conditions or n in encoded],
-        )
-        parts = [file.read(columns=names)]
-        if extra is not None and len(extra):
-            assert isinstance(extra, ArrowRows)
-            parts.append(extra.table.select(names))
-        selected = []
-        for table in parts:
-            mask = filter_mask(table, flt)
-            if mask is not None:
-                table = table.filter(mask, null_selection_behavior="drop")
-            # dictionaries back to strings, the index's field types (but those asked for)
-            selected.append(table.select(kept).cast(schema))
-        table = selected[0] if len(selected) == 1 else pa.concat_tables(selected)
-        return ArrowRows(table)
