@@ -364,25 +364,30 @@ def test_the_plugin_gate_takes_its_baseline_from_the_remote(
     result.stdout.fnmatch_lines(["*REGRESSED*", "*regression above 5%*"])
 
 
-def test_push_options_need_what_they_work_on(pytester: pytest.Pytester) -> None:
-    result = pytester.runpytest("-p", "no:cacheprovider", "--neurolens-push=s3://b/x")
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--neurolens-push=s3://b/x"], "*--neurolens-push needs --neurolens-store*"),
+        (
+            ["--neurolens-store=runs", "--neurolens-baseline-root=s3://b/x"],
+            "*--neurolens-baseline-root needs --neurolens-compare*",
+        ),
+        (
+            ["--neurolens-store=runs", "--neurolens-storage-option=bad"],
+            "*--neurolens-storage-option expects KEY=VALUE, got 'bad'*",
+        ),
+        (
+            ["--neurolens-store=runs", "--neurolens-push=ftp://x/y"],
+            "*--neurolens-push: ftp://x/y: unknown scheme 'ftp'*",
+        ),
+    ],
+)
+def test_push_options_need_what_they_work_on(
+    pytester: pytest.Pytester, options: list[str], message: str
+) -> None:
+    result = pytester.runpytest("-p", "no:cacheprovider", *options)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["*--neurolens-push needs --neurolens-store*"])
-    result = pytester.runpytest(
-        "-p", "no:cacheprovider", "--neurolens-store=runs", "--neurolens-baseline-root=s3://b/x"
-    )
-    assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["*--neurolens-baseline-root needs --neurolens-compare*"])
-    result = pytester.runpytest(
-        "-p", "no:cacheprovider", "--neurolens-store=runs", "--neurolens-storage-option=bad"
-    )
-    assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["*--neurolens-storage-option expects KEY=VALUE, got 'bad'*"])
-    result = pytester.runpytest(
-        "-p", "no:cacheprovider", "--neurolens-store=runs", "--neurolens-push=ftp://x/y"
-    )
-    assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["*--neurolens-push: ftp://x/y: unknown scheme 'ftp'*"])
+    result.stderr.fnmatch_lines([message])
 
 
 PUSH_IN_SMALL_BATCHES = """

@@ -125,10 +125,9 @@ def _open_regular(
 
 
 def read_store_file(root: Path, relative: str) -> bytes:
-    """The bytes of a regular file inside the store (see ``open_in_store``)."""
-    fd = open_in_store(root, relative, os.O_RDONLY)
-    with os.fdopen(fd, "rb") as handle:
-        return handle.read()
+    """The bytes of a regular file inside the store, opened as ``open_in_store`` opens it."""
+    with Folders(root) as folders:
+        return folders.read(relative)
 
 
 class Folders:
@@ -153,7 +152,7 @@ class Folders:
         return fd
 
     def read(self, relative: str) -> bytes:
-        """The bytes of a regular file inside the root (see ``read_store_file``)."""
+        """The bytes of the regular file ``relative`` inside the root, never through a link."""
         folder = self.fd(relative.rpartition("/")[0])
         fd, status = _open_regular(folder, self.root, relative, os.O_RDONLY, reading=True)
         try:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Union
 
 from neurolens.errors import StoreError
+from neurolens.storage.manifest import manifest_size
 
 if TYPE_CHECKING:
     from neurolens.remote.table import RemoteTable
@@ -69,7 +70,6 @@ def require_store(root: Path) -> None:
         raise StoreError(f"no store at {root} (it does not exist)")
     if not root.is_dir():
         raise StoreError(f"no store at {root} (it is not a directory)")
-    if (root / "_manifest.jsonl").is_symlink():
-        raise StoreError(f"{root / '_manifest.jsonl'} is a symlink: refusing to follow it out of the store")
+    manifest_size(root)  # a symlinked manifest is refused there
     if not (root / "_manifest.jsonl").is_file():
         raise StoreError(f"no store at {root} (no _manifest.jsonl)")
