@@ -338,6 +338,39 @@ def spawn_writer(root: Path, count: int, *, compact: bool = False) -> subprocess
     return subprocess.Popen([sys.executable, "-c", body, str(root), str(Path(__file__).parents[1])])
 
 
+def test_an_append_in_progress_is_not_reported_as_torn_until_its_writer_is_gone(
+    tmp_path: Path, make_run: Callable[..., dict[str, Any]]
+) -> None:
+    # A reader can see a writer's line part-written (the page cache fills page by page);
+    # while that writer holds the manifest's lock the partial line is no problem.
+    root = tmp_path / "store"
+    write_run(root, make_run())
+    manifest = root / "_manifest.jsonl"
+    whole = manifest.read_bytes()
+    half_line = whole[: len(whole) // 2]
+    body = (
+        "import fcntl, os, sys\n"
+        "fd = os.open(sys.argv[1], os.O_WRONLY | os.O_APPEND)\n"
+        "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+        "os.write(fd, bytes.fromhex(sys.argv[2]))\n"
+        "print('appending', flush=True)\n"
+        "sys.stdin.read()\n"
+    )
+    command = [sys.executable, "-c", body, str(manifest), half_line.hex()]
+    with subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE) as writer:
+        assert writer.stdin is not None and writer.stdout is not None
+        assert writer.stdout.readline() == b"appending\n"
+        assert manifest.read_bytes() == whole + half_line
+        during = verify_store(root)
+        writer.stdin.close()  # the writer ends mid-line, its lock released with it
+        assert writer.wait(timeout=60) == 0
+    assert (during.runs, during.problems) == (1, [])
+    after = verify_store(root)
+    assert after.runs == 1
+    torn = f"manifest byte {len(whole)}: incomplete last line ({len(half_line)} bytes) ignored"
+    assert [(p.kind, p.message) for p in after.problems] == [("manifest_line", torn)]
+
+
 def test_verify_beside_a_live_writer_reports_no_orphans(
     tmp_path: Path, make_run: Callable[..., dict[str, Any]]
 ) -> None:

@@ -258,13 +258,15 @@ def replacing(root: Path, name: str) -> Iterator[BinaryIO]:
 
 
 @contextlib.contextmanager
-def locked(fd: int, *, blocking: bool = True) -> Iterator[bool]:
-    """Hold an exclusive OS lock (``flock``) on an open file; yields False if not acquired."""
+def locked(fd: int, *, blocking: bool = True, shared: bool = False) -> Iterator[bool]:
+    """Hold an OS lock (``flock``) on an open file, exclusive unless ``shared``; yields
+    False if not acquired."""
     if sys.platform == "win32":  # pragma: no cover
         yield True
         return
+    operation = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX if blocking else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, operation if blocking else operation | fcntl.LOCK_NB)
     except BlockingIOError:
         yield False
         return

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from neurolens.errors import StoreError
-from neurolens.storage.files import open_in_store
+from neurolens.storage.files import locked, open_in_store
 
 MANIFEST_NAME = "_manifest.jsonl"
 
@@ -212,8 +212,8 @@ def read_blocks(
     """Blocks of complete manifest lines from byte ``start`` (a line boundary), each with
     its byte offset; ``read`` learns how far they went.
 
-    An unterminated last line is left for the next reader (it may be an append still in
-    progress or the remains of a killed writer) and noted in ``read.problems``. Reading
+    An unterminated last line is left for the next reader: an append still in progress
+    silently, the remains of a killed writer noted in ``read.problems``. Reading
     ends at byte ``stop`` when given (a line boundary). Each block is a view of a fresh
     slice of the file: each byte is read once (a line a slice cuts is read again whole
     with the next slice).
@@ -248,8 +248,29 @@ def read_blocks(
             yield position, memoryview(data)[:cut]
             position += cut
             want = _READ_CHUNK
-    if leftover:
-        read.problems.append(f"manifest byte {position}: incomplete last line ({leftover} bytes) ignored")
+        if leftover and _torn_line_at(handle.fileno(), position):
+            read.problems.append(f"manifest byte {position}: incomplete last line ({leftover} bytes) ignored")
+
+
+def _torn_line_at(fd: int, position: int) -> bool:
+    """Whether the unterminated line at byte ``position`` was left by a writer that is
+    gone, rather than an append still in progress.
+
+    A writer holds the manifest's lock while it appends, and a reader can see its line
+    part-written (at a page boundary); so the line is torn only if, with no writer
+    holding the lock, it still has no end.
+    """
+    with locked(fd, blocking=False, shared=True) as no_writer:
+        if not no_writer:
+            return False
+        chunk = 64 * 1024
+        while True:
+            data = os.pread(fd, chunk, position)
+            if b"\n" in data:
+                return False  # finished since: it lies past this read, like any later line
+            if len(data) < chunk:
+                return True
+            position += chunk
 
 
 def last_line_sha256_before(root: Path, end: int) -> str | None:
