@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import random
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +18,11 @@ from hypothesis import strategies as st
 from neurolens.compare import _Documents, _side_samples
 from neurolens.errors import ManifestWarning
 from neurolens.samples import arrow_samples
+from neurolens.storage import arrow_kernels
 from neurolens.storage import index as _index
 from neurolens.storage.filters import RunFilter
 from neurolens.storage.manifest import encode_entry, encode_tags
-from neurolens.storage.query import _session_rows, select
+from neurolens.storage.query import select
 from neurolens.storage.rows import backend
 from neurolens.storage.store import compact_index, rebuild_index_from_manifest
 
@@ -61,13 +63,27 @@ def write_manifest(root: Path, entries: list[dict[str, Any]], *, append: bool = 
 
 
 def every_row(root: Path, flt: RunFilter) -> list[dict[str, Any]]:
-    """The reference: every row of the index and tail, filtered in memory."""
-    rows = _index.snapshot(root, warn=False).filter(
-        RunFilter(**{**flt.__dict__, "session_id": None, "limit": None})
-    )
-    if flt.session_id is not None:
-        rows = _session_rows(rows, flt.session_id)
-    return rows.newest(flt.limit).records()
+    """The reference, in plain Python: every row of the index and tail, filtered, newest first."""
+    conditions = RunFilter(**{**flt.__dict__, "session_id": None, "limit": None})
+    records = [r for r in _index.snapshot(root, warn=False).records() if conditions.matches(r)]
+    records.sort(key=lambda r: (r["created_at"], r["run_id"]), reverse=True)
+    session = flt.session_id
+    if session == "latest":
+        session = next((r["session_id"] for r in records if r["session_id"] is not None), None)
+    if session is not None:  # FILTERS name whole session ids
+        records = [r for r in records if r["session_id"] == session]
+    return records if flt.limit is None else records[: flt.limit]
+
+
+@pytest.fixture(params=["pyarrow._compute", "pyarrow.compute"])
+def kernels(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """Readers call Arrow's kernels by name; where pyarrow has no ``_compute`` module they
+    come from the public ``pyarrow.compute``, with the same answers."""
+    if request.param == "pyarrow.compute":
+        monkeypatch.setattr(arrow_kernels, "_KERNELS_MODULE", "pyarrow._moved_elsewhere")
+    arrow_kernels._kernels.cache_clear()
+    yield request.param
+    arrow_kernels._kernels.cache_clear()
 
 
 FILTERS = [
@@ -84,7 +100,7 @@ FILTERS = [
 
 
 @pytest.mark.parametrize("flt", FILTERS, ids=repr)
-def test_reads_equal_every_row_with_and_without_a_tail(tmp_path: Path, flt: RunFilter) -> None:
+def test_reads_equal_every_row_with_and_without_a_tail(tmp_path: Path, flt: RunFilter, kernels: str) -> None:
     write_manifest(tmp_path, [entry(i, created=(i * 7919) % 3000) for i in range(3000)])
     compact_index(tmp_path)
     assert select(tmp_path, flt).records() == every_row(tmp_path, flt)
@@ -96,6 +112,7 @@ def test_reads_equal_every_row_with_and_without_a_tail(tmp_path: Path, flt: RunF
         got = select(tmp_path, flt).records()
     assert got == every_row(tmp_path, flt)
     assert all(r["total_latency_ms"] != 12345.0 for r in got)
+    assert arrow_kernels._kernels().__name__ == kernels
 
 
 def test_a_limited_query_reads_only_its_rows_lines_and_falls_back_when_one_was_edited(tmp_path: Path) -> None:

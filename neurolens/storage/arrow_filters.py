@@ -12,6 +12,7 @@ import json
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from neurolens.storage.arrow_kernels import any_true, call, cast, match_substring, take
 from neurolens.storage.filters import EQUALITY_FILTERS, PASSING_OUTCOME, RunFilter
 from neurolens.storage.manifest import encode_tags
 
@@ -46,22 +47,21 @@ def filter_mask(table: Any, flt: RunFilter) -> Any:
     """Which rows of ``table`` meet the equality, outcome and tag conditions of ``flt``
     (None: every row). A null in the mask means no. Dictionary-encoded columns are
     tested once per distinct value, not once per row."""
-    import pyarrow.compute as pc
-
     conditions = []
     if not flt.include_failed:  # no outcome (a run written outside pytest) counts as passed
-        conditions.append(
-            _per_value(table.column("outcome"), lambda v: pc.equal(v, literal(PASSING_OUTCOME)), null=True)
-        )
+        passing = literal(PASSING_OUTCOME)
+        conditions.append(_per_value(table.column("outcome"), lambda v: call("equal", v, passing), null=True))
     for name in EQUALITY_FILTERS:
         wanted = getattr(flt, name)
         if wanted is not None:
-            conditions.append(_per_value(table.column(name), functools.partial(pc.equal, literal(wanted))))
+            conditions.append(
+                _per_value(table.column(name), functools.partial(call, "equal", literal(wanted)))
+            )
     if flt.tags:
         conditions.append(_per_value(table.column("tags"), lambda v: _tags_match(v, flt.tags)))
     mask = None
     for condition in conditions:
-        mask = condition if mask is None else pc.and_kleene(mask, condition)
+        mask = condition if mask is None else call("and_kleene", mask, condition)
     return mask
 
 
@@ -69,15 +69,14 @@ def _per_value(column: Any, condition: Callable[[Any], Any], *, null: bool = Fal
     """``condition`` over a column's values; for a dictionary chunk, over its dictionary
     and then spread by the indices. A null value gets ``null``'s answer when given True."""
     import pyarrow as pa
-    import pyarrow.compute as pc
 
     chunks = []
     for chunk in column.chunks:
         if pa.types.is_dictionary(chunk.type):
-            result = pc.take(condition(chunk.dictionary), chunk.indices)
+            result = take(condition(chunk.dictionary), chunk.indices)
         else:
             result = condition(chunk)
-        chunks.append(pc.or_kleene(pc.is_null(result), result) if null else result)
+        chunks.append(call("or_kleene", call("is_null", result), result) if null else result)
     return pa.chunked_array(chunks, pa.bool_())
 
 
@@ -85,24 +84,22 @@ def _tags_match(values: Any, wanted: Mapping[str, str]) -> Any:
     """Which canonical tags JSON texts hold every wanted pair. '"key":"value"' inside the
     text is the test; it can only match falsely where the JSON holds an escaped quote, so
     texts with a backslash are parsed and checked exactly."""
-    import pyarrow.compute as pc
-
-    pairs = [pc.match_substring(values, encode_tags({key: value})[1:-1]) for key, value in wanted.items()]
-    mask = functools.reduce(pc.and_kleene, pairs)
-    doubtful = pc.and_kleene(mask, pc.match_substring(values, "\\"))
-    if not pc.any(doubtful).as_py():
+    pairs = [match_substring(values, encode_tags({key: value})[1:-1]) for key, value in wanted.items()]
+    mask = functools.reduce(functools.partial(call, "and_kleene"), pairs)
+    doubtful = call("and_kleene", mask, match_substring(values, "\\"))
+    if not any_true(doubtful):
         return mask
     texts = values.to_pylist()
     exact = [
         bool(maybe) and all(json.loads(text).get(k) == v for k, v in wanted.items()) if doubt else bool(maybe)
         for text, maybe, doubt in zip(texts, mask.to_pylist(), doubtful.to_pylist(), strict=True)
     ]
-    return _bool_array(exact)
+    return bool_array(exact)
 
 
-def _bool_array(values: Sequence[bool]) -> Any:
+def bool_array(values: Sequence[bool]) -> Any:
     """A boolean array built from a buffer (no pandas import; see ``literal``)."""
     import pyarrow as pa
 
     data = pa.py_buffer(array.array("b", values))
-    return pa.Array.from_buffers(pa.int8(), len(values), [None, data]).cast(pa.bool_())
+    return cast(pa.Array.from_buffers(pa.int8(), len(values), [None, data]), pa.bool_())

@@ -6,6 +6,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from neurolens.storage.arrow_filters import filter_mask
+from neurolens.storage.arrow_kernels import cast_table, filter_rows
 from neurolens.storage.filters import EQUALITY_FILTERS, RunFilter
 from neurolens.storage.manifest import COLUMNS
 from neurolens.storage.rows import OFFSET_COLUMN, IndexFile, IndexMeta, Rows
@@ -108,8 +109,8 @@ class ParquetIndex(IndexFile):
         for table in parts:
             mask = filter_mask(table, flt)
             if mask is not None:
-                table = table.filter(mask, null_selection_behavior="drop")
+                table = filter_rows(table, mask)
             # dictionaries back to strings, the index's field types (but those asked for)
-            selected.append(table.select(kept).cast(schema))
+            selected.append(cast_table(table.select(kept), schema))
         table = selected[0] if len(selected) == 1 else pa.concat_tables(selected)
         return ArrowRows(table)

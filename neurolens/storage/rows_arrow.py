@@ -9,8 +9,20 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from neurolens.storage.arrow_filters import filter_mask, int64_array
+from neurolens.storage.arrow_filters import bool_array, filter_mask, int64_array
 from neurolens.storage.arrow_io import arrow_copy, arrow_file
+from neurolens.storage.arrow_kernels import (
+    any_true,
+    call,
+    cast_table,
+    filter_rows,
+    match_substring,
+    select_k,
+    set_lookup,
+    sort_indices,
+    starts_with,
+    take,
+)
 from neurolens.storage.files import open_in_store, replacing
 from neurolens.storage.filters import RunFilter
 from neurolens.storage.manifest import COLUMNS
@@ -86,71 +98,60 @@ class ArrowRows(Rows):
         return records
 
     def keep(self, mask: Sequence[bool]) -> Rows:
-        return ArrowRows(self.table.filter(list(mask)))
+        return ArrowRows(filter_rows(self.table, bool_array(mask)))
 
     def filter(self, flt: RunFilter) -> Rows:
         mask = filter_mask(self.table, flt)
         if mask is None:
             return self
-        return ArrowRows(self.table.filter(mask, null_selection_behavior="drop"))
+        return ArrowRows(filter_rows(self.table, mask))
 
     def with_prefix(self, column: str, prefix: str) -> Rows:
-        import pyarrow.compute as pc
-
-        matches = pc.starts_with(self.table.column(column), pattern=prefix)
-        return ArrowRows(self.table.filter(matches, null_selection_behavior="drop"))
+        return ArrowRows(filter_rows(self.table, starts_with(self.table.column(column), prefix)))
 
     def without(self, column: str, values: Sequence[Any]) -> Rows:
         import pyarrow as pa
-        import pyarrow.compute as pc
 
         if not values:
             return self
-        found = pc.is_in(self.table.column(column), value_set=pa.array(list(values)))
-        return ArrowRows(self.table.filter(pc.invert(pc.fill_null(found, False))))
+        found = set_lookup("is_in", self.table.column(column), pa.array(list(values)))
+        return ArrowRows(filter_rows(self.table, call("invert", call("coalesce", found, pa.scalar(False)))))
 
     def newest(self, limit: int | None = None) -> Rows:
-        import pyarrow.compute as pc
-
         table = self.table
         if limit is not None and limit < table.num_rows:
-            table = table.take(pc.select_k_unstable(table, k=limit, sort_keys=_NEWEST_FIRST))
-        return ArrowRows(table.take(pc.sort_indices(table, sort_keys=_NEWEST_FIRST)))
+            table = take(table, select_k(table, limit, _NEWEST_FIRST))
+        return ArrowRows(take(table, sort_indices(table, _NEWEST_FIRST)))
 
     def newest_candidates(self, limit: int) -> Rows:
-        import pyarrow.compute as pc
-
         table = self.table
         if limit >= table.num_rows:
             return self
         if limit == 0:
             return ArrowRows(table.slice(0, 0))
-        newest = pc.select_k_unstable(table, k=limit, sort_keys=[("created_at", "descending")])
-        last = pc.min(table.column("created_at").take(newest))
-        return ArrowRows(table.filter(pc.greater_equal(table.column("created_at"), last)))
+        newest = select_k(table, limit, [("created_at", "descending")])
+        last = call("min", take(table.column("created_at"), newest))
+        return ArrowRows(filter_rows(table, call("greater_equal", table.column("created_at"), last)))
 
     def equals(self, other: Rows) -> bool:
         return isinstance(other, ArrowRows) and bool(self.table.equals(other.table))
 
     def shared_ids(self, other: Rows) -> list[str]:
-        import pyarrow.compute as pc
-
         if not isinstance(other, ArrowRows):
             return super().shared_ids(other)
         ids = self.table.column("run_id")
-        shared: list[str] = ids.filter(pc.is_in(ids, value_set=other.table.column("run_id"))).to_pylist()
+        found = set_lookup("is_in", ids, other.table.column("run_id"))
+        shared: list[str] = filter_rows(ids, found).to_pylist()
         return sorted(shared)
 
     def without_duplicates(self, known: Rows | None = None) -> tuple[Rows, list[str]]:
-        import pyarrow.compute as pc
-
         ids = self.table.column("run_id")
         clash = None
         if isinstance(known, ArrowRows) and len(known) and len(self):
-            clash = pc.is_in(ids, value_set=known.table.column("run_id"))
-            if not pc.any(clash).as_py():
+            clash = set_lookup("is_in", ids, known.table.column("run_id"))
+            if not any_true(clash):
                 clash = None
-        if clash is None and pc.count_distinct(ids).as_py() == len(self):
+        if clash is None and call("count_distinct", ids).as_py() == len(self):
             return self, []  # the common case: nothing to drop, no Python loop
         return super().without_duplicates(known)
 
@@ -192,7 +193,6 @@ class ArrowBackend(Backend):
         whole and that passes every check; any other block is parsed line by line. Rows
         carry their line's offset in the manifest."""
         import pyarrow as pa
-        import pyarrow.compute as pc
         import pyarrow.json as pa_json
 
         line_ends = list(map(re.Match.end, _NEWLINE.finditer(block)))
@@ -204,26 +204,27 @@ class ArrowBackend(Backend):
                     explicit_schema=self.schema, unexpected_field_behavior="ignore"
                 ),
             )
-            table = table.select(list(COLUMNS)).cast(self.schema)
+            table = cast_table(table.select(list(COLUMNS)), self.schema)
             sound = (
                 table.num_rows == len(line_ends)
                 and all(
                     nullable or table.column(name).null_count == 0 for name, (_, nullable) in COLUMNS.items()
                 )
                 and all(
-                    not pc.any(pc.is_nan(table.column(name))).as_py()
-                    and not pc.any(pc.is_inf(table.column(name))).as_py()
+                    not any_true(call("is_nan", table.column(name)))
+                    and not any_true(call("is_inf", table.column(name)))
                     for name, (kind, _) in COLUMNS.items()
                     if kind is float
                 )
-                and pc.all(pc.match_substring_regex(table.column("tags"), _TAGS_PATTERN)).as_py() is not False
+                and call("all", match_substring(table.column("tags"), _TAGS_PATTERN, regex=True)).as_py()
+                is not False
             )
         except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
             sound = False
         if sound:
             ends = int64_array(line_ends)
             starts = pa.concat_arrays([int64_array([0]), ends.slice(0, len(ends) - 1)])
-            shifted = pc.add(starts, int64_array([offset])[0])  # a Python int would import pandas
+            shifted = call("add", starts, int64_array([offset])[0])  # a Python int would import pandas
             return ArrowRows(table.append_column(self.offset_field, shifted)), []
         entries, offsets, problems = parse_lines(offset, block)
         return self.from_entries(entries, offsets), problems
