@@ -129,6 +129,28 @@ def test_merge_from_archives(tmp_path: Path, arcname: str) -> None:
     assert verify_store(dest).clean
 
 
+def test_an_archive_of_hard_linked_files_merges_whole(tmp_path: Path) -> None:
+    # tar records a second name of a file as a link member (a store deduplicated with
+    # `hardlink`, say): it unpacks as a copy of the earlier member, bytes and all
+    src, dest = tmp_path / "src", tmp_path / "dest"
+    fill(src, 3, "k", created_at="2025-03-03T00:00:00Z")
+    folder = src / "2025/03/03/onnxrt"
+    shared = folder / "k0000.fp.json"
+    for name in ("k0001.fp.json", "k0002.fp.json"):
+        assert (folder / name).read_bytes() == shared.read_bytes()
+        (folder / name).unlink()
+        os.link(shared, folder / name)
+    archive = make_archive(tmp_path / "linked.tar.gz", src, ".")
+    with tarfile.open(archive) as tar:
+        assert sum(m.islnk() for m in tar.getmembers()) == 2
+    report = merge_stores(dest, [archive])
+    assert (report.added, report.refused, report.damaged) == (3, [], [])
+    for name in ("k0000.fp.json", "k0001.fp.json", "k0002.fp.json"):
+        copied = dest / "2025/03/03/onnxrt" / name
+        assert copied.read_bytes() == shared.read_bytes() and copied.stat().st_nlink == 1
+    assert verify_store(dest).clean
+
+
 def test_hostile_archive_members_are_refused(tmp_path: Path) -> None:
     src, dest = tmp_path / "src", tmp_path / "dest"
     fill(src, 2, "h")
@@ -143,14 +165,18 @@ def test_hostile_archive_members_are_refused(tmp_path: Path) -> None:
         link = tarfile.TarInfo("2025/link.json")
         link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
         tar.addfile(link)
-        hard = tarfile.TarInfo("hard.json")
-        hard.type, hard.linkname = tarfile.LNKTYPE, "_manifest.jsonl"
-        tar.addfile(hard)
+        hostile_links = (("hard1.json", "/etc/passwd"), ("hard2.json", "../../x"), ("hard3.json", "nope"))
+        for name, target in hostile_links:
+            hard = tarfile.TarInfo(name)
+            hard.type, hard.linkname = tarfile.LNKTYPE, target
+            tar.addfile(hard)
     report = merge_stores(dest, [archive])
     assert report.added == 2
     refused = "\n".join(report.refused)
-    assert len(report.refused) == 5
-    assert "absolute path" in refused and "'..'" in refused and "link" in refused
+    assert len(report.refused) == 7, refused
+    assert "absolute path" in refused and "'..'" in refused and "(link)" in refused
+    assert refused.count("(link outside the archive)") == 2
+    assert "'hard3.json' refused (hard link to no earlier file of the archive)" in refused
     assert not Path("/tmp/neurolens-abs-escape.json").exists()
     assert not (tmp_path / "escape.json").exists() and not (tmp_path.parent / "escape2.json").exists()
     assert not any(p.is_symlink() for p in dest.rglob("*"))

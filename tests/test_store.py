@@ -11,6 +11,7 @@ import pytest
 
 from neurolens import load_runs
 from neurolens.errors import IndexWarning, ManifestWarning, RunExistsError, RunValidationError, StoreError
+from neurolens.storage import files as files_module
 from neurolens.storage import index as index_module
 from neurolens.storage.document import new_run_id
 from neurolens.storage.rows import backend
@@ -26,7 +27,39 @@ def all_files(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
 
 
-def test_write_run_lays_out_files_and_returns_paths(tmp_path: Path) -> None:
+@pytest.fixture(params=["unnamed file", "temporary name"])
+def file_creation(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run files are made as unnamed files (O_TMPFILE) linked into place, or where the
+    file system has none, under a temporary name: the store is the same either way."""
+    if request.param == "temporary name":
+        monkeypatch.setattr(files_module, "_unnamed_files", False)
+    return str(request.param)
+
+
+def _has_unnamed_files(folder: Path) -> bool:
+    try:
+        os.close(os.open(folder, os.O_WRONLY | os.O_TMPFILE))
+    except (AttributeError, OSError):
+        return False
+    return True
+
+
+def test_unnamed_files_are_linked_into_place_where_the_file_system_has_them(tmp_path: Path) -> None:
+    dir_fd = os.open(tmp_path, os.O_RDONLY)
+    try:
+        made = files_module._create_unnamed(dir_fd, "a.json", b'{"a": 1}', durable=True)
+        assert made is _has_unnamed_files(tmp_path)
+        if made:
+            assert (tmp_path / "a.json").read_bytes() == b'{"a": 1}'
+            with pytest.raises(RunExistsError):  # never over an existing name
+                files_module._create_unnamed(dir_fd, "a.json", b"other", durable=True)
+            assert (tmp_path / "a.json").read_bytes() == b'{"a": 1}'
+        assert os.listdir(tmp_path) == (["a.json"] if made else [])
+    finally:
+        os.close(dir_fd)
+
+
+def test_write_run_lays_out_files_and_returns_paths(tmp_path: Path, file_creation: str) -> None:
     result = write_run(tmp_path, make_run(created_at="2025-10-20T08:30:00Z"), fingerprint={"python": "3.11"})
     run_id = result["run_id"]
     assert result["run_json"] == str(tmp_path / "2025/10/20/onnxrt" / f"{run_id}.json")
@@ -133,7 +166,7 @@ def test_invalid_run_leaves_existing_store_untouched(tmp_path: Path) -> None:
     assert all_files(tmp_path) == before
 
 
-def test_clashing_run_id_is_an_error_and_changes_nothing(tmp_path: Path) -> None:
+def test_clashing_run_id_is_an_error_and_changes_nothing(tmp_path: Path, file_creation: str) -> None:
     run = make_run(run_id="fixed-id", created_at="2025-01-01T00:00:00Z")
     write_run(tmp_path, run, fingerprint={"a": 1})
     before = all_files(tmp_path)
@@ -142,7 +175,7 @@ def test_clashing_run_id_is_an_error_and_changes_nothing(tmp_path: Path) -> None
     assert all_files(tmp_path) == before
 
 
-def test_fingerprint_clash_removes_the_half_written_run(tmp_path: Path) -> None:
+def test_fingerprint_clash_removes_the_half_written_run(tmp_path: Path, file_creation: str) -> None:
     folder = tmp_path / "2025/01/01/onnxrt"
     folder.mkdir(parents=True)
     (folder / "r1.fp.json").write_text("{}")
@@ -327,7 +360,7 @@ def test_manifest_is_append_only(tmp_path: Path) -> None:
     assert (tmp_path / "_manifest.jsonl").read_bytes().startswith(first)
 
 
-def test_written_files_are_not_left_as_temporaries(tmp_path: Path) -> None:
+def test_written_files_are_not_left_as_temporaries(tmp_path: Path, file_creation: str) -> None:
     for _ in range(3):
         write_run(tmp_path, make_run(), fingerprint={"a": 1})
     rebuild_index_from_manifest(tmp_path)

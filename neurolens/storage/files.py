@@ -189,11 +189,13 @@ def create_file_atomically(dir_fd: int, name: str, data: bytes, *, durable: bool
     """Write ``data`` to a new file ``name`` in the folder ``dir_fd``: all or nothing, never
     overwriting, never through a link.
 
-    The bytes go to a temporary file that is fsynced, then hard-linked into place: the
-    link fails if ``name`` exists (a symlink included), so a clash raises RunExistsError
-    and leaves both files as they were. ``durable=False`` skips the fsync for callers
-    that sync a whole batch.
+    The bytes go to a file with no name yet (``O_TMPFILE``; elsewhere a temporary name)
+    that is fsynced, then hard-linked into place: the link fails if ``name`` exists (a
+    symlink included), so a clash raises RunExistsError and leaves both files as they
+    were. ``durable=False`` skips the fsync for callers that sync a whole batch.
     """
+    if _create_unnamed(dir_fd, name, data, durable=durable):
+        return
     tmp = f".{name}.{os.getpid()}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC, 0o644, dir_fd=dir_fd)
     try:
@@ -213,6 +215,42 @@ def create_file_atomically(dir_fd: int, name: str, data: bytes, *, durable: bool
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp, dir_fd=dir_fd)
+
+
+# Whether O_TMPFILE files can be linked into place here: decided by the first try, since an
+# unnamed file is linked through /proc (linkat with AT_EMPTY_PATH needs a privilege).
+_unnamed_files = hasattr(os, "O_TMPFILE") and os.path.isdir("/proc/self/fd")
+
+
+def _create_unnamed(dir_fd: int, name: str, data: bytes, *, durable: bool) -> bool:
+    """``create_file_atomically`` through an unnamed file: no temporary name is created and
+    removed (two folder updates fewer), and a crash leaves nothing behind. False where the
+    file system or kernel has no ``O_TMPFILE``: the caller uses a temporary name."""
+    global _unnamed_files
+    if not _unnamed_files:
+        return False
+    try:
+        fd = os.open(".", os.O_WRONLY | os.O_TMPFILE | _CLOEXEC, 0o644, dir_fd=dir_fd)
+    except OSError as exc:  # not supported by this file system (or kernel: EISDIR)
+        if exc.errno in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.ENOENT):
+            return False
+        raise
+    try:
+        _write_all(fd, data)
+        if durable:
+            os.fsync(fd)
+        try:
+            os.link(f"/proc/self/fd/{fd}", name, dst_dir_fd=dir_fd, follow_symlinks=True)
+        except FileExistsError:
+            raise RunExistsError(f"{name} already exists; runs are never overwritten") from None
+        except OSError as exc:
+            if exc.errno not in (errno.ENOENT, errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
+                raise
+            _unnamed_files = False  # /proc hidden or no links here: temporary names from now on
+            return False
+    finally:
+        os.close(fd)
+    return True
 
 
 def _create_exclusive(dir_fd: int, name: str, data: bytes) -> None:

@@ -34,8 +34,13 @@ def _unsafe_reason(member: tarfile.TarInfo) -> str | None:
         return "absolute path"
     if ".." in path.parts:
         return "path with '..'"
-    if member.issym() or member.islnk():
+    if member.issym():
         return "link"
+    if member.islnk():  # tar's copy of a file the archive already holds: read as that file
+        linked = PurePosixPath(member.linkname)
+        if linked.is_absolute() or member.linkname.startswith(("/", "\\")) or ".." in linked.parts:
+            return "link outside the archive"
+        return None
     if not (member.isfile() or member.isdir()):
         return "not a regular file or folder"
     return None
@@ -72,8 +77,12 @@ def _opened_source(source: Path, report: MergeReport, limits: ArchiveLimits) -> 
 
 
 def _unpack(source: Path, scratch: Path, report: MergeReport, limits: ArchiveLimits) -> None:
+    """Regular files and folders of the archive into ``scratch``; a hard link member (tar's
+    record of a second name for a file, as a store's fingerprint files are) becomes a
+    copy of the earlier file member it names. Anything else is refused."""
     total = members = 0
     seen: set[str] = set()
+    files: dict[str, int] = {}  # file members unpacked so far, with their sizes
     with tarfile.open(source, mode="r:*") as archive:
         for member in archive:
             members += 1
@@ -85,6 +94,9 @@ def _unpack(source: Path, scratch: Path, report: MergeReport, limits: ArchiveLim
             name = PurePosixPath(member.name).as_posix()
             if reason is None and name in seen:
                 reason = "duplicate member name"
+            linked = PurePosixPath(member.linkname).as_posix() if member.islnk() else None
+            if reason is None and linked is not None and linked not in files:
+                reason = "hard link to no earlier file of the archive"
             if reason:
                 report.refused.append(f"{source}: member {member.name!r} refused ({reason})")
                 continue
@@ -93,12 +105,18 @@ def _unpack(source: Path, scratch: Path, report: MergeReport, limits: ArchiveLim
             if member.isdir():
                 target.mkdir(parents=True, exist_ok=True)
                 continue
-            total += member.size
+            size = member.size if linked is None else files[linked]  # a link unpacks to a copy
+            total += size
             if total > limits.max_bytes:
                 raise StoreError(
                     f"source {source} unpacks to more than {limits.max_bytes:,} bytes (raise the cap)"
                 )
             target.parent.mkdir(parents=True, exist_ok=True)
+            files[name] = size
+            if linked is not None:
+                with open(scratch / linked, "rb") as earlier, open(target, "xb") as out:
+                    shutil.copyfileobj(earlier, out)
+                continue
             extracted = archive.extractfile(member)
             if extracted is None:
                 continue
