@@ -17,6 +17,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from neurolens.storage.arrow_filters import float64_array, int64_array
+from neurolens.storage.arrow_kernels import (
+    any_true,
+    call,
+    cast,
+    dictionary_encode,
+    filter_rows,
+    sort_indices,
+    take,
+)
 
 GroupKey = tuple[Any, ...]
 
@@ -34,7 +43,6 @@ class SideGroup:
 def arrow_samples(table: Any, group_by: Sequence[str], metric: str) -> dict[GroupKey, SideGroup]:
     """Per group key (``group_by``'s values, None for null): the side's samples of ``metric``."""
     import pyarrow as pa
-    import pyarrow.compute as pc
 
     table = table.combine_chunks()
 
@@ -43,68 +51,67 @@ def arrow_samples(table: Any, group_by: Sequence[str], metric: str) -> dict[Grou
 
     group = _codes(table, group_by)
     keys, starts, ends, order = _runs(group)
-    firsts = table.select(list(group_by)).take(order.take(starts))
-    out = {
-        key: SideGroup(runs=count)
-        for key, count in zip(_keys(firsts, group_by), pc.subtract(ends, starts).to_pylist(), strict=True)
-    }
+    firsts = take(table.select(list(group_by)), take(order, starts))
+    counts = call("subtract", ends, starts).to_pylist()
+    out = {key: SideGroup(runs=count) for key, count in zip(_keys(firsts, group_by), counts, strict=True)}
     keyed = dict(zip(keys.to_pylist(), out, strict=True))  # group code -> group key
     _, kind_starts, _, kind_order = _runs(_codes(table, ["gpu_name", "driver_version"], first=group))
-    kinds = table.select(["gpu_name", "driver_version"]).take(kind_order.take(kind_starts))
-    kind_groups = group.take(kind_order.take(kind_starts)).to_pylist()
+    kind_rows = take(kind_order, kind_starts)
+    kinds = take(table.select(["gpu_name", "driver_version"]), kind_rows)
+    kind_groups = take(group, kind_rows).to_pylist()
     for code, gpu, driver in zip(
         kind_groups, kinds.column(0).to_pylist(), kinds.column(1).to_pylist(), strict=True
     ):
         out[keyed[code]].hardware.add((gpu or "-", driver or "-"))
-    valid = pc.is_valid(col(metric))
-    lone = pc.and_(valid, pc.is_null(col("session_id")))
-    pooled = pc.and_(valid, pc.is_valid(col("session_id")))
-    values = col(metric).cast(pa.float64())
+    valid = call("is_valid", col(metric))
+    lone = call("and", valid, call("is_null", col("session_id")))
+    pooled = call("and", valid, call("is_valid", col("session_id")))
+    values = cast(col(metric), pa.float64())
 
     # Lone runs: each is a sample of its own.
+    lone_ids = filter_rows(col("run_id"), lone)
     parts = [
         pa.table(
             {
-                "_group": group.filter(lone),
-                "_time": col("created_at").filter(lone),
-                "_session": pc.is_null(col("run_id").filter(lone)),  # all False
-                "_id": col("run_id").filter(lone),
-                "_round": col("repeat").filter(lone),
-                "_value": values.filter(lone),
+                "_group": filter_rows(group, lone),
+                "_time": filter_rows(col("created_at"), lone),
+                "_session": call("is_null", lone_ids),  # all False
+                "_id": lone_ids,
+                "_round": filter_rows(col("repeat"), lone),
+                "_value": filter_rows(values, lone),
             }
         )
     ]
     # Runs of a session (and round): one sample, their median, at their newest time.
-    if pc.any(pooled).as_py():
-        session = table.filter(pooled)
-        sample = _codes(session, ["session_id", "repeat"], first=group.filter(pooled))
-        by_value = pc.sort_indices(
-            pa.table({"s": sample, "v": values.filter(pooled)}), [("s", "ascending"), ("v", "ascending")]
+    if any_true(pooled):
+        session = filter_rows(table, pooled)
+        sample = _codes(session, ["session_id", "repeat"], first=filter_rows(group, pooled))
+        pooled_values = filter_rows(values, pooled)
+        by_value = sort_indices(
+            pa.table({"s": sample, "v": pooled_values}), [("s", "ascending"), ("v", "ascending")]
         )
-        _, starts, ends, _ = _runs(sample.take(by_value), ordered=True)
-        sorted_values = values.filter(pooled).take(by_value)
+        _, starts, ends, _ = _runs(take(sample, by_value), ordered=True)
+        sorted_values = take(pooled_values, by_value)
         one, two = int64_array([1, 2])
-        low = pc.add(starts, pc.divide(pc.subtract(pc.subtract(ends, starts), one), two))
-        high = pc.add(starts, pc.divide(pc.subtract(ends, starts), two))
-        medians = pc.divide(
-            pc.add(sorted_values.take(low), sorted_values.take(high)), float64_array([2.0])[0]
-        )
+        sizes = call("subtract", ends, starts)
+        low = call("add", starts, call("divide", call("subtract", sizes, one), two))
+        high = call("add", starts, call("divide", sizes, two))
+        middle_sums = call("add", take(sorted_values, low), take(sorted_values, high))
+        medians = call("divide", middle_sums, float64_array([2.0])[0])
         times = session.column("created_at").combine_chunks()
-        by_time = pc.sort_indices(
-            pa.table({"s": sample, "t": times}), [("s", "ascending"), ("t", "ascending")]
-        )
-        _, _, time_ends, _ = _runs(sample.take(by_time), ordered=True)
-        newest = by_time.take(pc.subtract(time_ends, one))
-        first = by_value.take(starts)
-        ids = session.column("session_id").combine_chunks()
+        by_time = sort_indices(pa.table({"s": sample, "t": times}), [("s", "ascending"), ("t", "ascending")])
+        _, _, time_ends, _ = _runs(take(sample, by_time), ordered=True)
+        newest = take(by_time, call("subtract", time_ends, one))
+        first = take(by_value, starts)
+        ids = take(session.column("session_id").combine_chunks(), first)
         parts.append(
             pa.table(
                 {
-                    "_group": group.filter(pooled).take(first),
-                    "_time": times.take(newest),
-                    "_session": pc.is_valid(ids.take(first)),  # all True
-                    "_id": ids.take(first),
-                    "_round": session.column("repeat").combine_chunks().take(first),
+                    "_group": take(filter_rows(group, pooled), first),
+                    "_time": take(times, newest),
+                    "_session": call("is_valid", ids),  # all True
+                    "_id": ids,
+                    "_round": take(session.column("repeat").combine_chunks(), first),
                     "_value": medians,
                 }
             )
@@ -114,9 +121,9 @@ def arrow_samples(table: Any, group_by: Sequence[str], metric: str) -> dict[Grou
         return out
     order = [("_group", "ascending"), ("_time", "ascending"), ("_session", "ascending"),
              ("_id", "ascending"), ("_round", "ascending")]  # fmt: skip
-    ranked = pc.sort_indices(samples, sort_keys=order)  # nulls last
-    codes, starts, ends, _ = _runs(samples.column("_group").take(ranked), ordered=True)
-    sample_values = samples.column("_value").take(ranked).to_pylist()
+    ranked = sort_indices(samples, order)  # nulls last
+    codes, starts, ends, _ = _runs(take(samples.column("_group"), ranked), ordered=True)
+    sample_values = take(samples.column("_value"), ranked).to_pylist()
     for code, start, end in zip(codes.to_pylist(), starts.to_pylist(), ends.to_pylist(), strict=True):
         out[keyed[code]].samples = sample_values[start:end]
     return out
@@ -127,23 +134,23 @@ def _codes(table: Any, columns: Sequence[str], first: Any = None) -> Any:
     code) are equal, dense: from 0 to the number of distinct combinations. Nulls are a
     value of their own."""
     import pyarrow as pa
-    import pyarrow.compute as pc
 
     code = first
     for name in columns:
         column = table.column(name).combine_chunks()  # a dictionary column: one dictionary
         if pa.types.is_dictionary(column.type):  # as read from the index: null is one more code
             values = len(column.dictionary) + 1
-            indices = pc.fill_null(column.indices.cast(pa.int64()), int64_array([values - 1])[0])
+            indices = call("coalesce", cast(column.indices, pa.int64()), int64_array([values - 1])[0])
         else:
-            encoded = pc.dictionary_encode(column, null_encoding="encode")
+            encoded = dictionary_encode(column, nulls_too=True)
             values = len(encoded.dictionary)
-            indices = encoded.indices.cast(pa.int64())
+            indices = cast(encoded.indices, pa.int64())
         if code is None:
             code = indices
         else:  # re-encoded at each step, so codes stay below the row count (no overflow)
             width = int64_array([values])[0]
-            code = pc.dictionary_encode(pc.add(pc.multiply(code, width), indices)).indices.cast(pa.int64())
+            combined = call("add", call("multiply", code, width), indices)
+            code = cast(dictionary_encode(combined).indices, pa.int64())
     assert code is not None
     return code
 
@@ -153,18 +160,17 @@ def _runs(codes: Any, *, ordered: bool = False) -> tuple[Any, Any, Any, Any]:
     starts and ends in the sorted order, and that order (indices into ``codes``; None
     when they came ordered)."""
     import pyarrow as pa
-    import pyarrow.compute as pc
 
-    order = None if ordered else pc.array_sort_indices(codes)
-    ranked = codes if order is None else codes.take(order)
+    order = None if ordered else call("array_sort_indices", codes)
+    ranked = codes if order is None else take(codes, order)
     count = len(ranked)
     if count == 0:
         empty = int64_array([])
         return empty, empty, empty, order
-    changes = pc.indices_nonzero(pc.not_equal(ranked.slice(1), ranked.slice(0, count - 1)))
-    starts = pa.concat_arrays([int64_array([0]), pc.add(changes.cast(pa.int64()), int64_array([1])[0])])
+    changes = call("indices_nonzero", call("not_equal", ranked.slice(1), ranked.slice(0, count - 1)))
+    starts = pa.concat_arrays([int64_array([0]), call("add", cast(changes, pa.int64()), int64_array([1])[0])])
     ends = pa.concat_arrays([starts.slice(1), int64_array([count])])
-    return ranked.take(starts), starts, ends, order
+    return take(ranked, starts), starts, ends, order
 
 
 def _keys(table: Any, group_by: Sequence[str]) -> list[GroupKey]:

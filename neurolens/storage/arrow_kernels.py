@@ -75,6 +75,12 @@ def set_lookup(name: str, data: Any, value_set: Any) -> Any:
     return call(name, data, options=_kernels().SetLookupOptions(value_set))
 
 
+def dictionary_encode(data: Any, *, nulls_too: bool = False) -> Any:
+    """``data`` as a dictionary array; with ``nulls_too`` a null is a dictionary value."""
+    options = _kernels().DictionaryEncodeOptions("encode" if nulls_too else "mask")
+    return call("dictionary_encode", data, options=options)
+
+
 def any_true(data: Any) -> bool:
     """Whether some value is true (nulls skipped)."""
     return bool(call("any", data).as_py())
