@@ -217,8 +217,8 @@ def create_file_atomically(dir_fd: int, name: str, data: bytes, *, durable: bool
             os.unlink(tmp, dir_fd=dir_fd)
 
 
-# Whether O_TMPFILE files can be linked into place here: decided by the first try, since an
-# unnamed file is linked through /proc (linkat with AT_EMPTY_PATH needs a privilege).
+# Whether unnamed (O_TMPFILE) files are linked into place. They are linked through /proc
+# (linkat with AT_EMPTY_PATH needs a privilege): off without it, or once a link through it fails.
 _unnamed_files = hasattr(os, "O_TMPFILE") and os.path.isdir("/proc/self/fd")
 
 
