@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -57,6 +58,31 @@ def test_unnamed_files_are_linked_into_place_where_the_file_system_has_them(tmp_
         assert os.listdir(tmp_path) == (["a.json"] if made else [])
     finally:
         os.close(dir_fd)
+
+
+def test_files_are_created_whole_where_the_file_system_has_no_hard_links(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # some network and FUSE file systems refuse link(2): files are then created exclusively
+    def no_links(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(files_module, "_unnamed_files", files_module._unnamed_files)
+    monkeypatch.setattr(os, "link", no_links)
+    result = write_run(tmp_path, make_run(), fingerprint={"a": 1})
+    assert files_module._unnamed_files is False  # temporary names from then on
+    stored = Path(result["run_json"])
+    assert json.loads(stored.read_bytes())["run_id"] == result["run_id"]
+    assert json.loads(Path(result["fp_json"]).read_bytes()) == {"a": 1}
+    before = all_files(tmp_path)
+    dir_fd = os.open(stored.parent, os.O_RDONLY)
+    try:
+        with pytest.raises(RunExistsError):  # still never over an existing file
+            files_module.create_file_atomically(dir_fd, stored.name, b"other")
+    finally:
+        os.close(dir_fd)
+    assert all_files(tmp_path) == before
+    assert sorted(os.listdir(stored.parent)) == sorted([stored.name, Path(result["fp_json"]).name])
 
 
 def test_write_run_lays_out_files_and_returns_paths(tmp_path: Path, file_creation: str) -> None:

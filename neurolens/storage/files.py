@@ -17,7 +17,7 @@ import stat
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from neurolens.errors import RunExistsError, StoreError
 
@@ -204,13 +204,7 @@ def create_file_atomically(dir_fd: int, name: str, data: bytes, *, durable: bool
             handle.flush()
             if durable:
                 os.fsync(handle.fileno())
-        try:
-            os.link(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
-        except FileExistsError:
-            raise RunExistsError(f"{name} already exists; runs are never overwritten") from None
-        except OSError as exc:  # file systems without hard links
-            if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
-                raise
+        if not _link_new(tmp, name, dir_fd, src_dir_fd=dir_fd, follow_symlinks=False):
             _create_exclusive(dir_fd, name, data)
     finally:
         with contextlib.suppress(FileNotFoundError):
@@ -239,25 +233,44 @@ def _create_unnamed(dir_fd: int, name: str, data: bytes, *, durable: bool) -> bo
         _write_all(fd, data)
         if durable:
             os.fsync(fd)
-        try:
-            os.link(f"/proc/self/fd/{fd}", name, dst_dir_fd=dir_fd, follow_symlinks=True)
-        except FileExistsError:
-            raise RunExistsError(f"{name} already exists; runs are never overwritten") from None
-        except OSError as exc:
-            if exc.errno not in (errno.ENOENT, errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
-                raise
-            _unnamed_files = False  # /proc hidden or no links here: temporary names from now on
-            return False
+        no_proc = (*_NO_HARD_LINKS, errno.ENOENT)
+        linked = _link_new(f"/proc/self/fd/{fd}", name, dir_fd, unsupported=no_proc, follow_symlinks=True)
     finally:
         os.close(fd)
+    if not linked:  # /proc hidden, or no hard links here: temporary names from now on
+        _unnamed_files = False
+    return linked
+
+
+_NO_HARD_LINKS = (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV)
+
+
+def _link_new(
+    source: str, name: str, dir_fd: int, *, unsupported: tuple[int, ...] = _NO_HARD_LINKS, **how: Any
+) -> bool:
+    """Hard-link ``source`` as the new ``name`` in the folder ``dir_fd``: RunExistsError
+    if ``name`` exists (a symlink included); False where the link fails with an errno of
+    ``unsupported`` (a file system without hard links)."""
+    try:
+        os.link(source, name, dst_dir_fd=dir_fd, **how)
+    except FileExistsError:
+        raise _exists(name) from None
+    except OSError as exc:
+        if exc.errno not in unsupported:
+            raise
+        return False
     return True
+
+
+def _exists(name: str) -> RunExistsError:
+    return RunExistsError(f"{name} already exists; runs are never overwritten")
 
 
 def _create_exclusive(dir_fd: int, name: str, data: bytes) -> None:
     try:
         fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o644, dir_fd=dir_fd)
     except FileExistsError:
-        raise RunExistsError(f"{name} already exists; runs are never overwritten") from None
+        raise _exists(name) from None
     with os.fdopen(fd, "wb") as handle:
         handle.write(data)
         handle.flush()
