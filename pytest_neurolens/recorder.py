@@ -21,7 +21,7 @@ outcome_key = pytest.StashKey[str]()
 
 class Recorder:
     """Hardware and fingerprint (once, on first use), a write per run as each test ends,
-    index compaction, the regression gate and the terminal summary at the end."""
+    the regression gate and the terminal summary at the end."""
 
     def __init__(self, config: pytest.Config, settings: Settings, session_id: str) -> None:
         assert settings.store is not None
@@ -39,7 +39,8 @@ class Recorder:
         self._hardware: dict[str, Any] | None = None
         self._gpu_index: int | None = None
         self._fingerprint: dict[str, Any] | None = None
-        _check_writable(self.store)
+        # where this session's manifest lines begin: the end counts them from here
+        self._manifest_start = _check_writable(self.store)
 
     @property
     def is_worker(self) -> bool:
@@ -145,18 +146,21 @@ class Recorder:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
     def _finish(self, session: pytest.Session) -> None:
-        from neurolens.storage.filters import RunFilter
-        from neurolens.storage.query import select
-        from neurolens.storage.store import compact_index
+        from neurolens.storage.index import session_run_ids
 
         if not (self.store / "_manifest.jsonl").exists():
             self.stored_runs = 0
             if self.settings.compare is not None and not self.settings.allow_empty:
                 self.errors.append("nothing was compared: this session recorded no runs")
             return
-        compact_index(self.store)
-        # counted from the store: runs of a killed xdist worker count as stored
-        self.stored_runs = len(select(self.store, RunFilter(session_id=self.session_id, include_failed=True)))
+        # Counted from the manifest, so runs of a killed xdist worker count as stored. The
+        # index is left to the writers' compaction points: folding every session's runs in
+        # would rewrite the whole index (seconds at 1M runs) and import pyarrow each time.
+        self.stored_runs = len(session_run_ids(self.store, self.session_id, self._manifest_start))
+        if any(s is not None for s in (self.settings.push, self.settings.compare, self.settings.report)):
+            from neurolens.storage.store import ensure_usable_index
+
+            ensure_usable_index(self.store)  # these read the store: no warning, no whole-manifest read
         if self.settings.push is not None:
             self._push()
         if self.settings.compare is not None:
@@ -270,11 +274,13 @@ class Recorder:
             tr.write_line(escape(f"neurolens: {error}"), red=True)
 
 
-def _check_writable(store: os.PathLike[str]) -> None:
-    """At startup, one clear error for a store that cannot be written (not one per test)."""
+def _check_writable(store: os.PathLike[str]) -> int:
+    """At startup, one clear error for a store that cannot be written (not one per test);
+    returns the manifest's size."""
     from pathlib import Path
 
     from neurolens.errors import StoreError
+    from neurolens.storage.manifest import manifest_size
     from neurolens.storage.root import ensure_root
 
     root = Path(store)
@@ -283,6 +289,7 @@ def _check_writable(store: os.PathLike[str]) -> None:
         probe = root / f".neurolens-probe.{os.getpid()}.tmp"
         probe.write_bytes(b"")
         probe.unlink()
+        return manifest_size(root)  # a symlinked manifest is refused here too
     except (OSError, StoreError) as exc:
         reason = (exc.strerror if isinstance(exc, OSError) else None) or str(exc)
         raise pytest.UsageError(f"--neurolens-store {root}: cannot write there ({reason})") from None

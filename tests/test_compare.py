@@ -13,6 +13,8 @@ import pyarrow.compute
 import pyarrow.parquet  # noqa: F401
 import pytest
 
+import neurolens.storage.parquet_index
+import neurolens.storage.rows_arrow  # noqa: F401  (the index's Arrow classes, loaded before pytester runs)
 from neurolens.cli import main
 from neurolens.compare import compare, compare_frame
 from neurolens.comparison import Threshold
@@ -392,6 +394,26 @@ def test_pytest_gate_fails_the_session_on_a_regression(
     report_only = gate(pytester, monkeypatch, 20.0, "--neurolens-compare=--tag branch=main")
     assert report_only.ret == pytest.ExitCode.OK
     report_only.stdout.fnmatch_lines(["*regressed"])
+
+
+def test_pytest_gate_restores_an_unusable_index_before_comparing(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Writers only check that an index file exists; a session that reads the store
+    rebuilds one that cannot be used (damaged, another version) instead of warning."""
+    from neurolens.storage.index import opened_index
+
+    pytester.makepyfile(GATED)
+    gate(pytester, monkeypatch, 10.0, "--neurolens-tag", "branch=main").assert_outcomes(passed=1)
+    index = pytester.path / "runs" / "_index.parquet"
+    index.write_bytes(b"PAR1 not an index PAR1")
+    result = gate(
+        pytester, monkeypatch, 10.2, "--neurolens-tag", "branch=pr", "--neurolens-compare=--tag branch=main"
+    )
+    assert result.ret == pytest.ExitCode.OK, result.stdout.str()
+    result.stdout.fnmatch_lines(["m cpu fp32 1*10.000*10.200*+2.0%*"])
+    with opened_index(pytester.path / "runs") as (usable, problem):
+        assert usable is not None and usable.count() == 2, problem
 
 
 @pytest.mark.parametrize(

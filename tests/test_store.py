@@ -15,7 +15,7 @@ from neurolens.errors import IndexWarning, ManifestWarning, RunExistsError, RunV
 from neurolens.storage import files as files_module
 from neurolens.storage import index as index_module
 from neurolens.storage.document import new_run_id
-from neurolens.storage.rows import backend
+from neurolens.storage.index import opened_index
 from neurolens.storage.store import compact_index, rebuild_index_from_manifest, write_run
 from tests.factories import make_run
 
@@ -256,13 +256,35 @@ def test_incremental_compaction_equals_rebuild(tmp_path: Path, monkeypatch: pyte
     monkeypatch.setattr(index_module, "_TAIL_FLOOR_BYTES", 10**9)  # then leave a tail
     for i in range(3):
         write_run(tmp_path, make_run(seq_len=100 + i))
-    meta = backend().read_meta(tmp_path)
-    assert meta is not None
-    covered = meta.manifest_bytes
+    with opened_index(tmp_path) as (index, problem):
+        assert index is not None, problem
+        covered = index.meta.manifest_bytes
     assert 0 < covered < (tmp_path / "_manifest.jsonl").stat().st_size  # a tail exists
     assert len(load_runs(tmp_path)) == 43  # readers add the uncovered tail
     incremental = compact_index(tmp_path).read_bytes()
     assert rebuild_index_from_manifest(tmp_path).read_bytes() == incremental
+
+
+@pytest.mark.parametrize(("floor", "share"), [(300, 16), (400, 4)])
+def test_writers_keep_the_uncovered_tail_bounded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, floor: int, share: int
+) -> None:
+    """Compaction points depend on the manifest's size alone: linear up to share x floor,
+    then geometric; the tail never passes about twice max(floor, manifest / share)."""
+    monkeypatch.setattr(index_module, "_TAIL_FLOOR_BYTES", floor)
+    monkeypatch.setattr(index_module, "_TAIL_SHARE", share)
+    manifest = tmp_path / "_manifest.jsonl"
+    compactions = 0
+    for i in range(60):
+        write_run(tmp_path, make_run(seq_len=i, tags={"n": "x" * (i % 7 * 20)}))
+        size = manifest.stat().st_size
+        with opened_index(tmp_path) as (index, problem):
+            assert index is not None, problem
+            tail = size - index.meta.manifest_bytes
+        compactions += tail == 0
+        assert tail <= 2 * max(floor, size / share), (i, size, tail)
+    assert size > 2 * share * floor  # the geometric points were reached (and the linear ones)
+    assert 3 < compactions < 60  # neither every write nor never
 
 
 def test_readers_answer_from_manifest_when_index_is_corrupt_or_missing(tmp_path: Path) -> None:

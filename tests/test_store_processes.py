@@ -119,6 +119,34 @@ BLOCK_PYARROW = textwrap.dedent(
 )
 
 
+def test_a_write_between_compaction_points_imports_no_pyarrow(tmp_path: Path) -> None:
+    """Deciding whether to compact reads no index footer: a process that only writes
+    (the plugin, a training script) never pays for importing pyarrow."""
+    from neurolens.storage.store import write_run
+    from tests.factories import make_run
+
+    write_run(tmp_path, make_run())  # a new store: this first write builds the index
+    script = textwrap.dedent(
+        """
+        import sys
+        from neurolens.storage.store import write_run
+        from tests.factories import make_run
+        for _ in range(3):
+            write_run(sys.argv[1], make_run())
+        print(" ".join(sorted(m for m in ("pyarrow", "pandas") if m in sys.modules)))
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).parents[1],
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == ""
+    assert len((tmp_path / "_manifest.jsonl").read_bytes().splitlines()) == 4
+
+
 @pytest.mark.slow
 def test_without_pyarrow_the_index_falls_back_to_jsonl(tmp_path: Path) -> None:
     script = BLOCK_PYARROW + textwrap.dedent(

@@ -11,12 +11,13 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import math
 import os
+import stat
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 from neurolens.errors import IndexWarning, ManifestWarning
 from neurolens.storage.files import locked, open_in_store
@@ -32,12 +33,21 @@ from neurolens.storage.manifest import (
     read_blocks,
 )
 from neurolens.storage.prefetch import prefetched
-from neurolens.storage.rows import OFFSET_COLUMN, IndexFile, IndexMeta, Rows, backend, plain_rows
+from neurolens.storage.rows import (
+    OFFSET_COLUMN,
+    IndexFile,
+    IndexMeta,
+    Rows,
+    backend,
+    index_name,
+    parse_lines,
+    plain_rows,
+)
 
 LOCK_NAME = "_index.lock"
 
-# Compact once the uncovered tail passes this share of the covered manifest (and a
-# floor): amortised O(1) per write, while readers parse at most ~1/64 of the manifest.
+# Writers compact at points spaced by this share of the manifest (and at least a floor
+# apart): amortised O(1) per write, while readers parse about 1/64 of the manifest at most.
 _TAIL_FLOOR_BYTES = 1024 * 1024
 _TAIL_SHARE = 64
 
@@ -60,6 +70,18 @@ def read_tail(
     read = ManifestRead()
     parts = list(_parsed_blocks(root, read, start, progress=progress, stop=stop))
     return backend().concat(parts), read
+
+
+def session_run_ids(root: Path, session_id: str, start: int) -> set[str]:
+    """Ids of the runs of ``session_id`` among the manifest's lines from byte ``start``:
+    a session that noted the manifest's size when it began counts its runs without the
+    index (nor pyarrow), and counts those of every process that wrote for it."""
+    read = ManifestRead()
+    ids: set[str] = set()
+    for offset, block in read_blocks(root, read, start):
+        entries, _, _ = parse_lines(offset, block)
+        ids.update(entry["run_id"] for entry in entries if entry["session_id"] == session_id)
+    return ids
 
 
 def _parsed_blocks(
@@ -349,35 +371,26 @@ def _index_parts(index: IndexFile) -> Iterator[Rows]:
         raise _DamagedIndex from exc
 
 
-# (root, the index files' identities) -> what the index covers: a writer asks after every
-# run, and the index changes rarely, so its footer is read once per change, not per write.
-_covered: dict[tuple[Any, ...], IndexMeta | None] = {}
-
-
-def _index_identity(root: Path) -> tuple[Any, ...] | None:
-    rows = backend()
-    names = [rows.index_name, *([rows.meta_name] if hasattr(rows, "meta_name") else [])]
-    identity: list[Any] = [str(root.absolute())]
-    for name in names:
-        try:
-            st = os.stat(root / name, follow_symlinks=False)
-        except OSError:
-            return None
-        identity += [st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
-    return tuple(identity)
-
-
-def needs_compaction(root: Path, manifest_bytes: int) -> bool:
-    """Whether a writer that just grew the manifest to ``manifest_bytes`` should compact."""
-    identity = _index_identity(root)
-    if identity is None:
+def needs_compaction(root: Path, size_before: int, size_after: int) -> bool:
+    """Whether a writer that grew the manifest from ``size_before`` to ``size_after`` bytes
+    should compact: when there is no index file yet (or something else in its place), or
+    when its append crossed a compaction point. The points depend on the manifest's size
+    alone, so the question needs neither the index's footer nor pyarrow (most writers
+    never read the index)."""
+    try:
+        if not stat.S_ISREG(os.lstat(root / index_name()).st_mode):
+            return True
+    except OSError:
         return True
-    if identity not in _covered:
-        if len(_covered) > 64:
-            _covered.clear()
-        _covered[identity] = backend().read_meta(root)
-    meta = _covered[identity]
-    if meta is None:
-        return True
-    covered = meta.manifest_bytes
-    return manifest_bytes - covered > max(_TAIL_FLOOR_BYTES, covered // _TAIL_SHARE)
+    return _compaction_point(size_before) != _compaction_point(size_after)
+
+
+def _compaction_point(size: int) -> int:
+    """How many compaction points lie at or below ``size``: one per floor's worth of bytes
+    up to ``_TAIL_SHARE`` floors, then one each time the manifest grows by 1/_TAIL_SHARE.
+    So the uncovered tail stays under about twice max(floor, manifest / _TAIL_SHARE)
+    (amortised O(1) index work per write) even when a compaction is skipped."""
+    linear = _TAIL_SHARE * _TAIL_FLOOR_BYTES
+    if size < linear:
+        return size // _TAIL_FLOOR_BYTES
+    return _TAIL_SHARE + int(math.log(size / linear) / math.log1p(1 / _TAIL_SHARE))

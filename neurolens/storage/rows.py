@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import importlib.util
 import json
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -176,10 +177,6 @@ class Backend(ABC):
         ``meta`` is asked once every part is consumed. Returns the row count."""
 
     @abstractmethod
-    def read_meta(self, root: Path) -> IndexMeta | None:
-        """What the index at ``root`` claims to cover; None if it is unusable."""
-
-    @abstractmethod
     def open_index(self, root: Path) -> IndexFile | None:
         """The index, open (its metadata and rows come from one open file, so a compaction
         replacing it meanwhile cannot pair old metadata with new rows); None if it is from
@@ -238,3 +235,24 @@ def backend() -> Backend:
     from neurolens.storage.rows_arrow import ArrowBackend
 
     return ArrowBackend()
+
+
+ARROW_INDEX_NAME = "_index.parquet"
+PLAIN_INDEX_NAME = "_index.jsonl"
+
+
+def index_name() -> str:
+    """The index file ``backend()`` uses, told without importing pyarrow when the backend
+    is not decided yet: a writer asks after every run, and most never read the index."""
+    if backend.cache_info().currsize:
+        return backend().index_name
+    return _likely_index_name()
+
+
+@functools.cache
+def _likely_index_name() -> str:
+    try:
+        found = importlib.util.find_spec("pyarrow") is not None
+    except (ImportError, ValueError):  # an import hook that refuses it, a broken install
+        found = False
+    return ARROW_INDEX_NAME if found else PLAIN_INDEX_NAME

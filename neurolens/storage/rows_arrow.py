@@ -27,6 +27,7 @@ from neurolens.storage.files import open_in_store, replacing
 from neurolens.storage.filters import RunFilter
 from neurolens.storage.manifest import COLUMNS
 from neurolens.storage.rows import (
+    ARROW_INDEX_NAME,
     INDEX_VERSION,
     OFFSET_COLUMN,
     Backend,
@@ -159,7 +160,7 @@ class ArrowRows(Rows):
 class ArrowBackend(Backend):
     """Rows are a pyarrow Table; the index is ``_index.parquet`` with its metadata in the footer."""
 
-    index_name = "_index.parquet"
+    index_name = ARROW_INDEX_NAME
 
     def __init__(self) -> None:
         import pyarrow as pa
@@ -283,15 +284,6 @@ class ArrowBackend(Backend):
         return IndexMeta(
             int(meta[b"neurolens.manifest_bytes"]), meta[b"neurolens.last_line_sha256"].decode() or None
         )
-
-    def read_meta(self, root: Path) -> IndexMeta | None:
-        import pyarrow.parquet as pq
-
-        try:
-            with arrow_file(open_in_store(root, self.index_name, os.O_RDONLY)) as handle:
-                return self._meta(pq.ParquetFile(handle))
-        except Exception:  # any damage means "no usable index"; the manifest still answers
-            return None
 
     def open_index(self, root: Path) -> IndexFile | None:
         import pyarrow.parquet as pq

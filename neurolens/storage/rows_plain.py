@@ -11,7 +11,7 @@ from typing import Any
 from neurolens.errors import StoreError
 from neurolens.storage.files import read_store_file, replace_file_atomically
 from neurolens.storage.filters import RunFilter
-from neurolens.storage.rows import INDEX_VERSION, Backend, IndexFile, IndexMeta, Rows
+from neurolens.storage.rows import INDEX_VERSION, PLAIN_INDEX_NAME, Backend, IndexFile, IndexMeta, Rows
 
 
 class RecordRows(Rows):
@@ -54,7 +54,7 @@ class PlainBackend(Backend):
     """Without pyarrow: rows are dicts and the index is ``_index.jsonl``, rows only, with
     its checkpoint metadata in a sidecar that also pins the rows file's hash."""
 
-    index_name = "_index.jsonl"
+    index_name = PLAIN_INDEX_NAME
     meta_name = "_index.jsonl.meta.json"
 
     def from_entries(self, entries: list[dict[str, Any]], offsets: Sequence[int] | None = None) -> Rows:
@@ -90,12 +90,6 @@ class PlainBackend(Backend):
         if not isinstance(sidecar.get("manifest_bytes"), int):
             return None
         return sidecar
-
-    def read_meta(self, root: Path) -> IndexMeta | None:
-        sidecar = self._sidecar(root)
-        return (
-            None if sidecar is None else IndexMeta(sidecar["manifest_bytes"], sidecar.get("last_line_sha256"))
-        )
 
     def open_index(self, root: Path) -> IndexFile | None:
         sidecar = self._sidecar(root)

@@ -35,6 +35,7 @@ from neurolens.storage.root import StrPath, default_root, ensure_root, require_s
 __all__ = [
     "compact_index",
     "default_root",
+    "ensure_usable_index",
     "rebuild_index_from_manifest",
     "resolve_root",
     "write_run",
@@ -88,7 +89,8 @@ def write_run(
             create_file_atomically(dir_fd, fp_rel.rpartition("/")[2], fp_bytes)
             created.append(fp_rel.rpartition("/")[2])
         fsync_dir(dir_fd)
-        manifest_bytes = append_lines_durably(root, MANIFEST_NAME, [encode_entry(entry)])
+        line = encode_entry(entry)
+        manifest_bytes = append_lines_durably(root, MANIFEST_NAME, [line])
     except BaseException:
         # Nothing half-stored: a run is in the store only once its manifest line is.
         for name in created:
@@ -99,7 +101,7 @@ def write_run(
         os.close(dir_fd)
 
     try:
-        if _index.needs_compaction(root, manifest_bytes):
+        if _index.needs_compaction(root, manifest_bytes - len(line), manifest_bytes):
             _index.compact(root, blocking=False)
     except (OSError, StoreError) as exc:  # the run is stored; readers fall back to the manifest
         warnings.warn(f"run stored, but the index was not updated: {exc}", IndexWarning, stacklevel=2)
@@ -114,12 +116,26 @@ def write_run(
 
 
 def compact_index(root: StrPath | None = None) -> Path:
-    """Fold the uncovered manifest tail into the index (done at the end of a test session)."""
+    """Fold the uncovered manifest tail into the index now (writers do it on their own at
+    compaction points; this is for a store about to be archived or benchmarked)."""
     root = resolve_root(root)
     require_store(root)
     report = _index.compact(root)
     assert report is not None  # a blocking compaction always runs
     return report.path
+
+
+def ensure_usable_index(root: StrPath | None = None) -> bool:
+    """Compact if the index is missing or unusable (damaged, from another version, not
+    matching the manifest), so that readers neither warn nor read the whole manifest;
+    return whether it compacted. Writers only check that an index exists."""
+    root = resolve_root(root)
+    require_store(root)
+    with _index.opened_index(root) as (index, _):
+        if index is not None:
+            return False
+    _index.compact(root)
+    return True
 
 
 def rebuild_index_from_manifest(root: StrPath | None = None) -> Path:
