@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
 """Plugin overhead: a suite of N small tests with the plugin off, loaded-but-unused, and recording.
 
-    python benchmarks/plugin_bench.py [--tests 200] [--repeat 3]
+    python benchmarks/plugin_bench.py [--tests 200] [--repeat 3] [--history 1000000]
 
 Each configuration runs ``pytest`` in a fresh process (median wall time of --repeat runs).
 The extra time per recorded test is (recording - off) / N; every number is a wall time
 on this machine, compared only with the other configurations measured in the same run.
+Recording goes into a new store (a CI job's first session) and into a store that already
+holds --history runs (synthesised and indexed first, as store_bench does).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from store_bench import BareFileOps  # type: ignore[import-not-found]  # run as a script: this folder is on sys.path
+from store_bench import BareFileOps, make_store  # type: ignore[import-not-found]  # run as a script: this folder is on sys.path
 
 PLAIN = """
 def test_{i}():
@@ -68,6 +70,7 @@ def main() -> None:
     )
     parser.add_argument("--tests", type=int, default=200)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--history", type=int, default=1_000_000, help="runs already in the store (0: skip)")
     args = parser.parse_args()
     n = args.tests
     work = Path(tempfile.mkdtemp(prefix="neurolens-plugin-bench-"))
@@ -96,6 +99,15 @@ def main() -> None:
         f"extra wall time per recorded test: {(on - off) / n * 1000:.2f} ms "
         f"(of which the run store write and snapshot: {(on - unstored) / n * 1000:.2f} ms)"
     )
+    if args.history:
+        start = time.perf_counter()
+        history = make_store(work / "history", args.history)
+        made = time.perf_counter() - start
+        with_history = wall([str(recorded), f"--neurolens-store={history}"], args.repeat)
+        print(
+            f"plugin on, store holding {args.history:,} runs (made in {made:.0f} s), record(): "
+            f"{with_history:.3f} s: {(with_history - off) / n * 1000:.2f} ms extra per recorded test"
+        )
     memory = Path("/dev/shm")  # tmpfs: a sync costs nothing, so what is left is the plugin's own
     if memory.is_dir():
         memory_store = Path(tempfile.mkdtemp(prefix="neurolens-plugin-bench-", dir=memory))

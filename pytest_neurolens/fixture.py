@@ -13,6 +13,7 @@ from pytest_neurolens.context import CONTEXT_FIELDS, merge_context, require_fiel
 from pytest_neurolens.measurement import Measurement, latency_metrics
 
 if TYPE_CHECKING:
+    from neurolens.storage.document import PreparedRun
     from pytest_neurolens.recorder import Recorder
 
 DEFAULT_WARMUP = 3
@@ -121,8 +122,8 @@ class NeurolensFixture:
         overrides = {k: kwargs.pop(k) for k in (*CONTEXT_FIELDS, "tags") if k in kwargs}
         run = self.new_run(overrides, validate=False)
         run["metrics"] = {"total_latency_ms": total_latency_ms, "gpu_utilization": gpu_utilization, **kwargs}
-        _validate(run)  # once, with the real metrics
-        return self.keep(Measurement(run=run))
+        prepared = _validate(run)  # once, with the real metrics
+        return self.keep(Measurement(run=run, prepared=prepared))
 
     def new_run(self, overrides: dict[str, Any], *, validate: bool = True) -> dict[str, Any]:
         """A run document of this test's context (``overrides`` on top), not yet measured.
@@ -163,7 +164,7 @@ def _check_count(name: str, value: Any, minimum: int) -> None:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
-def _validate(run: dict[str, Any]) -> None:
-    from neurolens.storage.document import prepare_run
+def _validate(run: dict[str, Any]) -> PreparedRun:
+    from neurolens.storage.document import PreparedRun
 
-    prepare_run(run)
+    return PreparedRun(run)

@@ -6,7 +6,10 @@ import math
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from neurolens.storage.document import PreparedRun
 
 
 def percentile(sorted_values: Sequence[float], q: float) -> float:
@@ -85,6 +88,8 @@ class Measurement:
     latency: LatencyStats | None = None
     recorded: bool = False  # False when no store is set: measured, not written
     rounds: list[Measurement] = field(default_factory=list)  # measure(repeats=N): each round's run
+    # run as record() validated it: written without a second check if nothing changed it since
+    prepared: PreparedRun | None = field(default=None, repr=False, compare=False)
 
     @property
     def run_id(self) -> str | None:

@@ -39,6 +39,7 @@ class Recorder:
         self._hardware: dict[str, Any] | None = None
         self._gpu_index: int | None = None
         self._fingerprint: dict[str, Any] | None = None
+        self._fingerprint_bytes: bytes | None = None  # its file's bytes, made once
         # where this session's manifest lines begin: the end counts them from here
         self._manifest_start = _check_writable(self.store)
 
@@ -102,7 +103,7 @@ class Recorder:
             self._write_pending(item)
 
     def _write_pending(self, item: pytest.Item) -> None:
-        from neurolens.storage.store import write_run
+        from neurolens.storage.store import fingerprint_bytes, write_prepared_run, write_run
 
         pending = item.stash.get(pending_key, [])
         item.stash[pending_key] = []
@@ -111,13 +112,26 @@ class Recorder:
             pending.append(benchmark)
         outcome = item.stash.get(outcome_key, "unknown")
         attempt = getattr(item, "execution_count", None)  # pytest-rerunfailures counts attempts
+        if not (isinstance(attempt, int) and attempt >= 1):
+            attempt = None
+        hooked = bool(item.ihook.pytest_neurolens_run.get_hookimpls())
+        if self._fingerprint_bytes is None and self._fingerprint is not None:
+            self._fingerprint_bytes = fingerprint_bytes(self._fingerprint)
         for measurement in pending:
             run = measurement.run
+            prepared = measurement.prepared
+            if prepared is not None and (hooked or not prepared.matches(run)):
+                prepared = None  # changed since it was validated, or a hook may change it
             run["test"]["outcome"] = outcome
-            if isinstance(attempt, int) and attempt >= 1:
+            if attempt is not None:
                 run["test"]["attempt"] = attempt
             item.ihook.pytest_neurolens_run(run=run, item=item)
-            write_run(self.store, run, fingerprint=self._fingerprint)
+            if prepared is None:
+                write_run(self.store, run, fingerprint=self._fingerprint)
+            else:  # validated as the test recorded it: not validated twice
+                write_prepared_run(
+                    self.store, prepared.with_test_result(outcome, attempt), self._fingerprint_bytes
+                )
             self.summary.append(
                 {
                     "nodeid": item.nodeid,

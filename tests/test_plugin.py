@@ -33,6 +33,12 @@ def test_measured(neurolens):
     assert result.p50_ms >= 0.5 and result.count == 5
 """
 
+RECORDED_TOO = """
+
+def test_recorded(neurolens):
+    neurolens.record(total_latency_ms=1.5)
+"""
+
 
 @pytest.fixture
 def tester(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
@@ -359,12 +365,11 @@ def test_hooks_change_runs_and_extend_the_hardware_snapshot(tester: pytest.Pytes
             snapshot["rack"] = "r12"
         """
     )
-    tester.makepyfile(BASIC)
-    run(tester, "--neurolens-store=runs").assert_outcomes(passed=1)
-    (doc,) = documents(tester)
-    assert doc["tags"]["from_hook"] == "test_measured"
-    assert doc["metrics"]["extra_metric"] == 42
-    assert doc["hardware"]["rack"] == "r12"
+    tester.makepyfile(BASIC + RECORDED_TOO)
+    run(tester, "--neurolens-store=runs").assert_outcomes(passed=2)
+    docs = sorted(documents(tester), key=lambda d: d["tags"]["from_hook"])
+    assert [d["tags"]["from_hook"] for d in docs] == ["test_measured", "test_recorded"]
+    assert all(d["metrics"]["extra_metric"] == 42 and d["hardware"]["rack"] == "r12" for d in docs)
 
 
 def test_invalid_change_by_a_hook_fails_the_test_and_stores_nothing(tester: pytest.Pytester) -> None:
@@ -374,11 +379,70 @@ def test_invalid_change_by_a_hook_fails_the_test_and_stores_nothing(tester: pyte
             run["batch_size"] = 0
         """
     )
-    tester.makepyfile(BASIC)
+    tester.makepyfile(BASIC + RECORDED_TOO)
     result = run(tester, "--neurolens-store=runs")
-    result.assert_outcomes(passed=1, errors=1)
-    result.stdout.fnmatch_lines(["*batch_size: 0 is less than the minimum of 1*"])
+    result.assert_outcomes(passed=2, errors=2)
+    result.stdout.fnmatch_lines(["*batch_size: 0 is less than the minimum of 1*"] * 2)
     assert stored(tester) == []
+
+
+VALIDATIONS_COUNTED = """
+import pytest
+from neurolens.storage import document
+
+calls = []
+real = document.schema_problems
+
+def counted(run):
+    calls.append(run.get("metrics", {}).get("total_latency_ms"))
+    return real(run)
+
+def pytest_configure(config):
+    document.schema_problems = counted
+
+def pytest_unconfigure(config):
+    document.schema_problems = real
+    with open("validations.txt", "w") as out:
+        out.write(str(len(calls)))
+"""
+
+EDITED_AFTER_RECORD = """
+import pytest
+
+pytestmark = pytest.mark.neurolens(model="m", backend="cpu", precision="fp32", batch_size=1)
+
+def test_unchanged(neurolens):
+    neurolens.record(total_latency_ms=1.0)
+
+def test_changed(neurolens):
+    measurement = neurolens.record(total_latency_ms=2.0)
+    measurement.run["tags"]["edited"] = "after record"
+
+def test_broken(neurolens):
+    measurement = neurolens.record(total_latency_ms=3.0)
+    measurement.run["batch_size"] = "big"
+"""
+
+
+def test_a_recorded_run_is_validated_once_unless_changed_after_record(tester: pytest.Pytester) -> None:
+    """record() validates (the error points at the test); the write stores that validated
+    document, and validates again only a run changed since (by the test or a hook)."""
+    tester.makeconftest(VALIDATIONS_COUNTED)
+    tester.makepyfile(EDITED_AFTER_RECORD)
+    result = tester.runpytest_subprocess("-W", "error", "-p", "no:cacheprovider", "--neurolens-store=runs")
+    result.assert_outcomes(passed=3, errors=1)
+    result.stdout.fnmatch_lines(
+        ["*ERROR at teardown of test_broken*", "*batch_size*'big' is not of type 'integer'*"]
+    )
+    # one check per record(), and a second for each of the two runs changed after it
+    assert (tester.path / "validations.txt").read_text() == "5"
+    docs = {d["metrics"]["total_latency_ms"]: d for d in documents(tester)}
+    assert sorted(docs) == [1.0, 2.0]  # the broken change stored nothing
+    assert docs[2.0]["tags"]["edited"] == "after record"
+    assert "edited" not in docs[1.0]["tags"] and docs[1.0]["test"]["outcome"] == "passed"
+    assert docs[1.0]["schema_version"] == 1 and docs[1.0]["fingerprint_hash"]
+    fingerprint = tester.path / "runs" / stored(tester)[0]["fp_json"]
+    assert json.loads(fingerprint.read_text())["fingerprint_hash"] == docs[1.0]["fingerprint_hash"]
 
 
 def test_gpu_utilization_and_hardware_through_fake_nvml(

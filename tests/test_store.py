@@ -415,3 +415,54 @@ def test_written_files_are_not_left_as_temporaries(tmp_path: Path, file_creation
     leftovers = [p for p in tmp_path.rglob("*") if p.name.endswith(".tmp")]
     assert leftovers == []
     assert os.listdir(tmp_path)  # sanity
+
+
+def test_a_prepared_run_is_stored_as_write_run_stores_it(tmp_path: Path) -> None:
+    from neurolens.storage.document import PreparedRun
+    from neurolens.storage.store import fingerprint_bytes, write_prepared_run
+
+    fingerprint = {"fingerprint_hash": "f" * 16, "python": "3.11"}
+    run = make_run(test={"nodeid": "t.py::test_a", "outcome": None})
+    direct = write_run(
+        tmp_path / "a", {**run, "run_id": "r1", "created_at": "2025-01-01T00:00:00Z"}, fingerprint
+    )
+    prepared = PreparedRun({**run, "run_id": "r1", "created_at": "2025-01-01T00:00:00Z"})
+    stored_prepared = write_prepared_run(tmp_path / "b", prepared, fingerprint_bytes(fingerprint))
+    for key in ("run_json", "fp_json"):
+        a, b = Path(direct[key]), Path(stored_prepared[key])
+        assert a.read_bytes() == b.read_bytes() and a.relative_to(tmp_path / "a") == b.relative_to(
+            tmp_path / "b"
+        )
+    assert direct["entry"] == stored_prepared["entry"]
+    # a run id already stored is refused as write_run refuses it, and nothing changes
+    manifest = (tmp_path / "b" / "_manifest.jsonl").read_bytes()
+    with pytest.raises(RunExistsError):
+        write_prepared_run(tmp_path / "b", prepared, None)
+    assert (tmp_path / "b" / "_manifest.jsonl").read_bytes() == manifest
+
+
+def test_a_prepared_run_changes_only_by_a_valid_test_result() -> None:
+    from neurolens.storage.document import PreparedRun
+
+    run = make_run(test={"nodeid": "t.py::test_a", "outcome": None}, run_id="r1")
+    assert not PreparedRun(run).matches(run)  # it was given a time: not what is stored
+    run["created_at"] = "2025-01-01T00:00:00.000000Z"
+    prepared = PreparedRun(run)
+    assert prepared.matches(run) and prepared.matches({**run, "schema_version": 1})
+    assert not prepared.matches({**run, "tags": {"experiment": "other"}})
+    assert not prepared.matches({**run, "metrics": {**run["metrics"], "p99_ms": float("nan")}})
+    done = prepared.with_test_result("failed", 2)
+    assert done.document["test"] == {"nodeid": "t.py::test_a", "outcome": "failed", "attempt": 2}
+    assert prepared.document["test"]["outcome"] is None  # the original is unchanged
+    for outcome, attempt, field in [
+        ("passed", 0, "test.attempt"),
+        ("passed", True, "test"),
+        (1, None, "test"),
+    ]:
+        with pytest.raises(RunValidationError) as refused:
+            prepared.with_test_result(outcome, attempt)  # type: ignore[arg-type]
+        assert refused.value.field == field
+    with pytest.raises(RunValidationError, match="test"):
+        PreparedRun(make_run()).with_test_result("passed")
+    with pytest.raises(RunValidationError, match="batch_size"):
+        PreparedRun(make_run(batch_size=0))

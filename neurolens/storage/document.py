@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import functools
 import json
@@ -9,6 +10,7 @@ import math
 import secrets
 import threading
 import time
+import types
 from collections.abc import Mapping
 from importlib import resources
 from json.encoder import encode_basestring
@@ -308,6 +310,51 @@ def prepare_run(run: Mapping[str, Any], *, parsed: bool = False) -> dict[str, An
         more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
         raise RunValidationError(field, message + more)
     return document
+
+
+class PreparedRun:
+    """A run that ``prepare_run`` validated, held as its canonical document: stored as
+    it is, without a second check. Only what the pytest plugin learns after the test
+    (its outcome and attempt) can change, through ``with_test_result``."""
+
+    __slots__ = ("_document",)
+
+    def __init__(self, run: Mapping[str, Any]) -> None:
+        self._document = prepare_run(run)
+
+    @property
+    def document(self) -> Mapping[str, Any]:
+        return types.MappingProxyType(self._document)
+
+    @property
+    def run_id(self) -> str:
+        return str(self._document["run_id"])
+
+    def matches(self, run: Mapping[str, Any]) -> bool:
+        """Whether ``run`` still holds what was validated (the fields prepare_run adds
+        aside). Equality is Python's, so 1 == 1.0 == True: a change between such values
+        goes unseen, and what is stored is the validated value."""
+        document = self._document
+        if "schema_version" not in run:
+            document = {k: v for k, v in document.items() if k != "schema_version"}
+        return bool(run == document)
+
+    def with_test_result(self, outcome: str | None, attempt: int | None = None) -> PreparedRun:
+        if not (outcome is None or type(outcome) is str) or not (attempt is None or type(attempt) is int):
+            raise RunValidationError("test", f"outcome {outcome!r}, attempt {attempt!r}: not a test result")
+        if attempt is not None and not 1 <= attempt <= INT_MAX:
+            raise RunValidationError("test.attempt", f"{attempt!r} is not an attempt (1 or more)")
+        test = self._document.get("test")
+        if not isinstance(test, dict):
+            raise RunValidationError("test", "is missing: a run of no test has no test result")
+        changed = copy.copy(self)
+        changed._document = {**self._document, "test": {**test, "outcome": outcome}}
+        if attempt is not None:
+            changed._document["test"]["attempt"] = attempt
+        return changed
+
+    def canonical_bytes(self) -> bytes:
+        return canonical_bytes(self._document)
 
 
 def _describe(error: Any) -> tuple[str, str]:

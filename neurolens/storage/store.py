@@ -22,6 +22,7 @@ from typing import Any
 from neurolens.errors import IndexWarning, RunExistsError, RunValidationError, StoreError
 from neurolens.storage import index as _index
 from neurolens.storage.document import (
+    PreparedRun,
     canonical_bytes,
     check_json_value,
     prepare_run,
@@ -59,25 +60,44 @@ def write_run(
     the derived index afterwards is an ``IndexWarning``, never an exception.
     """
     document = prepare_run(run)
-    fp_bytes = None
-    if fingerprint is not None:
-        if not isinstance(fingerprint, Mapping):
-            raise RunValidationError("fingerprint", f"must be a mapping, not {type(fingerprint).__name__}")
-        check_json_value(dict(fingerprint), "fingerprint")
-        fp_bytes = canonical_bytes(dict(fingerprint))
-    run_bytes = canonical_bytes(document)
+    fp_bytes = fingerprint_bytes(fingerprint) if fingerprint is not None else None
+    # an id generated here or minted by this process is new: only a given one is looked up
+    look_up = run.get("run_id") is not None and not take_minted(document["run_id"])
+    return _store(root, document, canonical_bytes(document), fp_bytes, look_up=look_up)
 
+
+def write_prepared_run(
+    root: StrPath | None, prepared: PreparedRun, fingerprint: bytes | None = None
+) -> dict[str, Any]:
+    """``write_run`` of a run validated already (the pytest plugin validates each run as
+    the test records it); ``fingerprint`` is ``fingerprint_bytes`` of the fingerprint."""
+    look_up = not take_minted(prepared.run_id)
+    return _store(root, prepared.document, prepared.canonical_bytes(), fingerprint, look_up=look_up)
+
+
+def fingerprint_bytes(fingerprint: Mapping[str, Any]) -> bytes:
+    """The fingerprint file's bytes; ``RunValidationError`` for one JSON cannot hold."""
+    if not isinstance(fingerprint, Mapping):
+        raise RunValidationError("fingerprint", f"must be a mapping, not {type(fingerprint).__name__}")
+    check_json_value(dict(fingerprint), "fingerprint")
+    return canonical_bytes(dict(fingerprint))
+
+
+def _store(
+    root: StrPath | None,
+    document: Mapping[str, Any],
+    run_bytes: bytes,
+    fp_bytes: bytes | None,
+    *,
+    look_up: bool,
+) -> dict[str, Any]:
     root = resolve_root(root)
     ensure_root(root)
     manifest_size(root)  # a symlinked manifest is refused before anything is written
     run_rel, fp_rel = run_relpaths(document, with_fingerprint=fp_bytes is not None)
     folder, _, run_name = run_rel.rpartition("/")
     entry = entry_for(document, run_rel, fp_rel, hashlib.sha256(run_bytes).hexdigest())
-    if (
-        run.get("run_id") is not None
-        and not take_minted(document["run_id"])
-        and _index.has_run(root, document["run_id"])
-    ):
+    if look_up and _index.has_run(root, document["run_id"]):
         raise RunExistsError(f"run {document['run_id']} is already in the store; runs are never overwritten")
 
     dir_fd = open_dir(root, folder, create=True)
@@ -104,7 +124,7 @@ def write_run(
         if _index.needs_compaction(root, manifest_bytes - len(line), manifest_bytes):
             _index.compact(root, blocking=False)
     except (OSError, StoreError) as exc:  # the run is stored; readers fall back to the manifest
-        warnings.warn(f"run stored, but the index was not updated: {exc}", IndexWarning, stacklevel=2)
+        warnings.warn(f"run stored, but the index was not updated: {exc}", IndexWarning, stacklevel=3)
     return {
         "run_id": document["run_id"],
         "run_json": str(root / run_rel),
