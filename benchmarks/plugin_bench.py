@@ -13,6 +13,7 @@ holds --history runs (synthesised and indexed first, as store_bench does).
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import sys
@@ -103,6 +104,7 @@ def main() -> None:
         start = time.perf_counter()
         history = make_store(work / "history", args.history)
         made = time.perf_counter() - start
+        os.sync()  # its writeback would otherwise slow the timed runs' syncs
         with_history = wall([str(recorded), f"--neurolens-store={history}"], args.repeat)
         print(
             f"plugin on, store holding {args.history:,} runs (made in {made:.0f} s), record(): "
