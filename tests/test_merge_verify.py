@@ -14,11 +14,12 @@ import textwrap
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from neurolens.errors import StoreError
-from neurolens.storage import verify
+from neurolens.storage import verify, workers
 from neurolens.storage.merge import merge_stores
 from neurolens.storage.query import query
 from neurolens.storage.store import rebuild_index_from_manifest, write_run
@@ -97,6 +98,56 @@ def test_damaged_source_runs_are_reported_and_skipped(tmp_path: Path) -> None:
     assert "r0002.fp.json cannot be read" in text
     assert "torn or unparsable line" in text
     assert not (dest / "2025/02/02/onnxrt/r0000.json").exists()
+
+
+def store_tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.slow
+def test_worker_processes_merge_exactly_as_one_process_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Large sources are checked and copied by worker processes in parts; every kind of
+    run (new, already there, in conflict, damaged, an id twice in a source) ends the same."""
+    from neurolens.storage import merge
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    fill(a, 14, "a", created_at="2025-03-03T00:00:00Z")
+    fill(b, 9, "b", created_at="2025-03-03T00:00:00Z")
+    shutil.copytree(a / "2025", b / "2025", dirs_exist_ok=True)
+    lines = (a / "_manifest.jsonl").read_bytes().splitlines(keepends=True)
+    with open(b / "_manifest.jsonl", "ab") as manifest:  # a's runs again, one of them twice
+        manifest.write(b"".join(lines[:6]) + lines[2])
+    folder = a / "2025/03/03/onnxrt"
+    (folder / "a0003.json").write_text((folder / "a0003.json").read_text().replace("gpt2", "gpt3"))
+    (folder / "a0007.json").unlink()
+    with open(a / "_manifest.jsonl", "ab") as manifest:  # an id twice, the second differing
+        manifest.write(lines[9].replace(b'"sha256":"', b'"sha256":"0'))
+    seeded = tmp_path / "seed"
+    write_run(seeded, make_run(run_id="a0011", created_at="2025-03-03T00:00:00Z", model="other"))
+    fill(seeded, 1, "a", created_at="2025-03-03T00:00:00Z")  # a0000, identical to a's
+    monkeypatch.setattr(merge, "_PART", 3)  # parts of 3 runs: a's 12 fresh runs make 4 parts
+    pools: list[int] = []
+
+    def counted_pool(count: int) -> Any:
+        pools.append(count)
+        return workers.process_pool(count)
+
+    monkeypatch.setattr(merge, "process_pool", counted_pool)
+    results = {}
+    for count in (1, 2):
+        dest = tmp_path / f"dest{count}"
+        shutil.copytree(seeded, dest)
+        results[count] = (merge_stores(dest, [a, b], workers=count).to_dict(), store_tree(dest))
+    assert pools == [2]  # one pool, for both sources, and only when asked for two workers
+    assert results[1] == results[2]
+    report, tree = results[2]
+    # from a: 10 new, a0000 already there, a0011 and a0009's second entry in conflict, a0003
+    # and a0007 damaged; from b: its 9, and a0003 (sound there); a's others again skipped
+    assert (report["added"], report["skipped"]) == (20, 7)
+    assert len(report["damaged"]) == 2 and len(report["conflicts"]) == 2
+    assert "_manifest.jsonl" in tree and verify_store(tmp_path / "dest2").clean
 
 
 def test_manifest_entry_pointing_outside_is_never_followed(tmp_path: Path) -> None:
@@ -346,10 +397,10 @@ def test_a_worker_s_part_travels_as_its_own_rows_not_its_parent_table() -> None:
 
     table = pa.table({"run_id": [f"run-{i:06d}" for i in range(100_000)], "n": list(range(100_000))})
     part = table.slice(50_000, 1_000)
-    payload = verify._part_payload(part)
+    payload = workers._ipc_bytes(part)
     # a pickled slice carries all 100,000 rows; the payload about its 1,000
     assert len(pickle.dumps(payload)) * 20 < len(pickle.dumps(part))
-    assert pa.ipc.open_stream(pickle.loads(pickle.dumps(payload))).read_all().to_pylist() == part.to_pylist()
+    assert workers.entries_of(pickle.loads(pickle.dumps(payload))) == part.to_pylist()
 
 
 def test_verify_index_problems(store: Path) -> None:

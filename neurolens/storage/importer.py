@@ -75,6 +75,45 @@ def check_run_bytes(entry: dict[str, Any], run_bytes: bytes, fp_bytes: bytes | N
     return expected
 
 
+@dataclass(frozen=True)
+class Outcome:
+    """What importing one run did: ``line`` (its manifest line) when its files were
+    copied in, else ``problem`` (damaged, or a ``conflict`` with the destination)."""
+
+    run_id: str
+    sha256: str
+    line: bytes | None = None
+    problem: str | None = None
+    conflict: bool = False
+
+
+def import_run(dest: Folders, entry: dict[str, Any], run_bytes: bytes, fp_bytes: bytes | None) -> Outcome:
+    """Check one run and copy its files into the destination (not yet durable); its
+    manifest line is the caller's to append, once the files are synced."""
+    run_id, sha256 = entry["run_id"], entry["sha256"]
+    checked = check_run_bytes(entry, run_bytes, fp_bytes)
+    if isinstance(checked, str):
+        return Outcome(run_id, sha256, problem=checked)
+    try:
+        _place(dest, entry["run_json"], run_bytes)
+        if fp_bytes is not None and entry["fp_json"]:
+            _place(dest, entry["fp_json"], fp_bytes)
+    except RunExistsError:
+        problem = f"{entry['run_json']} exists in the destination with other content"
+        return Outcome(run_id, sha256, problem=problem, conflict=True)
+    return Outcome(run_id, sha256, line=encode_entry(checked))
+
+
+def _place(dest: Folders, relative: str, data: bytes) -> None:
+    """Copy one file in; an identical file left by an interrupted import is accepted."""
+    folder, _, name = relative.rpartition("/")
+    try:
+        create_file_atomically(dest.fd(folder), name, data, durable=False)
+    except RunExistsError:
+        if dest.read(relative) != data:
+            raise
+
+
 class Importer:
     """Copies checked runs into ``dest``: files now, manifest lines in batches. Use it in a
     ``with`` block: it keeps the destination's folders open."""
@@ -84,35 +123,29 @@ class Importer:
         self.report = report
         self.known = known_runs(dest)
         self._pending: list[bytes] = []
-        self._folders = Folders(dest, create=True)
+        self.folders = Folders(dest, create=True)
 
     def __enter__(self) -> Importer:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._folders.close()
+        self.folders.close()
 
     def add(self, label: str, entry: dict[str, Any], run_bytes: bytes, fp_bytes: bytes | None) -> None:
         """Check one run and copy it in, unless the store has it (skipped) or holds another
         run of that id (a conflict)."""
-        run_id = entry["run_id"]
-        if self.skips(label, entry):
+        if not self.skips(label, entry):
+            self.record(label, import_run(self.folders, entry, run_bytes, fp_bytes))
+
+    def record(self, label: str, outcome: Outcome) -> None:
+        """Take what importing a run did (here or in a worker process) into the report;
+        its manifest line is appended with the batch."""
+        if outcome.line is None:
+            problems = self.report.conflicts if outcome.conflict else self.report.damaged
+            problems.append(f"{label}: {outcome.problem}")
             return
-        checked = check_run_bytes(entry, run_bytes, fp_bytes)
-        if isinstance(checked, str):
-            self.report.damaged.append(f"{label}: {checked}")
-            return
-        try:
-            self._place(entry["run_json"], run_bytes)
-            if fp_bytes is not None and entry["fp_json"]:
-                self._place(entry["fp_json"], fp_bytes)
-        except RunExistsError:
-            self.report.conflicts.append(
-                f"{label}: {entry['run_json']} exists in the destination with other content"
-            )
-            return
-        self.known[run_id] = entry["sha256"]
-        self._pending.append(encode_entry(checked))
+        self.known[outcome.run_id] = outcome.sha256
+        self._pending.append(outcome.line)
         if len(self._pending) >= _BATCH:
             self.flush()
 
@@ -137,15 +170,6 @@ class Importer:
         append_lines_durably(self.dest, MANIFEST_NAME, self._pending)
         self.report.added += len(self._pending)
         self._pending.clear()
-
-    def _place(self, relative: str, data: bytes) -> None:
-        """Copy one file in; an identical file left by an interrupted import is accepted."""
-        folder, _, name = relative.rpartition("/")
-        try:
-            create_file_atomically(self._folders.fd(folder), name, data, durable=False)
-        except RunExistsError:
-            if self._folders.read(relative) != data:
-                raise
 
 
 def known_runs(root: Path) -> dict[str, str]:

@@ -14,16 +14,20 @@ import shutil
 import tarfile
 import tempfile
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 from neurolens.errors import StoreError
 from neurolens.storage import index as _index
 from neurolens.storage.files import Folders, check_run_path
-from neurolens.storage.importer import Importer, MergeReport, reason
+from neurolens.storage.importer import Importer, MergeReport, Outcome, import_run, reason
 from neurolens.storage.manifest import manifest_path
 from neurolens.storage.root import ensure_root, require_store
+from neurolens.storage.rows import Rows
+from neurolens.storage.workers import entries_of, parts_of, process_pool, worker_count
 
 # --- archives ----------------------------------------------------------------------------
 
@@ -138,13 +142,15 @@ def merge_stores(
     dest: str | os.PathLike[str],
     sources: Sequence[str | os.PathLike[str]],
     limits: ArchiveLimits | None = None,
+    workers: int | None = None,
 ) -> MergeReport:
     """Copy every sound run of ``sources`` (store folders or ``.tar.gz`` archives) into ``dest``.
 
     Runs already in ``dest`` are skipped (identical) or reported as conflicts (different
     content); damaged source runs are reported and never copied. Every source is opened
     and checked to be a store before ``dest`` is created. Ends with the index compacted.
-    Safe beside concurrent ``write_run`` calls on ``dest``.
+    Safe beside concurrent ``write_run`` calls on ``dest``. A large source is checked
+    and copied by ``workers`` processes (default: one per CPU); the result is the same.
     """
     dest_root = Path(dest)
     if dest_root.exists() and not dest_root.is_dir():
@@ -157,34 +163,83 @@ def merge_stores(
         ]
         ensure_root(dest_root)
         importer = stack.enter_context(Importer(dest_root, report))
+        count = worker_count(workers)
+        pool: list[ProcessPoolExecutor] = []  # started for the first large source, then shared
+
+        def workers_pool() -> ProcessPoolExecutor | None:
+            if count > 1 and not pool:
+                pool.append(stack.enter_context(process_pool(count)))
+            return pool[0] if pool else None
+
         for src, label in opened:
             if src.resolve() == dest_root.resolve():
                 raise StoreError(f"source {label} is the destination itself")
-            _merge_one(src, label, importer)
+            _merge_one(src, label, importer, workers_pool)
     _index.compact(dest_root, warn=False)
     return report
 
 
-def _merge_one(src: Path, label: Path, importer: Importer) -> None:
+def _merge_one(
+    src: Path, label: Path, importer: Importer, workers_pool: Callable[[], ProcessPoolExecutor | None]
+) -> None:
+    rows, manifest = _index.read_tail(src)
+    importer.report.damaged.extend(f"{label}: {problem}" for problem in manifest.problems)
+    fresh, again = _first_sightings(rows, str(label), importer)
+    pool = workers_pool() if len(fresh) >= 2 * _PART else None
+    if pool is not None:
+        futures = [pool.submit(_import_part, src, importer.dest, part) for part in parts_of(fresh, _PART)]
+        try:
+            for future in futures:  # in source order: the manifest lines keep it
+                for outcome in future.result():
+                    importer.record(str(label), outcome)
+        finally:
+            for future in futures:
+                future.cancel()
+    else:
+        with Folders(src) as folders:
+            for entry in fresh.records():
+                importer.record(str(label), _import_entry(folders, importer.folders, entry))
+    # a run id the source holds twice: its later entries, now that the first is settled
     with Folders(src) as folders:
-        _copy_runs(src, folders, label, importer)
+        for entry in again:
+            if not importer.skips(str(label), entry):
+                importer.record(str(label), _import_entry(folders, importer.folders, entry))
     importer.flush()
 
 
-def _copy_runs(src: Path, folders: Folders, label: Path, importer: Importer) -> None:
-    rows, manifest = _index.read_tail(src)
-    importer.report.damaged.extend(f"{label}: {problem}" for problem in manifest.problems)
-    for entry in rows.records():
-        if importer.skips(str(label), entry):
-            continue
-        files: list[bytes | None] = []
-        for kind, relative in (("run file", entry["run_json"]), ("fingerprint", entry["fp_json"])):
-            try:
-                files.append(folders.read(check_run_path(relative)) if relative else None)
-            except (OSError, StoreError) as exc:
-                importer.report.damaged.append(f"{label}: {kind} {relative} cannot be read ({reason(exc)})")
-                break
-        else:
-            run_bytes, fp_bytes = files
-            assert run_bytes is not None
-            importer.add(str(label), entry, run_bytes, fp_bytes)
+# Runs per part sent to a worker process; a source with fewer than two parts is merged here.
+_PART = 5_000
+
+
+def _first_sightings(rows: Rows, label: str, importer: Importer) -> tuple[Rows, list[dict[str, Any]]]:
+    """The source's entries the destination does not have (those it has are counted as
+    skipped or conflicts), less the later entries of a run id seen twice, returned apart."""
+    columns = rows.columns(["run_id", "sha256"])
+    fresh: list[bool] = []
+    again: list[bool] = []
+    seen: set[str] = set()
+    for run_id, sha256 in zip(columns["run_id"], columns["sha256"], strict=True):
+        repeated = run_id in seen
+        again.append(repeated)
+        fresh.append(not repeated and not importer.skips(label, {"run_id": run_id, "sha256": sha256}))
+        seen.add(run_id)
+    return rows.keep(fresh), rows.keep(again).records() if any(again) else []
+
+
+def _import_part(src: Path, dest: Path, part: Any) -> list[Outcome]:
+    """A worker's share: each entry's files read, checked and copied into ``dest``."""
+    with Folders(src) as source, Folders(dest, create=True) as target:
+        return [_import_entry(source, target, entry) for entry in entries_of(part)]
+
+
+def _import_entry(source: Folders, dest: Folders, entry: dict[str, Any]) -> Outcome:
+    files: list[bytes | None] = []
+    for kind, relative in (("run file", entry["run_json"]), ("fingerprint", entry["fp_json"])):
+        try:
+            files.append(source.read(check_run_path(relative)) if relative else None)
+        except (OSError, StoreError) as exc:
+            problem = f"{kind} {relative} cannot be read ({reason(exc)})"
+            return Outcome(entry["run_id"], entry["sha256"], problem=problem)
+    run_bytes, fp_bytes = files
+    assert run_bytes is not None
+    return import_run(dest, entry, run_bytes, fp_bytes)

@@ -16,11 +16,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import multiprocessing
 import os
 from collections import Counter
 from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +28,6 @@ from neurolens.storage import index as _index
 from neurolens.storage.document import prepare_run, run_relpaths
 from neurolens.storage.files import Folders, check_run_path, open_dir, read_store_file
 from neurolens.storage.manifest import (
-    COLUMNS,
     MANIFEST_NAME,
     Progress,
     entry_differences,
@@ -39,6 +36,7 @@ from neurolens.storage.manifest import (
 )
 from neurolens.storage.root import require_store
 from neurolens.storage.rows import Rows
+from neurolens.storage.workers import entries_of, parts_of, process_pool, worker_count
 
 
 @dataclass
@@ -113,7 +111,7 @@ def verify_store(
     # The run files are checked (by workers, for a large store) while this process lists
     # the store's files and checks the index; problems keep the order: entries, files, index.
     later = VerifyReport(root=root_path)
-    with _entry_checks(root_path, unique, full, progress, workers or os.cpu_count() or 1) as entry_problems:
+    with _entry_checks(root_path, unique, full, progress, worker_count(workers)) as entry_problems:
         _check_files(root_path, named, tail.end, later)
         _check_index(root_path, later, unique, tail.end)
         report.problems.extend(entry_problems())
@@ -144,16 +142,9 @@ def _entry_checks(
 
         yield here
         return
-    table = rows.arrow()
-    whole: Any = rows.records() if table is None else table.select(list(COLUMNS))
-    # Table slices travel to the workers as Arrow data, turned into dicts there
     starts = range(0, total, _PART)
-    parts = [whole[start : start + _PART] if table is None else _part_payload(whole.slice(start, _PART))
-             for start in starts]  # fmt: skip
-    # forkserver: a clean process to fork workers from (this one may run pyarrow threads)
-    methods = multiprocessing.get_all_start_methods()
-    context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
-    with ProcessPoolExecutor(min(workers, len(parts)), mp_context=context) as pool:
+    parts = parts_of(rows, _PART)
+    with process_pool(min(workers, len(parts))) as pool:
         futures = [pool.submit(_check_part, root, part, full) for part in parts]
 
         def collect() -> list[Problem]:
@@ -172,28 +163,11 @@ def _entry_checks(
                 future.cancel()
 
 
-def _part_payload(part: Any) -> Any:
-    """A Table slice as Arrow IPC bytes holding just its rows: a pickled slice carries its
-    whole parent table (every part of a 1M-run store would ship all 1M rows)."""
-    import pyarrow as pa
-
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, part.schema) as writer:
-        writer.write_table(part)
-    return sink.getvalue()
-
-
 def _check_part(root: Path, part: Any, full: bool) -> list[Problem]:
     """A worker's share: the problems of a slice of entries (Arrow IPC bytes, or dicts)."""
     report = VerifyReport(root=root)
-    if isinstance(part, list):
-        entries = part
-    else:
-        import pyarrow as pa
-
-        entries = pa.ipc.open_stream(part).read_all().to_pylist()
     with Folders(root) as folders:
-        for entry in entries:
+        for entry in entries_of(part):
             _check_entry(folders, entry, full, report)
     return report.problems
 
