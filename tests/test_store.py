@@ -160,6 +160,8 @@ def test_generated_run_ids_are_unique_and_time_sortable() -> None:
         ({"run_id": "a.fp"}, "run_id"),
         ({"created_at": "yesterday"}, "created_at"),
         ({"created_at": "2025-10-20T08:30:00"}, "created_at"),
+        ({"created_at": "2025-02-30T08:30:00.000000Z"}, "created_at"),  # the stored form, no such day
+        ({"created_at": "2025-10-20T24:00:00.000000Z"}, "created_at"),
         ({"bogus": 1}, "bogus"),
     ],
 )

@@ -7,10 +7,12 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from neurolens import load_runs
+from neurolens.errors import RunValidationError
 from neurolens.storage.query import query
 from neurolens.storage.store import compact_index, rebuild_index_from_manifest, write_run
 
@@ -245,3 +247,28 @@ def test_canonical_bytes_are_exactly_what_json_dumps_writes(value: Any) -> None:
             return
         raise AssertionError("canonical_bytes accepted what json refuses") from None
     assert canonical_bytes(value) == (text + "\n").encode("utf-8")
+
+
+@given(
+    st.datetimes(min_value=dt.datetime(1000, 1, 1), max_value=dt.datetime(9999, 12, 31)),
+    st.sampled_from(
+        [dt.timezone.utc, dt.timezone(dt.timedelta(hours=5, minutes=30)), dt.timezone(-dt.timedelta(hours=8))]
+    ),
+)
+def test_created_at_normalises_to_text_that_normalises_to_itself(
+    moment: dt.datetime, zone: dt.tzinfo
+) -> None:
+    """Any offset becomes UTC text; that text is taken as it is (its fast path) and names
+    the same moment."""
+    from neurolens.storage.document import normalize_created_at
+
+    aware = moment.replace(tzinfo=zone)
+    if not 1000 <= aware.astimezone(dt.timezone.utc).year <= 9999:
+        return
+    text = normalize_created_at(aware.isoformat())
+    assert normalize_created_at(text) == text == normalize_created_at(aware)
+    assert dt.datetime.fromisoformat(text[:-1] + "+00:00") == aware
+    if aware.day == 28 and aware.month == 2:  # the form of a moment that does not exist
+        broken = text[:8] + "30" + text[10:]
+        with pytest.raises(RunValidationError, match="created_at"):
+            normalize_created_at(broken)
