@@ -109,8 +109,10 @@ def main() -> None:
         a = build_store(work / "a", args.merge_runs, "a")
         b = build_store(work / "b", args.merge_runs, "b")
         print(f"built two {args.merge_runs:,}-run stores in {time.perf_counter() - start:.1f} s")
+        os.sync()  # their writeback would otherwise land in the first timed sync
         bare = copied_bare([a, b], work / "copied")
         shutil.rmtree(work / "copied")
+        os.sync()
         seconds, line = timed([cli, "merge", str(a), str(b), "--root", str(work / "merged")])
         print(
             f"neurolens merge of two {args.merge_runs:,}-run stores: {seconds:.1f} s ({line}); "
@@ -126,6 +128,7 @@ def main() -> None:
         start = time.perf_counter()
         big = build_store(work / "big", args.verify_runs, "v")
         print(f"built a {args.verify_runs:,}-run store in {time.perf_counter() - start:.1f} s")
+        os.sync()
         bare, files = read_bare(big)
         seconds, line = timed([cli, "verify", "--root", str(big)])
         print(
