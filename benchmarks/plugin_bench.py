@@ -1,24 +1,30 @@
 #!/usr/bin/env python3
 """Plugin overhead: a suite of N small tests with the plugin off, loaded-but-unused, and recording.
 
-    python benchmarks/plugin_bench.py [--tests 200] [--repeat 3] [--history 1000000]
+    python benchmarks/plugin_bench.py [--tests 200] [--repeat 5] [--history 1000000] [--other-code DIR]
 
-Each configuration runs ``pytest`` in a fresh process (median wall time of --repeat runs).
-The extra time per recorded test is (recording - off) / N; every number is a wall time
-on this machine, compared only with the other configurations measured in the same run.
-Recording goes into a new store (a CI job's first session) and into a store that already
-holds --history runs (synthesised and indexed first, as store_bench does).
+Each configuration runs ``pytest`` in a fresh process; a round runs every configuration
+once, and each figure is the median over --repeat rounds, so a machine whose speed drifts
+during the run skews every configuration alike. The extra time per recorded test is
+(configuration - plugin off) / N. Recording goes into a new store (a CI job's first
+session), into a store that already holds --history runs (synthesised and indexed first,
+as store_bench does) and into a store on tmpfs (no disk syncs). ``--other-code DIR`` times
+the recording configurations with another checkout too (``git worktree add DIR REV``), in
+the same rounds: old against new on the same machine at the same time.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from store_bench import BareFileOps, make_store  # type: ignore[import-not-found]  # run as a script: this folder is on sys.path
@@ -50,19 +56,39 @@ def suite(folder: Path, template: str, tests: int) -> Path:
     return folder
 
 
-def wall(args: list[str], repeat: int, before: object = None) -> float:
-    times = []
-    for _ in range(repeat):
-        if callable(before):
-            before()
+@dataclass
+class Config:
+    """One way of running a suite; timed once per round, the rounds interleaved."""
+
+    label: str
+    args: list[str]
+    before: Callable[[], None] | None = None
+    code: Path | None = None  # another checkout's neurolens, put first on the path
+    times: list[float] = field(default_factory=list)
+
+    def run_once(self, cwd: Path) -> None:
+        if self.before is not None:
+            self.before()
+        env = dict(os.environ)
+        if self.code is not None:
+            env["PYTHONPATH"] = os.pathsep.join([str(self.code), env.get("PYTHONPATH", "")]).rstrip(
+                os.pathsep
+            )
         start = time.perf_counter()
         done = subprocess.run(
-            [sys.executable, "-m", "pytest", *COMMON, *args], capture_output=True, text=True
+            [sys.executable, "-m", "pytest", *COMMON, *self.args],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=cwd,
         )
-        times.append(time.perf_counter() - start)
+        self.times.append(time.perf_counter() - start)
         if done.returncode != 0:
-            raise SystemExit(done.stdout + done.stderr)
-    return statistics.median(times)
+            raise SystemExit(f"{self.label}: {done.stdout}{done.stderr}")
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.times)
 
 
 def main() -> None:
@@ -70,58 +96,90 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--tests", type=int, default=200)
-    parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--history", type=int, default=1_000_000, help="runs already in the store (0: skip)")
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--history", type=int, default=1_000_000, help="runs already in the store (0: none)")
+    parser.add_argument(
+        "--other-code",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="also record with the neurolens checked out in DIR (e.g. a git worktree of an older commit)",
+    )
     args = parser.parse_args()
     n = args.tests
     work = Path(tempfile.mkdtemp(prefix="neurolens-plugin-bench-"))
     plain = suite(work / "plain", PLAIN, n)
     recorded = suite(work / "recorded", RECORDED, n)
     measured = suite(work / "measured", MEASURED, n)
-    store = work / "runs_store"
-
-    def fresh_store() -> None:
-        import shutil
-
-        shutil.rmtree(store, ignore_errors=True)
-
-    off = wall([str(plain), "-p", "no:neurolens"], args.repeat)
-    loaded = wall([str(plain)], args.repeat)
-    unstored = wall([str(recorded)], args.repeat)
-    on = wall([str(recorded), f"--neurolens-store={store}"], args.repeat, fresh_store)
-    on_measure = wall([str(measured), f"--neurolens-store={store}"], args.repeat, fresh_store)
-    print(f"{n} tests, median of {args.repeat} runs each, python {sys.version.split()[0]}")
-    print(f"plugin off (-p no:neurolens), plain tests:      {off:.3f} s")
-    print(f"plugin loaded, no store, plain tests:          {loaded:.3f} s  ({loaded / off:.2f}x off)")
-    print(f"plugin on, no store, record() in every test:   {unstored:.3f} s  ({unstored / off:.2f}x off)")
-    print(f"plugin on, store set, record() in every test:  {on:.3f} s  ({on / off:.2f}x off)")
-    print(f"plugin on, store set, measure() x10 per test:  {on_measure:.3f} s  ({on_measure / off:.2f}x off)")
-    print(
-        f"extra wall time per recorded test: {(on - off) / n * 1000:.2f} ms "
-        f"(of which the run store write and snapshot: {(on - unstored) / n * 1000:.2f} ms)"
+    memory = (
+        Path(tempfile.mkdtemp(prefix="neurolens-plugin-bench-", dir="/dev/shm"))
+        if Path("/dev/shm").is_dir()
+        else None
     )
+
+    def fresh(store: Path) -> Callable[[], None]:
+        return lambda: shutil.rmtree(store, ignore_errors=True)
+
+    off = Config("plugin off (-p no:neurolens), plain tests", [str(plain), "-p", "no:neurolens"])
+    configs = [
+        off,
+        Config("plugin loaded, no store, plain tests", [str(plain)]),
+        Config("plugin on, no store, record() in every test", [str(recorded)]),
+    ]
+    codes: list[tuple[str, Path | None]] = [("", None)]
+    if args.other_code is not None:
+        codes.append((f" [code in {args.other_code}]", args.other_code.resolve()))
+    history = None
     if args.history:
         start = time.perf_counter()
         history = make_store(work / "history", args.history)
-        made = time.perf_counter() - start
-        os.sync()  # its writeback would otherwise slow the timed runs' syncs
-        with_history = wall([str(recorded), f"--neurolens-store={history}"], args.repeat)
-        print(
-            f"plugin on, store holding {args.history:,} runs (made in {made:.0f} s), record(): "
-            f"{with_history:.3f} s: {(with_history - off) / n * 1000:.2f} ms extra per recorded test"
+        print(f"made a store of {args.history:,} runs in {time.perf_counter() - start:.0f} s")
+    for suffix, code in codes:
+        store = work / f"new{len(configs)}"
+        configs.append(
+            Config(
+                f"record() into a new store{suffix}",
+                [str(recorded), f"--neurolens-store={store}"],
+                fresh(store),
+                code,
+            )
         )
-    memory = Path("/dev/shm")  # tmpfs: a sync costs nothing, so what is left is the plugin's own
-    if memory.is_dir():
-        memory_store = Path(tempfile.mkdtemp(prefix="neurolens-plugin-bench-", dir=memory))
-        try:
-            in_memory = wall([str(recorded), f"--neurolens-store={memory_store / 's'}"], args.repeat)
-        finally:
-            import shutil
-
-            shutil.rmtree(memory_store, ignore_errors=True)
+        if history is not None:
+            configs.append(
+                Config(
+                    f"record() into the {args.history:,}-run store{suffix}",
+                    [str(recorded), f"--neurolens-store={history}"],
+                    None,
+                    code,
+                )
+            )
+        if memory is not None:
+            store = memory / f"s{len(configs)}"
+            configs.append(
+                Config(
+                    f"record() into a store on tmpfs, no disk syncs{suffix}",
+                    [str(recorded), f"--neurolens-store={store}"],
+                    None,
+                    code,
+                )
+            )
+    store = work / "measured_store"
+    configs.append(
+        Config("measure() x10 into a new store", [str(measured), f"--neurolens-store={store}"], fresh(store))
+    )
+    os.sync()  # the store just made would otherwise be written back during the timed runs
+    for _ in range(args.repeat):
+        for config in configs:
+            config.run_once(work)  # not in a checkout: `-m` puts the working folder first on the path
+    print(
+        f"{n} tests, python {sys.version.split()[0]}; "
+        f"median of {args.repeat} rounds, each running every configuration once"
+    )
+    for config in configs:
+        extra = (config.median - off.median) / n * 1000
+        spread = f"{min(config.times):.2f}-{max(config.times):.2f} s"
         print(
-            f"plugin on, store on tmpfs ({memory}), record():  {in_memory:.3f} s: "
-            f"{(in_memory - off) / n * 1000:.2f} ms extra per recorded test without the disk's syncs"
+            f"{config.label:<60} {config.median:6.3f} s ({spread})  {extra:6.2f} ms per test over plugin off"
         )
     bare = BareFileOps(work / "bare")
     start = time.perf_counter()
@@ -132,6 +190,9 @@ def main() -> None:
         f"baseline, a durable write's file operations done bare (2 files, folder, line), "
         f"{n} times right after: {floor:.2f} ms each"
     )
+    shutil.rmtree(work, ignore_errors=True)
+    if memory is not None:
+        shutil.rmtree(memory, ignore_errors=True)
 
 
 if __name__ == "__main__":
