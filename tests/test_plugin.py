@@ -163,6 +163,20 @@ def test_store_path_that_is_a_file_is_a_usage_error(tester: pytest.Pytester) -> 
     assert (tester.path / "runs").read_text() == "not a folder"
 
 
+def test_a_symlinked_manifest_is_a_usage_error_and_its_target_untouched(tester: pytest.Pytester) -> None:
+    tester.makepyfile(BASIC)
+    outside = tester.path / "elsewhere.jsonl"
+    outside.write_text("")
+    (tester.path / "runs").mkdir()
+    (tester.path / "runs" / "_manifest.jsonl").symlink_to(outside)
+    result = run(tester, "--neurolens-store=runs")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        ["*--neurolens-store *runs: cannot write there*_manifest.jsonl is a symlink*"]
+    )
+    assert outside.read_text() == ""
+
+
 def test_malformed_ini_tag_is_a_usage_error(tester: pytest.Pytester) -> None:
     tester.makeini("[pytest]\nneurolens_tags = oops\n")
     tester.makepyfile(BASIC)
