@@ -131,7 +131,8 @@ class NeurolensFixture:
         It has the same keys with or without a store; without one, ``hardware`` is empty
         and ``fingerprint_hash`` null (nothing is sampled that would not be kept).
         """
-        from neurolens.storage.document import new_run_id, utc_now
+        from neurolens.storage.document import utc_now
+        from neurolens.storage.run_ids import new_run_id
 
         context = merge_context(self._context, overrides, "neurolens fixture")
         require_fields(context, self._item.nodeid)

@@ -14,8 +14,8 @@ from neurolens import load_runs
 from neurolens.errors import IndexWarning, ManifestWarning, RunExistsError, RunValidationError, StoreError
 from neurolens.storage import files as files_module
 from neurolens.storage import index as index_module
-from neurolens.storage.document import new_run_id
 from neurolens.storage.index import opened_index
+from neurolens.storage.run_ids import new_run_id
 from neurolens.storage.store import compact_index, rebuild_index_from_manifest, write_run
 from tests.factories import make_run
 

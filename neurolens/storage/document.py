@@ -8,9 +8,6 @@ import functools
 import json
 import math
 import re
-import secrets
-import threading
-import time
 import types
 from collections.abc import Mapping
 from importlib import resources
@@ -19,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from neurolens.errors import RunValidationError
+from neurolens.storage.run_ids import generate_run_id
 
 SCHEMA_VERSION = 1
 
@@ -168,53 +166,6 @@ def utc_now() -> str:
     return dt.datetime.now(dt.timezone.utc).strftime(_CREATED_AT_FORMAT)
 
 
-_id_lock = threading.Lock()
-_last_id_state: tuple[int, int] = (0, 0)
-# Ids new_run_id made in this process and not yet stored: unique by construction, so
-# write_run need not look for them in the store (a caller-chosen id it looks up).
-_minted: set[str] = set()
-
-
-def take_minted(run_id: str) -> bool:
-    """Whether this process minted ``run_id`` (and forget it: an id is stored once)."""
-    with _id_lock:
-        if run_id in _minted:
-            _minted.discard(run_id)
-            return True
-        return False
-
-
-def _generate_id() -> str:
-    """A UUIDv7 (RFC 9562): 48-bit Unix milliseconds, then random bits.
-
-    Unique across processes and machines through 74 random bits; within a process a
-    counter in ``rand_a`` keeps ids strictly increasing inside one millisecond.
-    """
-    global _last_id_state
-    with _id_lock:
-        now_ms = time.time_ns() // 1_000_000
-        last_ms, last_seq = _last_id_state
-        if now_ms <= last_ms:
-            now_ms, seq = last_ms, last_seq + 1
-            if seq > 0xFFF:  # counter exhausted: borrow the next millisecond
-                now_ms, seq = last_ms + 1, secrets.randbits(8)
-        else:
-            seq = secrets.randbits(8)  # leave headroom for the counter
-        _last_id_state = (now_ms, seq)
-    rand_b = secrets.randbits(62)
-    value = (now_ms << 80) | (0x7 << 76) | (seq << 64) | (0b10 << 62) | rand_b
-    h = f"{value:032x}"
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
-
-
-def new_run_id() -> str:
-    """A fresh UUIDv7 for a run this process will store (write_run need not look it up)."""
-    run_id = _generate_id()
-    with _id_lock:
-        _minted.add(run_id)
-    return run_id
-
-
 def canonical_bytes(value: Any, *, indent: int | None = 2) -> bytes:
     """Sorted keys, UTF-8, no NaN: equal documents give equal bytes.
 
@@ -306,7 +257,7 @@ def prepare_run(run: Mapping[str, Any], *, parsed: bool = False) -> dict[str, An
         )
     document["schema_version"] = SCHEMA_VERSION
     if document.get("run_id") is None:
-        document["run_id"] = _generate_id()  # made here, stored by this caller
+        document["run_id"] = generate_run_id()  # made here, stored by this caller
     created = run.get("created_at")  # the original, which may be a datetime
     document["created_at"] = utc_now() if created is None else normalize_created_at(created)
 

@@ -27,11 +27,11 @@ from neurolens.storage.document import (
     check_json_value,
     prepare_run,
     run_relpaths,
-    take_minted,
 )
 from neurolens.storage.files import append_lines_durably, create_file_atomically, fsync_dir, open_dir
 from neurolens.storage.manifest import MANIFEST_NAME, Progress, encode_entry, entry_for, manifest_size
 from neurolens.storage.root import StrPath, default_root, ensure_root, require_store, resolve_root
+from neurolens.storage.run_ids import take_minted
 
 __all__ = [
     "compact_index",
