@@ -25,6 +25,7 @@ from pathlib import Path
 
 from neurolens.storage.document import canonical_bytes, run_relpaths
 from neurolens.storage.manifest import encode_entry, entry_for
+from neurolens.storage.merge import merge_stores
 from neurolens.storage.store import compact_index
 
 
@@ -120,6 +121,14 @@ def main() -> None:
         )
         seconds, line = timed([cli, "merge", str(a), str(b), "--root", str(work / "merged")])
         print(f"the same merge again (everything already present): {seconds:.1f} s ({line})")
+        os.sync()
+        start = time.perf_counter()
+        alone = merge_stores(work / "merged_alone", [a, b], workers=1)
+        print(
+            f"the first merge in one process (merge_stores(..., workers=1), in-process): "
+            f"{time.perf_counter() - start:.1f} s ({alone.added:,} added)"
+        )
+        shutil.rmtree(work / "merged_alone")
         seconds, line = timed([cli, "verify", "--root", str(work / "merged")])
         print(f"neurolens verify of the merged store: {seconds:.1f} s ({line})")
         shutil.rmtree(a)
