@@ -147,6 +147,24 @@ def child_peak(code: str, *args: str) -> tuple[float, float, str]:
     return wall, max(peak, before) / 1024, out.stdout.strip()
 
 
+def ls_and_import_ms(root: Path) -> tuple[float, float]:
+    """Medians of 5 `neurolens ls --tag --limit 20` runs and of 5 bare `import pyarrow`, in turn."""
+    cli = str(Path(sys.executable).with_name("neurolens"))
+    ls_times, import_times = [], []
+    for _ in range(5):
+        start = time.perf_counter()
+        subprocess.run(
+            [cli, "ls", "--root", str(root), "--tag", "branch=pr-42", "--limit", "20"],
+            capture_output=True,
+            check=True,
+        )
+        ls_times.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-c", "import pyarrow"], check=True)
+        import_times.append(time.perf_counter() - start)
+    return statistics.median(ls_times) * 1000, statistics.median(import_times) * 1000
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -200,28 +218,35 @@ def main() -> None:
             f"load_runs(model=..., tags=..., limit=20) at {args.big:,} runs: {float(seconds) * 1000:.0f} ms "
             f"(imports included), {count} rows"
         )
-        cli = str(Path(sys.executable).with_name("neurolens"))
-        ls_times, import_times = [], []
-        for _ in range(5):
-            start = time.perf_counter()
-            subprocess.run(
-                [cli, "ls", "--root", str(big), "--tag", "branch=pr-42", "--limit", "20"],
-                capture_output=True,
-                check=True,
-            )
-            ls_times.append(time.perf_counter() - start)
-            start = time.perf_counter()
-            subprocess.run([sys.executable, "-c", "import pyarrow"], check=True)
-            import_times.append(time.perf_counter() - start)
-        print(
-            f"neurolens ls --tag branch=pr-42 --limit 20 at {args.big:,} runs: "
-            f"{statistics.median(ls_times) * 1000:.0f} ms (median of 5)"
-        )
-        print(f"python -c 'import pyarrow': {statistics.median(import_times) * 1000:.0f} ms (median of 5)")
+        ls_ms, import_ms = ls_and_import_ms(big)
+        ls_line = f"neurolens ls --tag branch=pr-42 --limit 20 at {args.big:,} runs"
+        print(f"{ls_line}: {ls_ms:.0f} ms (median of 5)")
+        print(f"python -c 'import pyarrow': {import_ms:.0f} ms (median of 5)")
         at_big, floor, raw = paired_write_ms(big, bare, args.writes)
         print(
             f"write_run mean per run, {args.big:,} runs in store: {at_big:.3f} ms "
             f"(raw append {raw:.3f} ms, bare file operations {floor:.3f} ms: {at_big / floor:.2f}x)"
+        )
+        # The largest tail writers leave (their compaction points are 1/64 of the manifest
+        # apart): synthetic lines appended as write_run appends them, the index left as it is.
+        manifest = big / "_manifest.jsonl"
+        tail_bytes = manifest.stat().st_size // 64
+        with open(manifest, "ab") as handle:
+            written, i = 0, args.big
+            while written < tail_bytes:
+                line = encode_entry(synthetic_entry(i))
+                handle.write(line)
+                written, i = written + len(line), i + 1
+        ls_ms, import_ms = ls_and_import_ms(big)
+        print(
+            f"{ls_line} and {i - args.big:,} more ({written / 2**20:.1f} MiB) not yet in the index: "
+            f"{ls_ms:.0f} ms (import pyarrow {import_ms:.0f} ms)"
+        )
+        start = time.perf_counter()
+        compact_index(big)
+        print(
+            f"compact_index folding them in: {time.perf_counter() - start:.2f} s "
+            "(what every pytest session paid at its end before sessions left this to the writers)"
         )
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -2,7 +2,7 @@
 
 Off unless a store is set (``--neurolens-store`` or the ``neurolens_store`` ini setting):
 then a Recorder is registered that snapshots the hardware once, writes each test's runs
-as the test finishes and compacts the index at the end. Without a store the
+as the test finishes and counts them at the end. Without a store the
 ``neurolens`` fixture still measures, so tests behave the same, but nothing is written.
 This module imports only pytest and the standard library at load time; each job lives
 in its own module (settings, context, fixture, recorder, benchmark bridge, hooks).

@@ -53,7 +53,7 @@ _TAIL_SHARE = 64
 
 
 def index_path(root: Path) -> Path:
-    return root / backend().index_name
+    return root / index_name()
 
 
 @dataclass

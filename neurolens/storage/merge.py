@@ -186,7 +186,10 @@ def _merge_one(
     importer.report.damaged.extend(f"{label}: {problem}" for problem in manifest.problems)
     fresh, again = _first_sightings(rows, str(label), importer)
     pool = workers_pool() if len(fresh) >= 2 * _PART else None
-    if pool is not None:
+    here = again  # a run id the source holds twice: its later entries, once the first is settled
+    if pool is None:
+        here = [*fresh.records(), *again]
+    else:
         futures = [pool.submit(_import_part, src, importer.dest, part) for part in parts_of(fresh, _PART)]
         try:
             for future in futures:  # in source order: the manifest lines keep it
@@ -195,13 +198,8 @@ def _merge_one(
         finally:
             for future in futures:
                 future.cancel()
-    else:
-        with Folders(src) as folders:
-            for entry in fresh.records():
-                importer.record(str(label), _import_entry(folders, importer.folders, entry))
-    # a run id the source holds twice: its later entries, now that the first is settled
     with Folders(src) as folders:
-        for entry in again:
+        for entry in here:  # a first sighting is never skipped; a later one may be
             if not importer.skips(str(label), entry):
                 importer.record(str(label), _import_entry(folders, importer.folders, entry))
     importer.flush()

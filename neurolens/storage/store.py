@@ -67,12 +67,12 @@ def write_run(
 
 
 def write_prepared_run(
-    root: StrPath | None, prepared: PreparedRun, fingerprint: bytes | None = None
+    root: StrPath | None, prepared: PreparedRun, fp_bytes: bytes | None = None
 ) -> dict[str, Any]:
     """``write_run`` of a run validated already (the pytest plugin validates each run as
-    the test records it); ``fingerprint`` is ``fingerprint_bytes`` of the fingerprint."""
+    the test records it); ``fp_bytes`` is ``fingerprint_bytes`` of its fingerprint."""
     look_up = not take_minted(prepared.run_id)
-    return _store(root, prepared.document, prepared.canonical_bytes(), fingerprint, look_up=look_up)
+    return _store(root, prepared.document, prepared.canonical_bytes(), fp_bytes, look_up=look_up)
 
 
 def fingerprint_bytes(fingerprint: Mapping[str, Any]) -> bytes:
