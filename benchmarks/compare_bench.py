@@ -20,8 +20,8 @@ from pathlib import Path
 
 from neurolens.compare import compare
 from neurolens.compare_format import summary_line
-from neurolens.storage.filters import RunFilter
-from neurolens.storage.manifest import encode_entry, encode_tags
+from neurolens.storage.index.filters import RunFilter
+from neurolens.storage.ledger.manifest import encode_entry, encode_tags
 from neurolens.storage.store import compact_index
 
 BACKENDS = ["onnxrt", "tensorrt", "torch", "openvino"]

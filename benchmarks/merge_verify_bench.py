@@ -23,9 +23,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from neurolens.storage.document import canonical_bytes, run_relpaths
-from neurolens.storage.manifest import encode_entry, entry_for
-from neurolens.storage.merge import merge_stores
+from neurolens.storage.exchange.merge import merge_stores
+from neurolens.storage.ledger.document import canonical_bytes, run_relpaths
+from neurolens.storage.ledger.manifest import encode_entry, entry_for
 from neurolens.storage.store import compact_index
 
 

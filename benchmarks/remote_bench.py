@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a scri
 from benchmarks.merge_verify_bench import build_store
 from benchmarks.store_bench import make_store, synthetic_entry
 from neurolens.remote.table import RemoteTable, now, schema
-from neurolens.storage.manifest import COLUMNS
+from neurolens.storage.ledger.manifest import COLUMNS
 from tests.s3_server import running_s3_server
 
 CLI = str(Path(sys.executable).with_name("neurolens"))

@@ -23,7 +23,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script: the repository
 
 from benchmarks.store_bench import make_store
-from neurolens.storage.manifest import encode_tags
+from neurolens.storage.ledger.manifest import encode_tags
 from tests.browser import BROWSER_ARGS, CHROMIUM
 
 CLI = str(Path(sys.executable).with_name("neurolens"))

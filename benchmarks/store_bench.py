@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from neurolens.storage.manifest import encode_entry, encode_tags
+from neurolens.storage.ledger.manifest import encode_entry, encode_tags
 from neurolens.storage.store import compact_index, write_run
 
 MODELS = ["gpt2", "bert-base", "llama-7b", "resnet50", "whisper-small"]

@@ -43,11 +43,11 @@ from neurolens.comparison import (
 )
 from neurolens.errors import StoreError
 from neurolens.samples import GroupKey, SideGroup, arrow_samples
-from neurolens.storage.files import check_run_path, read_store_file
-from neurolens.storage.filters import RunFilter
-from neurolens.storage.manifest import COLUMNS
-from neurolens.storage.query import select
-from neurolens.storage.root import Location, StrPath, resolve_location
+from neurolens.storage.index.filters import RunFilter
+from neurolens.storage.index.query import select
+from neurolens.storage.ledger.files import check_run_path, read_store_file
+from neurolens.storage.ledger.manifest import COLUMNS
+from neurolens.storage.ledger.root import Location, StrPath, resolve_location
 
 if TYPE_CHECKING:
     import pandas as pd

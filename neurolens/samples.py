@@ -16,8 +16,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from neurolens.storage.arrow_filters import float64_array, int64_array
-from neurolens.storage.arrow_kernels import (
+from neurolens.storage.index.arrow_filters import float64_array, int64_array
+from neurolens.storage.index.arrow_kernels import (
     any_true,
     call,
     cast,

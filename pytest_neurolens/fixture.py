@@ -13,7 +13,7 @@ from pytest_neurolens.context import CONTEXT_FIELDS, merge_context, require_fiel
 from pytest_neurolens.measurement import Measurement, latency_metrics
 
 if TYPE_CHECKING:
-    from neurolens.storage.document import PreparedRun
+    from neurolens.storage.ledger.document import PreparedRun
     from pytest_neurolens.recorder import Recorder
 
 DEFAULT_WARMUP = 3
@@ -131,8 +131,8 @@ class NeurolensFixture:
         It has the same keys with or without a store; without one, ``hardware`` is empty
         and ``fingerprint_hash`` null (nothing is sampled that would not be kept).
         """
-        from neurolens.storage.document import utc_now
-        from neurolens.storage.run_ids import new_run_id
+        from neurolens.storage.ledger.document import utc_now
+        from neurolens.storage.ledger.run_ids import new_run_id
 
         context = merge_context(self._context, overrides, "neurolens fixture")
         require_fields(context, self._item.nodeid)
@@ -166,6 +166,6 @@ def _check_count(name: str, value: Any, minimum: int) -> None:
 
 
 def _validate(run: dict[str, Any]) -> PreparedRun:
-    from neurolens.storage.document import PreparedRun
+    from neurolens.storage.ledger.document import PreparedRun
 
     return PreparedRun(run)

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from neurolens.storage.document import PreparedRun
+    from neurolens.storage.ledger.document import PreparedRun
 
 
 def percentile(sorted_values: Sequence[float], q: float) -> float:

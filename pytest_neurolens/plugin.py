@@ -40,7 +40,7 @@ def pytest_configure(config: pytest.Config) -> None:
     workerinput = getattr(config, "workerinput", None) or {}
     session_id = workerinput.get("neurolens_session_id")
     if session_id is None:
-        from neurolens.storage.run_ids import new_run_id
+        from neurolens.storage.ledger.run_ids import new_run_id
 
         session_id = new_run_id()
     config.stash[session_id_key] = session_id

@@ -160,7 +160,7 @@ class Recorder:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
     def _finish(self, session: pytest.Session) -> None:
-        from neurolens.storage.index import session_run_ids
+        from neurolens.storage.index.reading import session_run_ids
 
         if not (self.store / "_manifest.jsonl").exists():
             self.stored_runs = 0
@@ -187,7 +187,7 @@ class Recorder:
         from neurolens.errors import NeurolensError
         from neurolens.report.data import build_report
         from neurolens.report.page import write_report
-        from neurolens.storage.filters import RunFilter
+        from neurolens.storage.index.filters import RunFilter
 
         assert self.settings.report is not None
         try:
@@ -205,7 +205,7 @@ class Recorder:
         from neurolens.errors import NeurolensError
         from neurolens.remote.sync import push
         from neurolens.remote.table import RemoteTable
-        from neurolens.storage.filters import RunFilter
+        from neurolens.storage.index.filters import RunFilter
 
         assert self.settings.push is not None
         remote = RemoteTable(self.settings.push, self.settings.storage_options)
@@ -222,7 +222,7 @@ class Recorder:
     def _compare(self, session: pytest.Session) -> None:
         """The regression gate: this session's runs against the stored baseline."""
         from neurolens.compare import compare
-        from neurolens.storage.filters import RunFilter
+        from neurolens.storage.index.filters import RunFilter
 
         assert self.settings.compare is not None
         baseline_root: Any = None
@@ -294,8 +294,8 @@ def _check_writable(store: os.PathLike[str]) -> int:
     from pathlib import Path
 
     from neurolens.errors import StoreError
-    from neurolens.storage.manifest import manifest_size
-    from neurolens.storage.root import ensure_root
+    from neurolens.storage.ledger.manifest import manifest_size
+    from neurolens.storage.ledger.root import ensure_root
 
     root = Path(store)
     try:

@@ -12,7 +12,7 @@ import pytest
 
 if TYPE_CHECKING:
     from neurolens.comparison import Threshold
-    from neurolens.storage.filters import RunFilter
+    from neurolens.storage.index.filters import RunFilter
 
 STORE_HELP = "record runs into the run store at PATH (off when unset)"
 TAGS_HELP = "tag every run of the session with KEY=VALUE, e.g. a CI job id or branch (repeatable)"
@@ -191,7 +191,7 @@ def _compare_settings(config: pytest.Config, store: Path | None) -> tuple[RunFil
     if store is None:
         raise pytest.UsageError("--neurolens-compare needs --neurolens-store (where the runs are)")
     from neurolens.comparison import Threshold
-    from neurolens.storage.filters import parse_filter_spec
+    from neurolens.storage.index.filters import parse_filter_spec
 
     try:
         baseline = parse_filter_spec(spec)

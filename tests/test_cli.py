@@ -272,7 +272,7 @@ def test_rebuild_shows_progress_on_a_large_store(
     cli: Cli, store: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import neurolens.cli.common as common
-    import neurolens.storage.manifest as manifest
+    import neurolens.storage.ledger.manifest as manifest
 
     monkeypatch.setattr(common, "_PROGRESS_MIN_BYTES", 1)  # every store counts as large
     monkeypatch.setattr(manifest, "_READ_CHUNK", 512)  # several slices to report
@@ -287,7 +287,7 @@ def test_short_lived_readers_of_an_index_with_a_tail_exit_cleanly(tmp_path: Path
     # Arrow's reader threads once held Python buffers (the index read through a Python file
     # object, the tail through pa.py_buffer): one released as the interpreter exited aborted
     # the process ("terminate called without an active exception") in about 1 run in 40.
-    from neurolens.storage import index as _index
+    from neurolens.storage.index import reading as _index
     from neurolens.storage.store import compact_index
 
     for i in range(3):
@@ -334,7 +334,7 @@ def test_ls_filters_without_importing_pandas(tmp_path: Path) -> None:
         "with contextlib.redirect_stdout(io.StringIO()) as out:\n"
         "    code = main(sys.argv[1:])\n"
         "print(code, len(__import__('json').loads(out.getvalue())), 'pandas' in sys.modules,\n"
-        "      'pyarrow.compute' in sys.modules, 'neurolens.storage.merge' in sys.modules)"
+        "      'pyarrow.compute' in sys.modules, 'neurolens.storage.exchange.merge' in sys.modules)"
     )
     argv = ["ls", "--root", str(tmp_path), "--tag", "branch=main", "--model", "m1", "--limit", "5", "--json"]
     done = subprocess.run([sys.executable, "-c", script, *argv], capture_output=True, text=True)

@@ -13,13 +13,13 @@ import pyarrow.compute
 import pyarrow.parquet  # noqa: F401
 import pytest
 
-import neurolens.storage.parquet_index
-import neurolens.storage.rows_arrow  # noqa: F401  (the index's Arrow classes, loaded before pytester runs)
+import neurolens.storage.index.arrow_backend
+import neurolens.storage.index.parquet  # noqa: F401  (the index's Arrow classes, loaded before pytester runs)
 from neurolens.cli import main
 from neurolens.compare import compare, compare_frame
 from neurolens.comparison import Threshold
 from neurolens.stats import mann_whitney_u
-from neurolens.storage.filters import RunFilter, parse_filter_spec
+from neurolens.storage.index.filters import RunFilter, parse_filter_spec
 from neurolens.storage.store import write_run
 from tests.factories import make_run
 
@@ -401,7 +401,7 @@ def test_pytest_gate_restores_an_unusable_index_before_comparing(
 ) -> None:
     """Writers only check that an index file exists; a session that reads the store
     rebuilds one that cannot be used (damaged, another version) instead of warning."""
-    from neurolens.storage.index import opened_index
+    from neurolens.storage.index.reading import opened_index
 
     pytester.makepyfile(GATED)
     gate(pytester, monkeypatch, 10.0, "--neurolens-tag", "branch=main").assert_outcomes(passed=1)

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from neurolens.compare import compare_frame
-from neurolens.storage.filters import RunFilter
+from neurolens.storage.index.filters import RunFilter
 from neurolens.storage.store import write_run
 
 Cli = Callable[..., tuple[int, str]]

@@ -17,10 +17,10 @@ from typing import Any
 import pytest
 
 from neurolens.errors import IndexWarning, ManifestWarning, RunValidationError, StoreError
-from neurolens.storage.merge import ArchiveLimits, merge_stores
-from neurolens.storage.query import query
+from neurolens.storage.exchange.merge import ArchiveLimits, merge_stores
+from neurolens.storage.exchange.verify import verify_store
+from neurolens.storage.index.query import query
 from neurolens.storage.store import rebuild_index_from_manifest, write_run
-from neurolens.storage.verify import verify_store
 
 Cli = Callable[..., tuple[int, str]]
 SCRIPT = str(Path(sys.executable).with_name("neurolens"))

@@ -18,12 +18,12 @@ from hypothesis import strategies as st
 from neurolens.compare import _Documents, _side_samples
 from neurolens.errors import ManifestWarning
 from neurolens.samples import arrow_samples
-from neurolens.storage import arrow_kernels
-from neurolens.storage import index as _index
-from neurolens.storage.filters import RunFilter
-from neurolens.storage.manifest import encode_entry, encode_tags
-from neurolens.storage.query import select
-from neurolens.storage.rows import backend
+from neurolens.storage.index import arrow_kernels
+from neurolens.storage.index import reading as _index
+from neurolens.storage.index.backend import backend
+from neurolens.storage.index.filters import RunFilter
+from neurolens.storage.index.query import select
+from neurolens.storage.ledger.manifest import encode_entry, encode_tags
 from neurolens.storage.store import compact_index, rebuild_index_from_manifest
 
 
@@ -269,7 +269,7 @@ def test_rebuild_and_verify_import_no_pandas(tmp_path: Path) -> None:
     write_manifest(tmp_path, [entry(i) for i in range(20)])
     script = (
         "import sys; from neurolens.storage.store import rebuild_index_from_manifest\n"
-        "from neurolens.storage.verify import verify_store\n"
+        "from neurolens.storage.exchange.verify import verify_store\n"
         "rebuild_index_from_manifest(sys.argv[1]); verify_store(sys.argv[1])\n"
         "print('pandas' in sys.modules)"
     )

@@ -19,11 +19,11 @@ from typing import Any
 import pytest
 
 from neurolens.errors import StoreError
-from neurolens.storage import verify, workers
-from neurolens.storage.merge import merge_stores
-from neurolens.storage.query import query
+from neurolens.storage.exchange import verify, workers
+from neurolens.storage.exchange.merge import merge_stores
+from neurolens.storage.exchange.verify import verify_store
+from neurolens.storage.index.query import query
 from neurolens.storage.store import rebuild_index_from_manifest, write_run
-from neurolens.storage.verify import verify_store
 from tests.factories import make_run
 
 Cli = Callable[..., tuple[int, str]]
@@ -110,7 +110,7 @@ def test_worker_processes_merge_exactly_as_one_process_does(
 ) -> None:
     """Large sources are checked and copied by worker processes in parts; every kind of
     run (new, already there, in conflict, damaged, an id twice in a source) ends the same."""
-    from neurolens.storage import merge
+    from neurolens.storage.exchange import merge
 
     a, b = tmp_path / "a", tmp_path / "b"
     fill(a, 14, "a", created_at="2025-03-03T00:00:00Z")
@@ -275,8 +275,8 @@ WRITER = textwrap.dedent(
 MERGER = textwrap.dedent(
     """
     import sys
-    import neurolens.storage.importer as importer
-    import neurolens.storage.merge as merge
+    import neurolens.storage.exchange.importer as importer
+    import neurolens.storage.exchange.merge as merge
     importer._BATCH = int(sys.argv[3])
     print(merge.merge_stores(sys.argv[1], [sys.argv[2]]).to_dict())
     """

@@ -19,8 +19,8 @@ import pyarrow.parquet  # noqa: F401
 import pytest
 
 from neurolens.compare import compare
-from neurolens.storage.filters import RunFilter
-from neurolens.storage.query import query
+from neurolens.storage.index.filters import RunFilter
+from neurolens.storage.index.query import query
 from neurolens.storage.store import write_run
 from tests.factories import make_run
 
@@ -166,7 +166,7 @@ def test_runs_of_tests_that_did_not_pass_are_left_out_unless_asked(tmp_path: Pat
     assert cli(*args, "--fail-above", "5%")[0] == 0
     assert cli(*args, "--fail-above", "5%", "--include-failed")[0] == 1
     # the plain-Python reader (no pyarrow) leaves out the same runs
-    from neurolens.storage.filters import RunFilter as Filter
+    from neurolens.storage.index.filters import RunFilter as Filter
 
     record = {"outcome": "failed", "model": "gpt2"}
     assert not Filter().matches(record) and Filter(include_failed=True).matches(record)

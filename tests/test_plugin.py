@@ -16,10 +16,10 @@ import pyarrow.parquet  # noqa: F401
 import pytest
 
 # the index's Arrow classes too: a backend made inside a run must match them after it
-import neurolens.storage.parquet_index
-import neurolens.storage.rows_arrow  # noqa: F401
+import neurolens.storage.index.arrow_backend
+import neurolens.storage.index.parquet  # noqa: F401
 from neurolens import load_runs
-from neurolens.storage.query import query
+from neurolens.storage.index.query import query
 from tests.fake_nvml import install, make_fake_lib, two_gpus
 
 BASIC = """
@@ -402,7 +402,7 @@ def test_invalid_change_by_a_hook_fails_the_test_and_stores_nothing(tester: pyte
 
 VALIDATIONS_COUNTED = """
 import pytest
-from neurolens.storage import document
+from neurolens.storage.ledger import document
 
 calls = []
 real = document.schema_problems

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from neurolens.storage.prefetch import prefetched
+from neurolens.storage.index.prefetch import prefetched
 
 
 def test_items_arrive_in_order_and_are_produced_in_another_thread() -> None:

@@ -22,8 +22,8 @@ from neurolens.compare import compare
 from neurolens.report.changepoints import change_points
 from neurolens.report.data import build_report
 from neurolens.report.page import page_data, render
-from neurolens.storage.filters import RunFilter
-from neurolens.storage.query import query
+from neurolens.storage.index.filters import RunFilter
+from neurolens.storage.index.query import query
 from neurolens.storage.store import write_run
 from tests.browser import BROWSER_ARGS, CHROMIUM
 from tests.factories import make_run

@@ -12,10 +12,10 @@ import pytest
 
 from neurolens import load_runs
 from neurolens.errors import IndexWarning, ManifestWarning, RunExistsError, RunValidationError, StoreError
-from neurolens.storage import files as files_module
-from neurolens.storage import index as index_module
-from neurolens.storage.index import opened_index
-from neurolens.storage.run_ids import new_run_id
+from neurolens.storage.index import compaction as index_module
+from neurolens.storage.index.reading import opened_index
+from neurolens.storage.ledger import files as files_module
+from neurolens.storage.ledger.run_ids import new_run_id
 from neurolens.storage.store import compact_index, rebuild_index_from_manifest, write_run
 from tests.factories import make_run
 
@@ -420,7 +420,7 @@ def test_written_files_are_not_left_as_temporaries(tmp_path: Path, file_creation
 
 
 def test_a_prepared_run_is_stored_as_write_run_stores_it(tmp_path: Path) -> None:
-    from neurolens.storage.document import PreparedRun
+    from neurolens.storage.ledger.document import PreparedRun
     from neurolens.storage.store import fingerprint_bytes, write_prepared_run
 
     fingerprint = {"fingerprint_hash": "f" * 16, "python": "3.11"}
@@ -444,7 +444,7 @@ def test_a_prepared_run_is_stored_as_write_run_stores_it(tmp_path: Path) -> None
 
 
 def test_a_prepared_run_changes_only_by_a_valid_test_result() -> None:
-    from neurolens.storage.document import PreparedRun
+    from neurolens.storage.ledger.document import PreparedRun
 
     run = make_run(test={"nodeid": "t.py::test_a", "outcome": None}, run_id="r1")
     assert not PreparedRun(run).matches(run)  # it was given a time: not what is stored

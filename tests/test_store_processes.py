@@ -239,7 +239,7 @@ def test_built_wheel_ships_the_schema_and_writes_runs(tmp_path: Path) -> None:
 def test_writers_killed_at_random_points_leave_a_store_that_verifies(tmp_path: Path) -> None:
     import random
 
-    from neurolens.storage.verify import verify_store
+    from neurolens.storage.exchange.verify import verify_store
 
     rng = random.Random(7)
     manifest = tmp_path / "_manifest.jsonl"

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from neurolens import load_runs
 from neurolens.errors import RunValidationError
-from neurolens.storage.query import query
+from neurolens.storage.index.query import query
 from neurolens.storage.store import compact_index, rebuild_index_from_manifest, write_run
 
 names = st.text(st.characters(blacklist_categories=("Cs", "Cc")), min_size=1, max_size=12)
@@ -128,8 +128,8 @@ def test_whatever_write_run_accepts_every_reader_reads(run: dict[str, Any]) -> N
 
     from neurolens.cli import main
     from neurolens.errors import RunValidationError
-    from neurolens.storage.merge import merge_stores
-    from neurolens.storage.verify import verify_store
+    from neurolens.storage.exchange.merge import merge_stores
+    from neurolens.storage.exchange.verify import verify_store
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "store"
@@ -180,7 +180,7 @@ NESTED = ["total_latency_ms", "gpu_utilization", "outcome", "repeat", "nodeid", 
 def test_the_fast_schema_check_never_accepts_what_jsonschema_refuses(
     edits: list[tuple[str, Any, Any]],
 ) -> None:
-    from neurolens.storage.document import _compiled, _validator
+    from neurolens.storage.ledger.document import _compiled, _validator
     from tests.factories import make_run
 
     document: dict[str, Any] = {
@@ -235,7 +235,7 @@ encodable_values: st.SearchStrategy[Any] = st.recursive(
 def test_canonical_bytes_are_exactly_what_json_dumps_writes(value: Any) -> None:
     import json
 
-    from neurolens.storage.document import canonical_bytes
+    from neurolens.storage.ledger.document import canonical_bytes
 
     try:
         text = json.dumps(value, sort_keys=True, ensure_ascii=False, allow_nan=False, indent=2)
@@ -260,7 +260,7 @@ def test_created_at_normalises_to_text_that_normalises_to_itself(
 ) -> None:
     """Any offset becomes UTC text; that text is taken as it is (its fast path) and names
     the same moment."""
-    from neurolens.storage.document import normalize_created_at
+    from neurolens.storage.ledger.document import normalize_created_at
 
     aware = moment.replace(tzinfo=zone)
     try:

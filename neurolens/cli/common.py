@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 if TYPE_CHECKING:
     from neurolens.remote.table import RemoteTable
-    from neurolens.storage.root import Location
+    from neurolens.storage.ledger.root import Location
 
 PROG = "neurolens"
 ROOT_HELP = "store root (default: $NEUROLENS_STORE_ROOT, else ./runs_store)"
@@ -56,7 +56,7 @@ def add_command(commands: Any, module: ModuleType) -> argparse.ArgumentParser:
 
 def add_remote_arguments(parser: argparse.ArgumentParser) -> None:
     """What push and pull share: the table's URL, the ls filters, storage options, --json."""
-    from neurolens.storage.filters import add_filter_arguments
+    from neurolens.storage.index.filters import add_filter_arguments
 
     parser.add_argument(
         "url", metavar="URL", help="the remote table: s3://bucket/prefix, gs://, az://, a path"
@@ -80,7 +80,7 @@ def add_storage_options(parser: argparse.ArgumentParser) -> None:
 def root_of(args: argparse.Namespace) -> Path:
     """``--root`` beats ``$NEUROLENS_STORE_ROOT``, which beats ``./runs_store``."""
     from neurolens.remote.table import is_remote
-    from neurolens.storage.root import resolve_root
+    from neurolens.storage.ledger.root import resolve_root
 
     if args.root and is_remote(args.root):
         raise UsageError(f"{args.command} works on a local store; {args.root} is a remote table")

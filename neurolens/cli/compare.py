@@ -52,7 +52,7 @@ def _alpha(text: str) -> float:
 
 def _group_by(text: str) -> tuple[str, ...]:
     from neurolens.compare import DEFAULT_GROUP_BY
-    from neurolens.storage.manifest import COLUMNS
+    from neurolens.storage.ledger.manifest import COLUMNS
 
     items = [item.strip() for item in text.split(",") if item.strip()]
     if items and all(item[0] in "+-" for item in items):
@@ -74,7 +74,7 @@ def _group_by(text: str) -> tuple[str, ...]:
 
 
 def register(parser: argparse.ArgumentParser) -> None:
-    from neurolens.storage.filters import add_filter_arguments
+    from neurolens.storage.index.filters import add_filter_arguments
 
     parser.add_argument("--model", help="only runs of this model (both sides)")
     parser.add_argument("--backend", help="only runs on this backend (both sides)")
@@ -143,7 +143,7 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
     from neurolens.compare import DEFAULT_GROUP_BY, compare
     from neurolens.compare_format import to_markdown, to_table
     from neurolens.comparison import UnknownMetricError
-    from neurolens.storage.filters import filter_from_args
+    from neurolens.storage.index.filters import filter_from_args
 
     sides = [filter_from_args(args, prefix=side) for side in ("baseline", "candidate")]
     for name, side in zip(("baseline", "candidate"), sides, strict=True):

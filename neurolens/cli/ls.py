@@ -24,7 +24,7 @@ examples:
 
 
 def register(parser: argparse.ArgumentParser) -> None:
-    from neurolens.storage.filters import add_filter_arguments
+    from neurolens.storage.index.filters import add_filter_arguments
 
     add_filter_arguments(parser)
     parser.add_argument("--limit", type=integer_at_least(0), metavar="N", help="at most N runs, the newest")
@@ -51,8 +51,8 @@ def _columns() -> list[tuple[str, Any, bool, bool]]:
 
 
 def run(args: argparse.Namespace, out: TextIO) -> int:
-    from neurolens.storage.filters import filter_from_args
-    from neurolens.storage.query import select, to_records
+    from neurolens.storage.index.filters import filter_from_args
+    from neurolens.storage.index.query import select, to_records
     from neurolens.tables import render
 
     root = location_of(args)

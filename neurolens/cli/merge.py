@@ -24,7 +24,7 @@ examples:
 
 
 def register(parser: argparse.ArgumentParser) -> None:
-    from neurolens.storage.merge import ArchiveLimits
+    from neurolens.storage.exchange.merge import ArchiveLimits
 
     defaults = ArchiveLimits()
     parser.add_argument(
@@ -48,7 +48,7 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, out: TextIO) -> int:
-    from neurolens.storage.merge import ArchiveLimits, merge_stores
+    from neurolens.storage.exchange.merge import ArchiveLimits, merge_stores
 
     root = root_of(args)
     limits = ArchiveLimits(max_bytes=args.max_archive_bytes, max_members=args.max_archive_members)

@@ -31,7 +31,7 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, out: TextIO) -> int:
     from neurolens.remote.sync import pull
-    from neurolens.storage.filters import filter_from_args
+    from neurolens.storage.index.filters import filter_from_args
 
     root = root_of(args)
     report = pull(remote_of(args, args.url), root, filter_from_args(args))

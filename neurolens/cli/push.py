@@ -32,7 +32,7 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, out: TextIO) -> int:
     from neurolens.remote.sync import push
-    from neurolens.storage.filters import filter_from_args
+    from neurolens.storage.index.filters import filter_from_args
 
     report = push(root_of(args), remote_of(args, args.url), filter_from_args(args))
     if args.json:

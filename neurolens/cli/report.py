@@ -29,7 +29,7 @@ examples:
 def register(parser: argparse.ArgumentParser) -> None:
     from neurolens.cli.common import integer_at_least
     from neurolens.cli.compare import _group_by, _threshold
-    from neurolens.storage.filters import add_filter_arguments
+    from neurolens.storage.index.filters import add_filter_arguments
 
     add_filter_arguments(parser)
     parser.add_argument("--out", required=True, metavar="PATH", help="the HTML file to write")
@@ -53,7 +53,7 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
     from neurolens.compare import DEFAULT_GROUP_BY
     from neurolens.report.data import build_report
     from neurolens.report.page import write_report
-    from neurolens.storage.filters import filter_from_args
+    from neurolens.storage.index.filters import filter_from_args
 
     report = build_report(
         location_of(args),

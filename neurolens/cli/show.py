@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 if TYPE_CHECKING:
-    from neurolens.storage.root import Location
+    from neurolens.storage.ledger.root import Location
 
 from neurolens.cli.common import CommandError, location_of
 
@@ -31,7 +31,7 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 def _read(root: Location, run_id: str, relative: str) -> bytes:
     from neurolens.errors import StoreError
-    from neurolens.storage.files import check_run_path, read_store_file
+    from neurolens.storage.ledger.files import check_run_path, read_store_file
 
     if not isinstance(root, Path):  # a remote table: the document and fingerprint are columns
         column = "fingerprint" if relative.endswith(".fp.json") else "document"
@@ -47,7 +47,7 @@ def _read(root: Location, run_id: str, relative: str) -> bytes:
 
 
 def run(args: argparse.Namespace, out: TextIO) -> int:
-    from neurolens.storage.query import find_run
+    from neurolens.storage.index.query import find_run
     from neurolens.tables import escape
 
     root = location_of(args)

@@ -33,7 +33,7 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, out: TextIO) -> int:
-    from neurolens.storage.verify import remove_leftovers, verify_store
+    from neurolens.storage.exchange.verify import remove_leftovers, verify_store
     from neurolens.tables import escape
 
     root = root_of(args)

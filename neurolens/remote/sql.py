@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from neurolens.storage.filters import LATEST_SESSION, PASSING_OUTCOME, RunFilter
-from neurolens.storage.manifest import encode_tags
+from neurolens.storage.index.filters import LATEST_SESSION, PASSING_OUTCOME, RunFilter
+from neurolens.storage.ledger.manifest import encode_tags
 
 TABLE = "runs"
 _UUID_LENGTH = 36

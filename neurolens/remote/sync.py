@@ -14,12 +14,12 @@ from typing import Any
 
 from neurolens.errors import StoreError
 from neurolens.remote.table import PAYLOAD_COLUMNS, RemoteTable, now, schema
-from neurolens.storage.files import check_run_path, read_store_file
-from neurolens.storage.filters import RunFilter
-from neurolens.storage.importer import Importer, MergeReport, reason
-from neurolens.storage.manifest import COLUMNS
-from neurolens.storage.query import select
-from neurolens.storage.root import ensure_root
+from neurolens.storage.exchange.importer import Importer, MergeReport, reason
+from neurolens.storage.index.filters import RunFilter
+from neurolens.storage.index.query import select
+from neurolens.storage.ledger.files import check_run_path, read_store_file
+from neurolens.storage.ledger.manifest import COLUMNS
+from neurolens.storage.ledger.root import ensure_root
 
 _BATCH = 2000  # runs read and sent in one MERGE
 
@@ -92,7 +92,7 @@ def _payload(root: Path, records: list[dict[str, Any]], report: PushReport, push
 def pull(remote: RemoteTable, root: Path, flt: RunFilter | None = None) -> MergeReport:
     """Copy the remote runs ``flt`` selects that the local store lacks, each checked like a
     merged run (hash, schema, canonical bytes, agreement with its row) before it is stored."""
-    from neurolens.storage import index
+    from neurolens.storage.index.compaction import compact
 
     flt = replace(flt or RunFilter(), include_failed=True, limit=None)
     rows = remote.select(flt).records()
@@ -115,5 +115,5 @@ def pull(remote: RemoteTable, root: Path, flt: RunFilter | None = None) -> Merge
                     None if fingerprint is None else fingerprint.encode("utf-8"),
                 )
             importer.flush()
-    index.compact(root, warn=False)
+    compact(root, warn=False)
     return report

@@ -25,9 +25,9 @@ from typing import Any
 
 from neurolens.errors import StoreError
 from neurolens.remote import sql
-from neurolens.storage.filters import RunFilter
-from neurolens.storage.manifest import COLUMNS
-from neurolens.storage.rows import Rows
+from neurolens.storage.index.filters import RunFilter
+from neurolens.storage.index.rows import Rows
+from neurolens.storage.ledger.manifest import COLUMNS
 
 INSTALL_HINT = "remote tables need the 'remote' extra: pip install 'pytest-neurolens[remote]'"
 PAYLOAD_COLUMNS = ("document", "fingerprint", "pushed_at")
@@ -167,7 +167,7 @@ class RemoteTable:
     def select(self, flt: RunFilter) -> Rows:
         """The index columns of the rows ``flt`` selects, newest first; filters, the session
         and the limit are pushed into the scan."""
-        from neurolens.storage.rows_arrow import ArrowRows
+        from neurolens.storage.index.rows_arrow import ArrowRows
 
         table = self.query(sql.select(flt, list(COLUMNS)))
         rows = ArrowRows(_as_index(table))

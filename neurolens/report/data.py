@@ -21,9 +21,9 @@ from neurolens.compare import DEFAULT_GROUP_BY, judge
 from neurolens.comparison import VERDICT_ORDER, Comparison, GroupResult, Threshold
 from neurolens.errors import StoreError
 from neurolens.report.changepoints import change_points
-from neurolens.storage.filters import RunFilter
-from neurolens.storage.query import select
-from neurolens.storage.root import Location
+from neurolens.storage.index.filters import RunFilter
+from neurolens.storage.index.query import select
+from neurolens.storage.ledger.root import Location
 
 METRIC = "total_latency_ms"
 POINT_BUDGET = 100_000  # points over all charts: keeps a 1,000-group page near 10 MB
@@ -165,7 +165,7 @@ def _worst_first(series: Series) -> tuple[int, float, str]:
 
 def _commits(root: Location, data: dict[str, list[Any]]) -> dict[str, str | None]:
     """Session -> git commit, from one fingerprint per fingerprint hash (there are few)."""
-    from neurolens.storage.files import check_run_path, read_store_file
+    from neurolens.storage.ledger.files import check_run_path, read_store_file
 
     by_hash: dict[str, str | None] = {}
     commits: dict[str, str | None] = {}

@@ -20,18 +20,19 @@ from pathlib import Path
 from typing import Any
 
 from neurolens.errors import IndexWarning, RunExistsError, RunValidationError, StoreError
-from neurolens.storage import index as _index
-from neurolens.storage.document import (
+from neurolens.storage.index.compaction import IndexReport, compact, needs_compaction
+from neurolens.storage.index.reading import has_run, opened_index
+from neurolens.storage.ledger.document import (
     PreparedRun,
     canonical_bytes,
     check_json_value,
     prepare_run,
     run_relpaths,
 )
-from neurolens.storage.files import append_lines_durably, create_file_atomically, fsync_dir, open_dir
-from neurolens.storage.manifest import MANIFEST_NAME, Progress, encode_entry, entry_for, manifest_size
-from neurolens.storage.root import StrPath, default_root, ensure_root, require_store, resolve_root
-from neurolens.storage.run_ids import take_minted
+from neurolens.storage.ledger.files import append_lines_durably, create_file_atomically, fsync_dir, open_dir
+from neurolens.storage.ledger.manifest import MANIFEST_NAME, Progress, encode_entry, entry_for, manifest_size
+from neurolens.storage.ledger.root import StrPath, default_root, ensure_root, require_store, resolve_root
+from neurolens.storage.ledger.run_ids import take_minted
 
 __all__ = [
     "compact_index",
@@ -97,7 +98,7 @@ def _store(
     run_rel, fp_rel = run_relpaths(document, with_fingerprint=fp_bytes is not None)
     folder, _, run_name = run_rel.rpartition("/")
     entry = entry_for(document, run_rel, fp_rel, hashlib.sha256(run_bytes).hexdigest())
-    if look_up and _index.has_run(root, document["run_id"]):
+    if look_up and has_run(root, document["run_id"]):
         raise RunExistsError(f"run {document['run_id']} is already in the store; runs are never overwritten")
 
     dir_fd = open_dir(root, folder, create=True)
@@ -121,8 +122,8 @@ def _store(
         os.close(dir_fd)
 
     try:
-        if _index.needs_compaction(root, manifest_bytes - len(line), manifest_bytes):
-            _index.compact(root, blocking=False)
+        if needs_compaction(root, manifest_bytes - len(line), manifest_bytes):
+            compact(root, blocking=False)
     except (OSError, StoreError) as exc:  # the run is stored; readers fall back to the manifest
         warnings.warn(f"run stored, but the index was not updated: {exc}", IndexWarning, stacklevel=3)
     return {
@@ -140,7 +141,7 @@ def compact_index(root: StrPath | None = None) -> Path:
     compaction points; this is for a store about to be archived or benchmarked)."""
     root = resolve_root(root)
     require_store(root)
-    report = _index.compact(root)
+    report = compact(root)
     assert report is not None  # a blocking compaction always runs
     return report.path
 
@@ -151,10 +152,10 @@ def ensure_usable_index(root: StrPath | None = None) -> bool:
     return whether it compacted. Writers only check that an index exists."""
     root = resolve_root(root)
     require_store(root)
-    with _index.opened_index(root) as (index, _):
+    with opened_index(root) as (index, _):
         if index is not None:
             return False
-    _index.compact(root)
+    compact(root)
     return True
 
 
@@ -170,10 +171,10 @@ def rebuild_index_from_manifest(root: StrPath | None = None) -> Path:
 
 def rebuild_index_report(
     root: StrPath | None = None, *, warn: bool = True, progress: Progress | None = None
-) -> _index.IndexReport:
+) -> IndexReport:
     """``rebuild_index_from_manifest`` with the row count and the skipped lines."""
     root = resolve_root(root)
     require_store(root)
-    report = _index.compact(root, from_scratch=True, warn=warn, progress=progress)
+    report = compact(root, from_scratch=True, warn=warn, progress=progress)
     assert report is not None  # a blocking compaction always runs
     return report

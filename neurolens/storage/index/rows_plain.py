@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from neurolens.errors import StoreError
-from neurolens.storage.files import read_store_file, replace_file_atomically
-from neurolens.storage.filters import RunFilter
-from neurolens.storage.rows import INDEX_VERSION, PLAIN_INDEX_NAME, Backend, IndexFile, IndexMeta, Rows
+from neurolens.storage.index.filters import RunFilter
+from neurolens.storage.index.rows import INDEX_VERSION, PLAIN_INDEX_NAME, Backend, IndexFile, IndexMeta, Rows
+from neurolens.storage.ledger.files import read_store_file, replace_file_atomically
 
 
 class RecordRows(Rows):
@@ -114,3 +114,14 @@ class RecordIndex(IndexFile):
 
     def count(self) -> int:
         return len(self._rows)
+
+    def matching(
+        self,
+        flt: RunFilter,
+        columns: Sequence[str] | None,
+        extra: Rows | None = None,
+        *,
+        as_dictionary: Sequence[str] = (),
+    ) -> Rows:
+        rows = self._rows if extra is None else PlainBackend().concat([self._rows, extra])
+        return rows.filter(flt)

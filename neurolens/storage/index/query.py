@@ -8,11 +8,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from neurolens.errors import RunNotFoundError, StoreError
-from neurolens.storage.filters import LATEST_SESSION, RunFilter
-from neurolens.storage.index import select_rows, snapshot
-from neurolens.storage.manifest import COLUMNS
-from neurolens.storage.root import Location, StrPath, require_store, resolve_location
-from neurolens.storage.rows import Rows
+from neurolens.storage.index.filters import LATEST_SESSION, RunFilter
+from neurolens.storage.index.reading import select_rows, snapshot
+from neurolens.storage.index.rows import Rows
+from neurolens.storage.ledger.manifest import COLUMNS
+from neurolens.storage.ledger.root import Location, StrPath, require_store, resolve_location
 
 if TYPE_CHECKING:
     import pandas as pd

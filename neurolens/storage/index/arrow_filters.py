@@ -12,9 +12,9 @@ import json
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from neurolens.storage.arrow_kernels import any_true, call, cast, match_substring, take
-from neurolens.storage.filters import EQUALITY_FILTERS, PASSING_OUTCOME, RunFilter
-from neurolens.storage.manifest import encode_tags
+from neurolens.storage.index.arrow_kernels import any_true, call, cast, match_substring, take
+from neurolens.storage.index.filters import EQUALITY_FILTERS, PASSING_OUTCOME, RunFilter
+from neurolens.storage.ledger.manifest import encode_tags
 
 
 def int64_array(values: Sequence[int]) -> Any:

@@ -1,4 +1,5 @@
-"""Index rows with pyarrow: a Table, and ``_index.parquet`` with its metadata in the footer."""
+"""The Arrow backend: manifest blocks parsed into ArrowRows, and ``_index.parquet`` written
+(row groups of a fixed size, metadata in the footer) and opened (``ParquetIndex``)."""
 
 from __future__ import annotations
 
@@ -9,24 +10,11 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from neurolens.storage.arrow_filters import bool_array, filter_mask, int64_array
-from neurolens.storage.arrow_io import arrow_copy, arrow_file
-from neurolens.storage.arrow_kernels import (
-    any_true,
-    call,
-    cast_table,
-    filter_rows,
-    match_substring,
-    select_k,
-    set_lookup,
-    sort_indices,
-    starts_with,
-    take,
-)
-from neurolens.storage.files import open_in_store, replacing
-from neurolens.storage.filters import RunFilter
-from neurolens.storage.manifest import COLUMNS
-from neurolens.storage.rows import (
+from neurolens.storage.index.arrow_filters import int64_array
+from neurolens.storage.index.arrow_io import arrow_copy, arrow_file
+from neurolens.storage.index.arrow_kernels import any_true, call, cast_table, match_substring
+from neurolens.storage.index.parquet import ParquetIndex
+from neurolens.storage.index.rows import (
     ARROW_INDEX_NAME,
     INDEX_VERSION,
     OFFSET_COLUMN,
@@ -36,29 +24,13 @@ from neurolens.storage.rows import (
     Rows,
     parse_lines,
 )
+from neurolens.storage.index.rows_arrow import DICTIONARY_COLUMNS, ArrowRows
+from neurolens.storage.ledger.files import open_in_store, replacing
+from neurolens.storage.ledger.manifest import COLUMNS
 
 # Rows per Parquet row group, fixed: the same rows always give the same bytes.
 _ROW_GROUP_SIZE = 64 * 1024
 _NEWLINE = re.compile(b"\n")
-# Columns of few distinct values, dictionary-encoded in the index. The unique ones (ids,
-# hashes, paths, times) stay plain: an overflowing dictionary slows writes and reads 2x.
-DICTIONARY_COLUMNS = (
-    "day",
-    "model",
-    "backend",
-    "precision",
-    "batch_size",
-    "seq_len",
-    "gpu_name",
-    "driver_version",
-    "cuda_version",
-    "fp_json",
-    "tags",
-    "session_id",
-    "fingerprint_hash",
-    "outcome",
-    "repeat",
-)
 # Columns a reader filters or orders by: their row group min/max let a scan skip groups.
 _STATISTICS_COLUMNS = (
     "run_id",
@@ -72,89 +44,11 @@ _STATISTICS_COLUMNS = (
     "outcome",
     OFFSET_COLUMN,
 )
-_NEWEST_FIRST = [("created_at", "descending"), ("run_id", "descending")]
 
 # The canonical encoding of a JSON object of strings to strings (what ``encode_tags``
 # writes): a block whose tags all match it needs no per-row JSON parse.
 _JSON_STRING = r'"(?:[^"\\\x00-\x1f]|\\(?:["\\/bfnrt]|u[0-9a-fA-F]{4}))*"'
 _TAGS_PATTERN = rf"^\{{(?:{_JSON_STRING}:{_JSON_STRING}(?:,{_JSON_STRING}:{_JSON_STRING})*)?\}}$"
-
-
-class ArrowRows(Rows):
-    def __init__(self, table: Any) -> None:
-        self.table = table
-
-    def __len__(self) -> int:
-        return int(self.table.num_rows)
-
-    def arrow(self) -> Any:
-        return self.table
-
-    def columns(self, names: Sequence[str]) -> dict[str, list[Any]]:
-        data: dict[str, list[Any]] = self.table.select(list(names)).to_pydict()
-        return data
-
-    def records(self) -> list[dict[str, Any]]:
-        records: list[dict[str, Any]] = self.table.select(list(COLUMNS)).to_pylist()
-        return records
-
-    def keep(self, mask: Sequence[bool]) -> Rows:
-        return ArrowRows(filter_rows(self.table, bool_array(mask)))
-
-    def filter(self, flt: RunFilter) -> Rows:
-        mask = filter_mask(self.table, flt)
-        if mask is None:
-            return self
-        return ArrowRows(filter_rows(self.table, mask))
-
-    def with_prefix(self, column: str, prefix: str) -> Rows:
-        return ArrowRows(filter_rows(self.table, starts_with(self.table.column(column), prefix)))
-
-    def without(self, column: str, values: Sequence[Any]) -> Rows:
-        import pyarrow as pa
-
-        if not values:
-            return self
-        found = set_lookup("is_in", self.table.column(column), pa.array(list(values)))
-        return ArrowRows(filter_rows(self.table, call("invert", call("coalesce", found, pa.scalar(False)))))
-
-    def newest(self, limit: int | None = None) -> Rows:
-        table = self.table
-        if limit is not None and limit < table.num_rows:
-            table = take(table, select_k(table, limit, _NEWEST_FIRST))
-        return ArrowRows(take(table, sort_indices(table, _NEWEST_FIRST)))
-
-    def newest_candidates(self, limit: int) -> Rows:
-        table = self.table
-        if limit >= table.num_rows:
-            return self
-        if limit == 0:
-            return ArrowRows(table.slice(0, 0))
-        newest = select_k(table, limit, [("created_at", "descending")])
-        last = call("min", take(table.column("created_at"), newest))
-        return ArrowRows(filter_rows(table, call("greater_equal", table.column("created_at"), last)))
-
-    def equals(self, other: Rows) -> bool:
-        return isinstance(other, ArrowRows) and bool(self.table.equals(other.table))
-
-    def shared_ids(self, other: Rows) -> list[str]:
-        if not isinstance(other, ArrowRows):
-            return super().shared_ids(other)
-        ids = self.table.column("run_id")
-        found = set_lookup("is_in", ids, other.table.column("run_id"))
-        shared: list[str] = filter_rows(ids, found).to_pylist()
-        return sorted(shared)
-
-    def without_duplicates(self, known: Rows | None = None) -> tuple[Rows, list[str]]:
-        ids = self.table.column("run_id")
-        clash = None
-        if isinstance(known, ArrowRows) and len(known) and len(self):
-            clash = set_lookup("is_in", ids, known.table.column("run_id"))
-            if not any_true(clash):
-                clash = None
-        if clash is None and call("count_distinct", ids).as_py() == len(self):
-            return self, []  # the common case: nothing to drop, no Python loop
-        return super().without_duplicates(known)
 
 
 class ArrowBackend(Backend):
@@ -300,6 +194,4 @@ class ArrowBackend(Backend):
         if meta is None:
             handle.close()
             return None
-        from neurolens.storage.parquet_index import ParquetIndex  # it reads into ArrowRows
-
         return ParquetIndex(handle, file, meta, self.index_schema)

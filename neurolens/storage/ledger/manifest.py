@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from neurolens.errors import StoreError
-from neurolens.storage.files import locked, open_in_store
+from neurolens.storage.ledger.files import locked, open_in_store
 
 MANIFEST_NAME = "_manifest.jsonl"
 

@@ -14,8 +14,8 @@ from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
-from neurolens.storage.manifest import COLUMNS
-from neurolens.storage.rows import Rows
+from neurolens.storage.index.rows import Rows
+from neurolens.storage.ledger.manifest import COLUMNS
 
 
 def worker_count(requested: int | None) -> int:

@@ -1,15 +1,12 @@
-"""Index rows, held by one of two backends chosen once: Arrow, or plain Python.
+"""The interface both index backends implement (``rows_plain``, ``rows_arrow`` with
+``arrow_backend``): ``Rows``, the open ``IndexFile`` and the ``Backend`` that makes them.
 
-``backend()`` decides (pyarrow importable or not) and everything that reads or writes
-index rows goes through the ``Rows`` and ``Backend`` interfaces below, so no other
-module branches on which one is in use. Only the index parses manifest lines.
+The choice of backend is made once, in ``backend``; readers and writers go through these
+interfaces. Only the index parses manifest lines (``parse_lines``).
 """
 
 from __future__ import annotations
 
-import functools
-import importlib
-import importlib.util
 import json
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -17,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from neurolens.storage.filters import RunFilter
-from neurolens.storage.manifest import coerce_entry
+from neurolens.storage.index.filters import RunFilter
+from neurolens.storage.ledger.manifest import coerce_entry
 
 # Index-only column: where a row's line starts in the manifest, so a reader that found a
 # few rows through narrow columns reads those lines, not every column of every row.
@@ -130,6 +127,7 @@ class IndexFile(ABC):
     # Whether rows from ``matching`` carry OFFSET_COLUMN, so a few can be read from the manifest.
     line_offsets = False
 
+    @abstractmethod
     def matching(
         self,
         flt: RunFilter,
@@ -141,8 +139,6 @@ class IndexFile(ABC):
         """The rows of the index, then ``extra``, that meet ``flt``'s conditions (not its
         session or limit), with at least ``columns`` (None: all); text columns in
         ``as_dictionary`` may stay dictionary-encoded where the index encodes them."""
-        rows = self.rows() if extra is None else backend().concat([self.rows(), extra])
-        return rows.filter(flt)
 
     def run_ids(self, among: Sequence[str]) -> Rows:
         """Rows with at least the run_id column: every row whose id is among ``among``
@@ -214,45 +210,5 @@ def parse_lines(offset: int, block: bytes | memoryview) -> tuple[list[dict[str, 
     return entries, offsets, problems
 
 
-def plain_rows(entries: list[dict[str, Any]]) -> Rows:
-    """Rows held as the dicts given, whatever the backend: for a few rows, cheaper than
-    building a table (pyarrow's first conversion of Python values imports pandas)."""
-    from neurolens.storage.rows_plain import RecordRows
-
-    return RecordRows(entries)
-
-
-@functools.cache
-def backend() -> Backend:
-    """Arrow where pyarrow can be imported, else plain Python: decided here, once."""
-    try:
-        importlib.import_module("pyarrow")
-        importlib.import_module("pyarrow.parquet")
-    except ImportError:
-        from neurolens.storage.rows_plain import PlainBackend
-
-        return PlainBackend()
-    from neurolens.storage.rows_arrow import ArrowBackend
-
-    return ArrowBackend()
-
-
 ARROW_INDEX_NAME = "_index.parquet"
 PLAIN_INDEX_NAME = "_index.jsonl"
-
-
-def index_name() -> str:
-    """The index file ``backend()`` uses, told without importing pyarrow when the backend
-    is not decided yet: a writer asks after every run, and most never read the index."""
-    if backend.cache_info().currsize:
-        return backend().index_name
-    return _likely_index_name()
-
-
-@functools.cache
-def _likely_index_name() -> str:
-    try:
-        found = importlib.util.find_spec("pyarrow") is not None
-    except (ImportError, ValueError):  # an import hook that refuses it, a broken install
-        found = False
-    return ARROW_INDEX_NAME if found else PLAIN_INDEX_NAME

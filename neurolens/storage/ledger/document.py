@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from neurolens.errors import RunValidationError
-from neurolens.storage.run_ids import generate_run_id
+from neurolens.storage.ledger.run_ids import generate_run_id
 
 SCHEMA_VERSION = 1
 
@@ -31,7 +31,7 @@ def load_schema() -> dict[str, Any]:
     if packaged.is_file():
         text = packaged.read_text(encoding="utf-8")
     else:
-        text = (Path(__file__).resolve().parents[2] / "schema" / "run.schema.json").read_text(
+        text = (Path(__file__).resolve().parents[3] / "schema" / "run.schema.json").read_text(
             encoding="utf-8"
         )
     schema: dict[str, Any] = json.loads(text)

@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from neurolens.errors import NeurolensError, RunExistsError
-from neurolens.storage import index as _index
-from neurolens.storage.document import canonical_bytes, prepare_run, run_relpaths
-from neurolens.storage.files import Folders, append_lines_durably, create_file_atomically
-from neurolens.storage.manifest import (
+from neurolens.storage.index import reading as _index
+from neurolens.storage.ledger.document import canonical_bytes, prepare_run, run_relpaths
+from neurolens.storage.ledger.files import Folders, append_lines_durably, create_file_atomically
+from neurolens.storage.ledger.manifest import (
     MANIFEST_NAME,
     encode_entry,
     entry_differences,

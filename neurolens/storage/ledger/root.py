@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Union
 
 from neurolens.errors import StoreError
-from neurolens.storage.manifest import manifest_size
+from neurolens.storage.ledger.manifest import manifest_size
 
 if TYPE_CHECKING:
     from neurolens.remote.table import RemoteTable

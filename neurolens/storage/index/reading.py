@@ -1,28 +1,27 @@
-"""The derived index: ``_index.parquet`` (or ``_index.jsonl`` without pyarrow).
+"""Reading the derived index: ``_index.parquet`` (or ``_index.jsonl`` without pyarrow)
+with the manifest tail it does not cover yet.
 
 Like a Delta Lake checkpoint, the index covers a prefix of the manifest and records
 how far (``manifest_bytes``) and the hash of the last line it covers, so a reader can
-check it against the manifest in O(1) and add the uncovered tail itself. Compaction
-folds the tail in; a rebuild makes the same bytes from the manifest alone.
+check it against the manifest in O(1) and add the uncovered tail itself (``compaction``
+folds the tail in; a rebuild makes the same bytes from the manifest alone).
 """
 
 from __future__ import annotations
 
 import contextlib
-import itertools
 import json
-import math
 import os
-import stat
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from neurolens.errors import IndexWarning, ManifestWarning
-from neurolens.storage.files import locked, open_in_store
-from neurolens.storage.filters import RunFilter
-from neurolens.storage.manifest import (
+from neurolens.storage.index.backend import backend, index_name, plain_rows
+from neurolens.storage.index.filters import RunFilter
+from neurolens.storage.index.rows import OFFSET_COLUMN, IndexFile, IndexMeta, Rows, parse_lines
+from neurolens.storage.ledger.manifest import (
     MANIFEST_NAME,
     ManifestRead,
     Progress,
@@ -32,24 +31,6 @@ from neurolens.storage.manifest import (
     open_manifest,
     read_blocks,
 )
-from neurolens.storage.prefetch import prefetched
-from neurolens.storage.rows import (
-    OFFSET_COLUMN,
-    IndexFile,
-    IndexMeta,
-    Rows,
-    backend,
-    index_name,
-    parse_lines,
-    plain_rows,
-)
-
-LOCK_NAME = "_index.lock"
-
-# Writers compact at points spaced by this share of the manifest (and at least a floor
-# apart): amortised O(1) per write, while readers parse about 1/64 of the manifest at most.
-_TAIL_FLOOR_BYTES = 1024 * 1024
-_TAIL_SHARE = 64
 
 
 def index_path(root: Path) -> Path:
@@ -68,7 +49,7 @@ def read_tail(
     """Rows of the manifest from byte ``start`` (to ``stop``), in manifest order, duplicates
     included; skipped lines are in the ``ManifestRead``'s problems."""
     read = ManifestRead()
-    parts = list(_parsed_blocks(root, read, start, progress=progress, stop=stop))
+    parts = list(parsed_blocks(root, read, start, progress=progress, stop=stop))
     return backend().concat(parts), read
 
 
@@ -84,7 +65,7 @@ def session_run_ids(root: Path, session_id: str, start: int) -> set[str]:
     return ids
 
 
-def _parsed_blocks(
+def parsed_blocks(
     root: Path, read: ManifestRead, start: int, *, progress: Progress | None = None, stop: int | None = None
 ) -> Iterator[Rows]:
     rows = backend()
@@ -98,7 +79,7 @@ def duplicate_message(run_id: str) -> str:
     return f"duplicate run id {run_id!r}: the first manifest entry is kept"
 
 
-class _FirstOfEachId:
+class FirstOfEachId:
     """Drops rows whose run id an earlier row had, as parts stream by (the first wins)."""
 
     def __init__(self) -> None:
@@ -288,109 +269,3 @@ def has_run(root: Path, run_id: str) -> bool:
         if run_id in index.run_ids([run_id]).with_prefix("run_id", run_id).ids():
             return True
         return run_id in read_tail(root, index.meta.manifest_bytes)[0].ids()
-
-
-@contextlib.contextmanager
-def _index_lock(root: Path, *, blocking: bool) -> Iterator[bool]:
-    fd = open_in_store(root, LOCK_NAME, os.O_RDWR | os.O_CREAT)
-    try:
-        with locked(fd, blocking=blocking) as acquired:
-            yield acquired
-    finally:
-        os.close(fd)
-
-
-@dataclass
-class IndexReport:
-    path: Path
-    rows: int
-    problems: list[str]
-
-
-def compact(
-    root: Path,
-    *,
-    from_scratch: bool = False,
-    blocking: bool = True,
-    warn: bool = True,
-    progress: Progress | None = None,
-) -> IndexReport | None:
-    """Fold the manifest tail into the index (or rebuild it from the manifest alone).
-
-    Runs under the index lock; with ``blocking=False`` it gives up at once (None) when
-    another process is compacting. Writers are never blocked: they only take the
-    manifest lock. Rows stream from the old index and the manifest into the new index,
-    so memory stays bounded whatever the store's size.
-    """
-    with _index_lock(root, blocking=blocking) as acquired:
-        if not acquired:
-            return None
-        report = None
-        if not from_scratch:
-            with opened_index(root) as (index, _):
-                if index is not None:
-                    try:
-                        report = _rewrite(root, index, progress)
-                    except _DamagedIndex:  # its footer was sound, a row group was not
-                        report = None
-        if report is None:
-            report = _rewrite(root, None, progress)
-    if warn:
-        for message in report.problems:
-            warnings.warn(message, ManifestWarning, stacklevel=3)
-    return report
-
-
-def _rewrite(root: Path, index: IndexFile | None, progress: Progress | None) -> IndexReport:
-    """Write the index of ``index``'s rows and the manifest after them (all of it without)."""
-    tail = ManifestRead()
-    blocks = _parsed_blocks(root, tail, index.meta.manifest_bytes if index else 0, progress=progress)
-    if index is not None:
-        first = next(blocks, None)  # a tail of no complete line leaves the index as it is
-        if first is None:
-            return IndexReport(path=index_path(root), rows=index.count(), problems=tail.problems)
-        blocks = itertools.chain(_index_parts(index), [first], blocks)
-    first_of_each = _FirstOfEachId()
-    rows = backend().write_index_stream(
-        root,
-        prefetched(kept for part in blocks if len(kept := first_of_each(part))),
-        lambda: IndexMeta(tail.end, tail.last_line_sha256),
-    )
-    tail.problems.extend(duplicate_message(run_id) for run_id in first_of_each.duplicates)
-    return IndexReport(path=index_path(root), rows=rows, problems=tail.problems)
-
-
-class _DamagedIndex(Exception):
-    pass
-
-
-def _index_parts(index: IndexFile) -> Iterator[Rows]:
-    try:
-        yield from index.parts()
-    except Exception as exc:
-        raise _DamagedIndex from exc
-
-
-def needs_compaction(root: Path, size_before: int, size_after: int) -> bool:
-    """Whether a writer that grew the manifest from ``size_before`` to ``size_after`` bytes
-    should compact: when there is no index file yet (or something else in its place), or
-    when its append crossed a compaction point. The points depend on the manifest's size
-    alone, so the question needs neither the index's footer nor pyarrow (most writers
-    never read the index)."""
-    try:
-        if not stat.S_ISREG(os.lstat(root / index_name()).st_mode):
-            return True
-    except OSError:
-        return True
-    return _compaction_point(size_before) != _compaction_point(size_after)
-
-
-def _compaction_point(size: int) -> int:
-    """How many compaction points lie at or below ``size``: one per floor's worth of bytes
-    up to ``_TAIL_SHARE`` floors, then one each time the manifest grows by 1/_TAIL_SHARE.
-    So the uncovered tail stays under about twice max(floor, manifest / _TAIL_SHARE)
-    (amortised O(1) index work per write) even when a compaction is skipped."""
-    linear = _TAIL_SHARE * _TAIL_FLOOR_BYTES
-    if size < linear:
-        return size // _TAIL_FLOOR_BYTES
-    return _TAIL_SHARE + int(math.log(size / linear) / math.log1p(1 / _TAIL_SHARE))

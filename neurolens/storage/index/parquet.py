@@ -5,12 +5,12 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from neurolens.storage.arrow_filters import filter_mask
-from neurolens.storage.arrow_kernels import cast_table, filter_rows
-from neurolens.storage.filters import EQUALITY_FILTERS, RunFilter
-from neurolens.storage.manifest import COLUMNS
-from neurolens.storage.rows import OFFSET_COLUMN, IndexFile, IndexMeta, Rows
-from neurolens.storage.rows_arrow import DICTIONARY_COLUMNS, ArrowRows
+from neurolens.storage.index.arrow_filters import filter_mask
+from neurolens.storage.index.arrow_kernels import cast_table, filter_rows
+from neurolens.storage.index.filters import EQUALITY_FILTERS, RunFilter
+from neurolens.storage.index.rows import OFFSET_COLUMN, IndexFile, IndexMeta, Rows
+from neurolens.storage.index.rows_arrow import DICTIONARY_COLUMNS, ArrowRows
+from neurolens.storage.ledger.manifest import COLUMNS
 
 
 class ParquetIndex(IndexFile):

@@ -21,13 +21,14 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from neurolens.errors import StoreError
-from neurolens.storage import index as _index
-from neurolens.storage.files import Folders, check_run_path
-from neurolens.storage.importer import Importer, MergeReport, Outcome, import_run, reason
-from neurolens.storage.manifest import manifest_path
-from neurolens.storage.root import ensure_root, require_store
-from neurolens.storage.rows import Rows
-from neurolens.storage.workers import entries_of, parts_of, process_pool, worker_count
+from neurolens.storage.exchange.importer import Importer, MergeReport, Outcome, import_run, reason
+from neurolens.storage.exchange.workers import entries_of, parts_of, process_pool, worker_count
+from neurolens.storage.index.compaction import compact
+from neurolens.storage.index.reading import read_tail
+from neurolens.storage.index.rows import Rows
+from neurolens.storage.ledger.files import Folders, check_run_path
+from neurolens.storage.ledger.manifest import manifest_path
+from neurolens.storage.ledger.root import ensure_root, require_store
 
 # --- archives ----------------------------------------------------------------------------
 
@@ -175,14 +176,14 @@ def merge_stores(
             if src.resolve() == dest_root.resolve():
                 raise StoreError(f"source {label} is the destination itself")
             _merge_one(src, label, importer, workers_pool)
-    _index.compact(dest_root, warn=False)
+    compact(dest_root, warn=False)
     return report
 
 
 def _merge_one(
     src: Path, label: Path, importer: Importer, workers_pool: Callable[[], ProcessPoolExecutor | None]
 ) -> None:
-    rows, manifest = _index.read_tail(src)
+    rows, manifest = read_tail(src)
     importer.report.damaged.extend(f"{label}: {problem}" for problem in manifest.problems)
     fresh, again = _first_sightings(rows, str(label), importer)
     pool = workers_pool() if len(fresh) >= 2 * _PART else None

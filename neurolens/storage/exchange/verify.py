@@ -24,19 +24,19 @@ from pathlib import Path
 from typing import Any
 
 from neurolens.errors import NeurolensError, StoreError
-from neurolens.storage import index as _index
-from neurolens.storage.document import prepare_run, run_relpaths
-from neurolens.storage.files import Folders, check_run_path, open_dir, read_store_file
-from neurolens.storage.manifest import (
+from neurolens.storage.exchange.workers import entries_of, parts_of, process_pool, worker_count
+from neurolens.storage.index import reading as _index
+from neurolens.storage.index.rows import Rows
+from neurolens.storage.ledger.document import prepare_run, run_relpaths
+from neurolens.storage.ledger.files import Folders, check_run_path, open_dir, read_store_file
+from neurolens.storage.ledger.manifest import (
     MANIFEST_NAME,
     Progress,
     entry_differences,
     entry_for,
     manifest_size,
 )
-from neurolens.storage.root import require_store
-from neurolens.storage.rows import Rows
-from neurolens.storage.workers import entries_of, parts_of, process_pool, worker_count
+from neurolens.storage.ledger.root import require_store
 
 
 @dataclass
