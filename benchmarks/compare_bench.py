@@ -18,8 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from neurolens.compare import compare
-from neurolens.compare_format import summary_line
+from neurolens.analysis.compare import compare
+from neurolens.analysis.text import summary_line
 from neurolens.storage.index.filters import RunFilter
 from neurolens.storage.ledger.manifest import encode_entry, encode_tags
 from neurolens.storage.store import compact_index

@@ -24,7 +24,8 @@ import time
 from pathlib import Path
 
 from neurolens.storage.exchange.merge import merge_stores
-from neurolens.storage.ledger.document import canonical_bytes, run_relpaths
+from neurolens.storage.ledger.canonical import canonical_bytes
+from neurolens.storage.ledger.document import run_relpaths
 from neurolens.storage.ledger.manifest import encode_entry, entry_for
 from neurolens.storage.store import compact_index
 

@@ -28,9 +28,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from neurolens.compare import compare
+from neurolens.analysis.compare import compare
+from neurolens.sources import query
 from neurolens.storage.index.filters import RunFilter
-from neurolens.storage.index.query import query
 
 # The example's model (examples/test_onnx_mlp.py) at the hidden size of the build
 TEST_MODULE = """

@@ -18,6 +18,6 @@ __all__ = ["__version__", "load_runs"]
 def load_runs(root: Any = None, **filters: Any) -> pd.DataFrame:
     """Runs of a store as a pandas DataFrame, newest first (see ``neurolens.storage.index.query``)."""
     # Imported here so that ``import neurolens`` stays cheap (the plugin and CLI import it).
-    from neurolens.storage.index.query import load_runs as _load_runs
+    from neurolens.sources import load_runs as _load_runs
 
     return _load_runs(root, **filters)

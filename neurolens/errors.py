@@ -10,6 +10,15 @@ class NeurolensError(Exception):
     """Base class of every error neurolens raises on purpose."""
 
 
+class InvalidArgumentError(NeurolensError, ValueError, TypeError):
+    """An argument, option or filter value that cannot be used; the message names it.
+    (A ValueError, and a TypeError where a value of the wrong type was given.)"""
+
+
+class MissingExtraError(NeurolensError, ImportError):
+    """A feature needs an optional extra that is not installed; the message names the install."""
+
+
 class RunValidationError(NeurolensError, ValueError):
     """A run document (or its fingerprint) does not satisfy the run schema.
 

@@ -3,34 +3,28 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
 
 import pytest
 
 from pytest_neurolens.context import item_context
 from pytest_neurolens.measurement import Measurement, latency_metrics
-
-if TYPE_CHECKING:
-    from pytest_neurolens.recorder import Recorder
+from pytest_neurolens.runs import RunSink, new_run
 
 
 def benchmark_measurement(
-    item: pytest.Item, session_tags: Mapping[str, str], session_id: str, recorder: Recorder
+    item: pytest.Item, session_tags: Mapping[str, str], session_id: str, sink: RunSink
 ) -> Measurement | None:
     """pytest-benchmark's statistics as a run, for a test that also has the neurolens marker.
 
     pytest-benchmark times ``rounds`` rounds of ``iterations`` calls each and keeps one
     per-call time per round; both counts are kept.
     """
-    from pytest_neurolens.fixture import NeurolensFixture
-
     funcargs = getattr(item, "funcargs", None) or {}
     meta = getattr(funcargs.get("benchmark"), "stats", None)  # pytest-benchmark's Metadata
     stats = getattr(meta, "stats", None)
     if stats is None or not getattr(stats, "data", None) or item.get_closest_marker("neurolens") is None:
         return None
-    fixture = NeurolensFixture(item, item_context(item, session_tags), session_id, recorder)
-    run = fixture.new_run({})
+    run = new_run(item, item_context(item, session_tags), session_id, sink, {})
     latencies_ms = [seconds * 1000 for seconds in stats.data]
     latency, metrics = latency_metrics(
         latencies_ms,

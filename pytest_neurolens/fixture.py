@@ -9,17 +9,15 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from pytest_neurolens.context import CONTEXT_FIELDS, merge_context, require_fields
+from pytest_neurolens.context import CONTEXT_FIELDS
 from pytest_neurolens.measurement import Measurement, latency_metrics
+from pytest_neurolens.runs import RunSink, keep, new_run
 
 if TYPE_CHECKING:
     from neurolens.storage.ledger.document import PreparedRun
-    from pytest_neurolens.recorder import Recorder
 
 DEFAULT_WARMUP = 3
 DEFAULT_ITERATIONS = 20
-
-pending_key = pytest.StashKey[list[Measurement]]()
 
 
 class NeurolensFixture:
@@ -30,7 +28,7 @@ class NeurolensFixture:
         item: pytest.Item,
         context: dict[str, Any],
         session_id: str,
-        recorder: Recorder | None,
+        recorder: RunSink | None,
         repeats: int = 1,
     ) -> None:
         self._item = item
@@ -68,12 +66,18 @@ class NeurolensFixture:
         repeats = self._repeats if repeats is None else repeats
         _check_count("repeats", repeats, 1)
         overrides = {k: kwargs.pop(k) for k in (*CONTEXT_FIELDS, "tags") if k in kwargs}
-        runs = [self.new_run(overrides) for _ in range(repeats)]  # a bad field fails before any call
-        rounds = [self._measure_round(run, fn, args, kwargs, warmup, iterations, sync) for run in runs]
+        runs = [self._new_run(overrides) for _ in range(repeats)]
+        if repeats > 1:
+            for number, run in enumerate(runs):
+                run["test"].update(repeat=number, repeats=repeats)
+        # each run validated once, here, before any call: a bad field fails before measuring
+        prepared = [_validate(run) for run in runs]
+        rounds = [
+            self._measure_round(run, checked, fn, args, kwargs, warmup, iterations, sync)
+            for run, checked in zip(runs, prepared, strict=True)
+        ]
         if repeats == 1:
             return rounds[0]
-        for number, measurement in enumerate(rounds):
-            measurement.run["test"].update(repeat=number, repeats=repeats)
         pooled = [ms for measurement in rounds for ms in measurement.run["latencies_ms"]]
         stats, metrics = latency_metrics(pooled, runs[0]["batch_size"], iterations=iterations * repeats)
         pooled_run = {**runs[0], "run_id": None, "metrics": metrics}
@@ -82,6 +86,7 @@ class NeurolensFixture:
     def _measure_round(
         self,
         run: dict[str, Any],
+        prepared: PreparedRun,
         fn: Callable[..., Any],
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
@@ -113,51 +118,21 @@ class NeurolensFixture:
             run["hardware"]["nvml_error"] = run["hardware"].get("nvml_error") or sampler.error
         run["metrics"] = metrics
         run["latencies_ms"] = latencies_ms
-        return self.keep(Measurement(run=run, latency=stats))
+        measured = prepared.with_measurement(metrics, latencies_ms, run["hardware"])
+        return keep(self._item, Measurement(run=run, latency=stats, prepared=measured), self._recorder)
 
     def record(
         self, *, total_latency_ms: float, gpu_utilization: float | None = None, **kwargs: Any
     ) -> Measurement:
         """Record a run from numbers the test measured itself; other keywords are metrics."""
         overrides = {k: kwargs.pop(k) for k in (*CONTEXT_FIELDS, "tags") if k in kwargs}
-        run = self.new_run(overrides, validate=False)
+        run = self._new_run(overrides)
         run["metrics"] = {"total_latency_ms": total_latency_ms, "gpu_utilization": gpu_utilization, **kwargs}
         prepared = _validate(run)  # once, with the real metrics
-        return self.keep(Measurement(run=run, prepared=prepared))
+        return keep(self._item, Measurement(run=run, prepared=prepared), self._recorder)
 
-    def new_run(self, overrides: dict[str, Any], *, validate: bool = True) -> dict[str, Any]:
-        """A run document of this test's context (``overrides`` on top), not yet measured.
-
-        It has the same keys with or without a store; without one, ``hardware`` is empty
-        and ``fingerprint_hash`` null (nothing is sampled that would not be kept).
-        """
-        from neurolens.storage.ledger.document import utc_now
-        from neurolens.storage.ledger.run_ids import new_run_id
-
-        context = merge_context(self._context, overrides, "neurolens fixture")
-        require_fields(context, self._item.nodeid)
-        run: dict[str, Any] = {name: context.get(name) for name in CONTEXT_FIELDS}
-        run.update(
-            run_id=new_run_id(),
-            created_at=utc_now(),
-            tags=context.get("tags", {}),
-            test={"nodeid": self._item.nodeid, "outcome": None},
-            metrics={"total_latency_ms": 0.0},
-            session_id=self._session_id,
-            hardware={},
-            fingerprint_hash=None,
-        )
-        if self._recorder is not None:
-            self._recorder.annotate(run)
-        if validate:  # a bad backend name, say, fails here, before anything is measured
-            _validate(run)
-        return run
-
-    def keep(self, measurement: Measurement) -> Measurement:
-        """Queue a measurement to be written when the test's teardown ends."""
-        measurement.recorded = self._recorder is not None
-        self._item.stash.setdefault(pending_key, []).append(measurement)
-        return measurement
+    def _new_run(self, overrides: dict[str, Any]) -> dict[str, Any]:
+        return new_run(self._item, self._context, self._session_id, self._recorder, overrides)
 
 
 def _check_count(name: str, value: Any, minimum: int) -> None:

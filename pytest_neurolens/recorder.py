@@ -1,4 +1,5 @@
-"""The recorder, registered only when a store is set: hardware, writes, gate and summary."""
+"""The recorder, registered only when a store is set: hardware, a write per run as each
+test ends, the session-end actions (``session_end``) and the summary."""
 
 from __future__ import annotations
 
@@ -9,11 +10,11 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from pytest_neurolens.benchmark import benchmark_measurement
-from pytest_neurolens.fixture import pending_key
+from pytest_neurolens.runs import pending_key
 from pytest_neurolens.settings import Settings
 
 if TYPE_CHECKING:
-    from neurolens.comparison import Comparison
+    from neurolens.analysis.verdicts import Comparison
     from neurolens.hardware.nvml import Nvml, UtilizationSampler
 
 outcome_key = pytest.StashKey[str]()
@@ -145,7 +146,7 @@ class Recorder:
             )
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
-        from neurolens.errors import NeurolensError
+        from pytest_neurolens.session_end import SESSION_END_ERRORS
 
         if self._nvml is not None:
             self._nvml.close()
@@ -153,91 +154,43 @@ class Recorder:
             self.config.workeroutput["neurolens_runs"] = self.summary  # type: ignore[attr-defined]
             return
         try:
-            self._finish(session)
-        except (NeurolensError, OSError, ValueError) as exc:  # a summary line, never a traceback
+            self._finish()
+        except SESSION_END_ERRORS as exc:  # a summary line, never a traceback
             self.errors.append(f"{type(exc).__name__}: {exc}")
         if self.errors and session.exitstatus == pytest.ExitCode.OK:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
-    def _finish(self, session: pytest.Session) -> None:
+    def _finish(self) -> None:
         from neurolens.storage.index.reading import session_run_ids
+        from pytest_neurolens import session_end
 
+        settings = self.settings
         if not (self.store / "_manifest.jsonl").exists():
             self.stored_runs = 0
-            if self.settings.compare is not None and not self.settings.allow_empty:
+            if settings.compare is not None and not settings.allow_empty:
                 self.errors.append("nothing was compared: this session recorded no runs")
             return
         # Counted from the manifest, so runs of a killed xdist worker count as stored. The
         # index is left to the writers' compaction points: folding every session's runs in
         # would rewrite the whole index (seconds at 1M runs) and import pyarrow each time.
         self.stored_runs = len(session_run_ids(self.store, self.session_id, self._manifest_start))
-        if any(s is not None for s in (self.settings.push, self.settings.compare, self.settings.report)):
+        if any(s is not None for s in (settings.push, settings.compare, settings.report)):
             from neurolens.storage.store import ensure_usable_index
 
             ensure_usable_index(self.store)  # these read the store: no warning, no whole-manifest read
-        if self.settings.push is not None:
-            self._push()
-        if self.settings.compare is not None:
-            self._compare(session)
-        if self.settings.report is not None:
-            self._report()
+        if settings.push is not None:
+            self.pushed, problems = session_end.push_runs(settings, self.store, self.session_id)
+            self.errors.extend(problems)
+        if settings.compare is not None:
+            self._gate()
+        if settings.report is not None:
+            self.reported, problems = session_end.write_session_report(settings, self.store, self.session_id)
+            self.errors.extend(problems)
 
-    def _report(self) -> None:
-        """The HTML report of the groups this session recorded (their whole history)."""
-        from neurolens.errors import NeurolensError
-        from neurolens.report.data import build_report
-        from neurolens.report.page import write_report
-        from neurolens.storage.index.filters import RunFilter
+    def _gate(self) -> None:
+        from pytest_neurolens.session_end import gate
 
-        assert self.settings.report is not None
-        try:
-            report = build_report(
-                self.store, RunFilter(), threshold=self.settings.fail_above, only_session=self.session_id
-            )
-            size = write_report(report, self.settings.report)
-        except (NeurolensError, OSError, ValueError) as exc:
-            self.errors.append(f"report {self.settings.report} not written: {exc}")
-            return
-        self.reported = f"report: {self.settings.report} ({size / 1e6:.1f} MB, {len(report.series)} groups)"
-
-    def _push(self) -> None:
-        """The session's runs to the remote table; a failure is a summary line, not a traceback."""
-        from neurolens.errors import NeurolensError
-        from neurolens.remote.sync import push
-        from neurolens.remote.table import RemoteTable
-        from neurolens.storage.index.filters import RunFilter
-
-        assert self.settings.push is not None
-        remote = RemoteTable(self.settings.push, self.settings.storage_options)
-        try:
-            report = push(self.store, remote, RunFilter(session_id=self.session_id))
-        except (NeurolensError, OSError, ValueError) as exc:
-            self.errors.append(
-                f"push to {remote.url} failed: {exc}; the runs stay in {self.store} for `neurolens push`"
-            )
-            return
-        self.pushed = f"pushed {len(report.added)} run(s) to {remote.url} ({report.already} already there)"
-        self.errors.extend(f"not pushed: {problem}" for problem in report.damaged)
-
-    def _compare(self, session: pytest.Session) -> None:
-        """The regression gate: this session's runs against the stored baseline."""
-        from neurolens.compare import compare
-        from neurolens.storage.index.filters import RunFilter
-
-        assert self.settings.compare is not None
-        baseline_root: Any = None
-        if self.settings.baseline_root is not None:
-            from neurolens.remote.table import RemoteTable, is_remote
-
-            url = self.settings.baseline_root
-            baseline_root = RemoteTable(url, self.settings.storage_options) if is_remote(url) else url
-        self.comparison = compare(
-            self.store,
-            self.settings.compare,
-            RunFilter(session_id=self.session_id),
-            threshold=self.settings.fail_above,
-            baseline_root=baseline_root,
-        )
+        self.comparison = gate(self.settings, self.store, self.session_id)
         if self.comparison.failed:
             self.errors.append(f"regression above {self.comparison.threshold}: failing the session")
         elif self.comparison.nothing_compared and not self.settings.allow_empty:
@@ -277,7 +230,7 @@ class Recorder:
             for line in render(header, rows, right=(4, 5, 6)).splitlines():
                 tr.write_line(line)
         if self.comparison is not None:
-            from neurolens.compare_format import to_table
+            from neurolens.analysis.text import to_table
 
             tr.write_sep("-", "neurolens compare")
             for line in to_table(self.comparison).splitlines():

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 if TYPE_CHECKING:
-    from neurolens.comparison import Threshold
+    from neurolens.analysis.verdicts import Threshold
     from neurolens.storage.index.filters import RunFilter
 
 STORE_HELP = "record runs into the run store at PATH (off when unset)"
@@ -110,25 +110,23 @@ class Settings:
                 if not sep or not key.strip():
                     raise pytest.UsageError(f"{source} expects KEY=VALUE, got {text!r}")
                 tags[key.strip()] = value.strip()
-        interval_text = config.getoption("neurolens_sample_interval") or config.getini(
-            "neurolens_sample_interval"
-        )
+        interval_text = _value(config, "neurolens_sample_interval")
         interval = _parse_number("--neurolens-sample-interval", interval_text or "50", float)
         if not interval > 0 or interval > 60_000:
             raise pytest.UsageError(
                 f"--neurolens-sample-interval must be in (0, 60000] ms, got {interval_text!r}"
             )
-        gpu_text = config.getoption("neurolens_gpu") or config.getini("neurolens_gpu") or "0"
+        gpu_text = _value(config, "neurolens_gpu") or "0"
         gpu = _parse_number("--neurolens-gpu", gpu_text, int)
         if gpu < 0:
             raise pytest.UsageError(f"--neurolens-gpu must be >= 0, got {gpu_text!r}")
-        repeats_text = config.getoption("neurolens_repeats") or config.getini("neurolens_repeats") or "1"
+        repeats_text = _value(config, "neurolens_repeats") or "1"
         repeats = _parse_number("--neurolens-repeats", repeats_text, int)
         if not 1 <= repeats <= 1000:
             raise pytest.UsageError(f"--neurolens-repeats must be in 1..1000, got {repeats_text!r}")
         compare, fail_above = _compare_settings(config, store_path)
         push, baseline_root, storage_options = _remote_settings(config, store_path, compare)
-        report_text = config.getoption("neurolens_report") or config.getini("neurolens_report") or None
+        report_text = _value(config, "neurolens_report") or None
         if report_text and store_path is None:
             raise pytest.UsageError("--neurolens-report needs --neurolens-store (the runs to report on)")
         report = None if not report_text else config.invocation_params.dir / report_text
@@ -144,9 +142,7 @@ class Settings:
             report=report,
             baseline_root=baseline_root,
             storage_options=storage_options,
-            allow_empty=bool(
-                config.getoption("neurolens_allow_empty") or config.getini("neurolens_allow_empty")
-            ),
+            allow_empty=bool(_value(config, "neurolens_allow_empty")),
         )
 
 
@@ -154,7 +150,7 @@ def _remote_settings(
     config: pytest.Config, store: Path | None, compare: RunFilter | None
 ) -> tuple[str | None, str | None, dict[str, str]]:
     """--neurolens-push, --neurolens-baseline-root and the storage options they use."""
-    push = config.getoption("neurolens_push") or config.getini("neurolens_push") or None
+    push = _value(config, "neurolens_push") or None
     if push and store is None:
         raise pytest.UsageError("--neurolens-push needs --neurolens-store (the runs to push)")
     if push:
@@ -165,9 +161,7 @@ def _remote_settings(
             RemoteTable(push)  # the URL's form, checked before any test runs
         except StoreError as exc:
             raise pytest.UsageError(f"--neurolens-push: {exc}") from None
-    baseline_root = (
-        config.getoption("neurolens_baseline_root") or config.getini("neurolens_baseline_root") or None
-    )
+    baseline_root = _value(config, "neurolens_baseline_root") or None
     if baseline_root and compare is None:
         raise pytest.UsageError("--neurolens-baseline-root needs --neurolens-compare (which baseline runs)")
     pairs = [*config.getini("neurolens_storage_options"), *config.getoption("neurolens_storage_options")]
@@ -182,15 +176,15 @@ def _remote_settings(
 
 
 def _compare_settings(config: pytest.Config, store: Path | None) -> tuple[RunFilter | None, Threshold | None]:
-    spec = config.getoption("neurolens_compare") or config.getini("neurolens_compare") or None
-    limit = config.getoption("neurolens_fail_above") or config.getini("neurolens_fail_above") or None
+    spec = _value(config, "neurolens_compare") or None
+    limit = _value(config, "neurolens_fail_above") or None
     if limit and spec is None:
         raise pytest.UsageError("--neurolens-fail-above needs --neurolens-compare (what to compare against)")
     if spec is None:
         return None, None
     if store is None:
         raise pytest.UsageError("--neurolens-compare needs --neurolens-store (where the runs are)")
-    from neurolens.comparison import Threshold
+    from neurolens.analysis.verdicts import Threshold
     from neurolens.storage.index.filters import parse_filter_spec
 
     try:
@@ -207,6 +201,11 @@ def _compare_settings(config: pytest.Config, store: Path | None) -> tuple[RunFil
     except ValueError as exc:
         raise pytest.UsageError(f"--neurolens-fail-above: {exc}") from None
     return baseline, threshold
+
+
+def _value(config: pytest.Config, name: str) -> Any:
+    """An option's value: the command line's when given, else the ini setting's."""
+    return config.getoption(name) or config.getini(name)
 
 
 def _parse_number(option: str, text: str, kind: Callable[[str], Any]) -> Any:

@@ -15,10 +15,10 @@ import pytest
 
 import neurolens.storage.index.arrow_backend
 import neurolens.storage.index.parquet  # noqa: F401  (the index's Arrow classes, loaded before pytester runs)
+from neurolens.analysis.compare import compare, compare_frame
+from neurolens.analysis.stats import mann_whitney_u
+from neurolens.analysis.verdicts import Threshold
 from neurolens.cli import main
-from neurolens.compare import compare, compare_frame
-from neurolens.comparison import Threshold
-from neurolens.stats import mann_whitney_u
 from neurolens.storage.index.filters import RunFilter, parse_filter_spec
 from neurolens.storage.store import write_run
 from tests.factories import make_run

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from neurolens.compare import compare_frame
+from neurolens.analysis.compare import compare_frame
 from neurolens.storage.index.filters import RunFilter
 from neurolens.storage.store import write_run
 

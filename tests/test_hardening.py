@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 
 from neurolens.errors import IndexWarning, ManifestWarning, RunValidationError, StoreError
+from neurolens.sources import query
 from neurolens.storage.exchange.merge import ArchiveLimits, merge_stores
 from neurolens.storage.exchange.verify import verify_store
-from neurolens.storage.index.query import query
 from neurolens.storage.store import rebuild_index_from_manifest, write_run
 
 Cli = Callable[..., tuple[int, str]]

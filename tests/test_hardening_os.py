@@ -170,7 +170,7 @@ def test_a_killed_xdist_worker_s_runs_are_counted_in_the_summary(pytester: pytes
     result = pytester.runpytest_subprocess(
         "-p", "no:cacheprovider", "-n", "2", "--dist", "loadfile", "--neurolens-store=runs"
     )
-    from neurolens.storage.index.query import query
+    from neurolens.sources import query
 
     rows = query(pytester.path / "runs")
     assert sorted(r["total_latency_ms"] for r in rows) == [1.0, 2.0]

@@ -15,9 +15,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from neurolens.compare import _Documents, _side_samples
+from neurolens.analysis.compare import _Documents, _side_samples
+from neurolens.analysis.samples import arrow_samples
 from neurolens.errors import ManifestWarning
-from neurolens.samples import arrow_samples
 from neurolens.storage.index import arrow_kernels
 from neurolens.storage.index import reading as _index
 from neurolens.storage.index.backend import backend

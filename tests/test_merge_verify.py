@@ -19,10 +19,10 @@ from typing import Any
 import pytest
 
 from neurolens.errors import StoreError
+from neurolens.sources import query
 from neurolens.storage.exchange import verify, workers
 from neurolens.storage.exchange.merge import merge_stores
 from neurolens.storage.exchange.verify import verify_store
-from neurolens.storage.index.query import query
 from neurolens.storage.store import rebuild_index_from_manifest, write_run
 from tests.factories import make_run
 

@@ -18,9 +18,9 @@ import pyarrow.compute
 import pyarrow.parquet  # noqa: F401
 import pytest
 
-from neurolens.compare import compare
+from neurolens.analysis.compare import compare
+from neurolens.sources import query
 from neurolens.storage.index.filters import RunFilter
-from neurolens.storage.index.query import query
 from neurolens.storage.store import write_run
 from tests.factories import make_run
 

@@ -19,7 +19,7 @@ import pytest
 import neurolens.storage.index.arrow_backend
 import neurolens.storage.index.parquet  # noqa: F401
 from neurolens import load_runs
-from neurolens.storage.index.query import query
+from neurolens.sources import query
 from tests.fake_nvml import install, make_fake_lib, two_gpus
 
 BASIC = """

@@ -329,7 +329,7 @@ def test_the_plugin_pushes_the_session_once_at_the_end(pytester: pytest.Pytester
         "-p", "no:cacheprovider", "-n", "2", "--neurolens-store=runs", f"--neurolens-push={bucket}"
     )
     result.assert_outcomes(passed=2)
-    result.stdout.fnmatch_lines([f"pushed 2 run(s) to {bucket} (0 already there)"])
+    result.stdout.fnmatch_lines([f"pushed 2 runs to {bucket} (0 already there)"])
     listed = json.loads(command("ls", "--root", bucket, "--json").stdout)
     assert sorted(r["total_latency_ms"] for r in listed) == [20.0, 21.0]
 

@@ -18,12 +18,12 @@ import pyarrow.compute
 import pyarrow.parquet  # noqa: F401
 import pytest
 
-from neurolens.compare import compare
-from neurolens.report.changepoints import change_points
+from neurolens.analysis.changepoints import change_points
+from neurolens.analysis.compare import compare
 from neurolens.report.data import build_report
 from neurolens.report.page import page_data, render
+from neurolens.sources import query
 from neurolens.storage.index.filters import RunFilter
-from neurolens.storage.index.query import query
 from neurolens.storage.store import write_run
 from tests.browser import BROWSER_ARGS, CHROMIUM
 from tests.factories import make_run

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from neurolens import load_runs
 from neurolens.errors import RunValidationError
-from neurolens.storage.index.query import query
+from neurolens.sources import query
 from neurolens.storage.store import compact_index, rebuild_index_from_manifest, write_run
 
 names = st.text(st.characters(blacklist_categories=("Cs", "Cc")), min_size=1, max_size=12)
@@ -235,7 +235,7 @@ encodable_values: st.SearchStrategy[Any] = st.recursive(
 def test_canonical_bytes_are_exactly_what_json_dumps_writes(value: Any) -> None:
     import json
 
-    from neurolens.storage.ledger.document import canonical_bytes
+    from neurolens.storage.ledger.canonical import canonical_bytes
 
     try:
         text = json.dumps(value, sort_keys=True, ensure_ascii=False, allow_nan=False, indent=2)

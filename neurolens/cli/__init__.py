@@ -129,7 +129,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
             _flush_warnings(caught)
             sys.stderr.write(f"{PROG} {args.command}: error: {exc}\n")
             return 2
-        except (NeurolensError, CommandError, ValueError, OSError) as exc:
+        except (NeurolensError, CommandError, OSError) as exc:
             _flush_warnings(caught)
             message = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             where = f" ({exc.filename})" if isinstance(exc, OSError) and exc.filename else ""

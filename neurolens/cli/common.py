@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 if TYPE_CHECKING:
     from neurolens.remote.table import RemoteTable
-    from neurolens.storage.ledger.root import Location
+    from neurolens.sources import RunSource
 
 PROG = "neurolens"
 ROOT_HELP = "store root (default: $NEUROLENS_STORE_ROOT, else ./runs_store)"
@@ -98,14 +98,50 @@ def remote_of(args: argparse.Namespace, url: str) -> RemoteTable:
     return RemoteTable(url, options)
 
 
-def location_of(args: argparse.Namespace, value: str | None = None) -> Location:
-    """``value`` (default ``--root``) as a remote table when it is one, else a store root."""
+def location_of(args: argparse.Namespace, value: str | None = None) -> RunSource:
+    """``value`` (default ``--root``) as the runs to read: a remote table when it is one
+    (with the command's ``--storage-option`` values), else a store root."""
     from neurolens.remote.table import is_remote
+    from neurolens.sources import open_source
 
     text = value if value is not None else args.root
     if text and is_remote(text):
-        return remote_of(args, text)
-    return root_of(args) if value is None else Path(value)
+        return open_source(remote_of(args, text))
+    return open_source(root_of(args) if value is None else Path(value))
+
+
+def parse_threshold(text: str) -> Any:
+    """An argparse type: a threshold (``5%`` or ``0.5ms``)."""
+    from neurolens.analysis.verdicts import Threshold
+
+    try:
+        return Threshold.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def parse_group_by(text: str) -> tuple[str, ...]:
+    """An argparse type: group-by columns, or ``+col``/``-col`` changes to the default key."""
+    from neurolens.analysis.compare import DEFAULT_GROUP_BY
+    from neurolens.storage.ledger.manifest import COLUMNS
+
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    if items and all(item[0] in "+-" for item in items):
+        columns = list(DEFAULT_GROUP_BY)
+        for item in items:
+            name = item[1:]
+            if item[0] == "+" and name not in columns:
+                columns.append(name)
+            elif item[0] == "-" and name in columns:
+                columns.remove(name)
+    else:
+        columns = items
+    unknown = [c for c in columns if c not in COLUMNS]
+    if unknown or not columns:
+        raise argparse.ArgumentTypeError(
+            f"unknown column(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(COLUMNS)}"
+        )
+    return tuple(columns)
 
 
 def integer_at_least(minimum: int) -> Callable[[str], int]:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any, TextIO
+from typing import TextIO
 
-from neurolens.cli.common import UsageError, location_of, plural, warn
+from neurolens.cli.common import UsageError, location_of, parse_group_by, parse_threshold, plural, warn
 
 NAME = "compare"
 READS_REMOTE = True
@@ -31,15 +31,6 @@ exit status: 0 no regression, 1 regression (or error), 2 usage error, 3 nothing 
 NOTHING_COMPARED = 3
 
 
-def _threshold(text: str) -> Any:
-    from neurolens.comparison import Threshold
-
-    try:
-        return Threshold.parse(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
 def _alpha(text: str) -> float:
     try:
         value = float(text)
@@ -48,29 +39,6 @@ def _alpha(text: str) -> float:
     if not 0 < value < 1:
         raise argparse.ArgumentTypeError(f"alpha must be a number between 0 and 1 (exclusive), not {text!r}")
     return value
-
-
-def _group_by(text: str) -> tuple[str, ...]:
-    from neurolens.compare import DEFAULT_GROUP_BY
-    from neurolens.storage.ledger.manifest import COLUMNS
-
-    items = [item.strip() for item in text.split(",") if item.strip()]
-    if items and all(item[0] in "+-" for item in items):
-        columns = list(DEFAULT_GROUP_BY)
-        for item in items:
-            name = item[1:]
-            if item[0] == "+" and name not in columns:
-                columns.append(name)
-            elif item[0] == "-" and name in columns:
-                columns.remove(name)
-    else:
-        columns = items
-    unknown = [c for c in columns if c not in COLUMNS]
-    if unknown or not columns:
-        raise argparse.ArgumentTypeError(
-            f"unknown column(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(COLUMNS)}"
-        )
-    return tuple(columns)
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -94,14 +62,14 @@ def register(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--group-by",
-        type=_group_by,
+        type=parse_group_by,
         metavar="COLS",
         help="comma-separated group key; +col adds to, -col removes from the default "
         "(model,backend,precision,batch_size,seq_len,gpu_name), e.g. +fingerprint_hash or -gpu_name",
     )
     parser.add_argument(
         "--fail-above",
-        type=_threshold,
+        type=parse_threshold,
         metavar="THRESHOLD",
         help="exit 1 when a group is worse by more than this: a share of the baseline (5%%) "
         "or an absolute change (0.5ms); a unit is required",
@@ -140,9 +108,9 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, out: TextIO) -> int:
-    from neurolens.compare import DEFAULT_GROUP_BY, compare
-    from neurolens.compare_format import to_markdown, to_table
-    from neurolens.comparison import UnknownMetricError
+    from neurolens.analysis.compare import DEFAULT_GROUP_BY, compare
+    from neurolens.analysis.metrics import UnknownMetricError
+    from neurolens.analysis.text import to_markdown, to_table
     from neurolens.storage.index.filters import filter_from_args
 
     sides = [filter_from_args(args, prefix=side) for side in ("baseline", "candidate")]

@@ -52,12 +52,12 @@ def _columns() -> list[tuple[str, Any, bool, bool]]:
 
 def run(args: argparse.Namespace, out: TextIO) -> int:
     from neurolens.storage.index.filters import filter_from_args
-    from neurolens.storage.index.query import select, to_records
+    from neurolens.storage.index.query import to_records
     from neurolens.tables import render
 
     root = location_of(args)
     flt = filter_from_args(args, limit=args.limit)
-    records = to_records(select(root, flt))
+    records = to_records(root.select(flt))
     if args.json:
         out.write(json.dumps(records, ensure_ascii=False) + "\n")
         return 0

@@ -27,16 +27,17 @@ examples:
 
 
 def register(parser: argparse.ArgumentParser) -> None:
-    from neurolens.cli.common import integer_at_least
-    from neurolens.cli.compare import _group_by, _threshold
+    from neurolens.cli.common import integer_at_least, parse_group_by, parse_threshold
     from neurolens.storage.index.filters import add_filter_arguments
 
     add_filter_arguments(parser)
     parser.add_argument("--out", required=True, metavar="PATH", help="the HTML file to write")
-    parser.add_argument("--group-by", type=_group_by, metavar="COLS", help="the group key, as for compare")
+    parser.add_argument(
+        "--group-by", type=parse_group_by, metavar="COLS", help="the group key, as for compare"
+    )
     parser.add_argument(
         "--fail-above",
-        type=_threshold,
+        type=parse_threshold,
         metavar="THRESHOLD",
         help="the verdicts' threshold, as for compare (5%%)",
     )
@@ -50,7 +51,7 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, out: TextIO) -> int:
-    from neurolens.compare import DEFAULT_GROUP_BY
+    from neurolens.analysis.compare import DEFAULT_GROUP_BY
     from neurolens.report.data import build_report
     from neurolens.report.page import write_report
     from neurolens.storage.index.filters import filter_from_args

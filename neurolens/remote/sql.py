@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
+from neurolens.errors import InvalidArgumentError
 from neurolens.storage.index.filters import LATEST_SESSION, PASSING_OUTCOME, RunFilter
 from neurolens.storage.ledger.manifest import encode_tags
 
@@ -17,7 +18,7 @@ _UUID_LENGTH = 36
 def literal(value: str) -> str:
     """A SQL string literal."""
     if "\x00" in value:
-        raise ValueError("a filter value cannot hold a NUL character")
+        raise InvalidArgumentError("a filter value cannot hold a NUL character")
     return "'" + value.replace("'", "''") + "'"
 
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from neurolens.errors import StoreError
+from neurolens.errors import InvalidArgumentError, MissingExtraError, StoreError
 from neurolens.remote import sql
 from neurolens.storage.index.filters import RunFilter
 from neurolens.storage.index.rows import Rows
@@ -55,7 +55,7 @@ def parse_storage_options(pairs: Sequence[str], option: str = "--storage-option"
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
-            raise ValueError(f"{option} expects KEY=VALUE, got {pair!r}")
+            raise InvalidArgumentError(f"{option} expects KEY=VALUE, got {pair!r}")
         options[key.strip()] = value
     return options
 
@@ -64,7 +64,7 @@ def _deltalake() -> Any:
     try:
         import deltalake
     except ImportError:
-        raise StoreError(INSTALL_HINT) from None
+        raise MissingExtraError(INSTALL_HINT) from None
     return deltalake
 
 

@@ -14,16 +14,16 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
-from neurolens.compare import DEFAULT_GROUP_BY, judge
-from neurolens.comparison import VERDICT_ORDER, Comparison, GroupResult, Threshold
+from neurolens.analysis.changepoints import change_points
+from neurolens.analysis.compare import DEFAULT_GROUP_BY
+from neurolens.analysis.samples import SampleRun, samples
+from neurolens.analysis.verdicts import VERDICT_ORDER, Comparison, GroupResult, Threshold, group_label, judge
 from neurolens.errors import StoreError
-from neurolens.report.changepoints import change_points
+from neurolens.sources import RunSource, open_source
 from neurolens.storage.index.filters import RunFilter
-from neurolens.storage.index.query import select
-from neurolens.storage.ledger.root import Location
+from neurolens.storage.ledger.root import StrPath
 
 METRIC = "total_latency_ms"
 POINT_BUDGET = 100_000  # points over all charts: keeps a 1,000-group page near 10 MB
@@ -65,7 +65,7 @@ class Report:
 
 
 def build_report(
-    root: Location,
+    source: RunSource | StrPath,
     flt: RunFilter,
     *,
     group_by: Sequence[str] = DEFAULT_GROUP_BY,
@@ -75,11 +75,12 @@ def build_report(
 ) -> Report:
     """The report's data for the runs ``flt`` selects in ``root``; with ``only_session``,
     only the groups that session's runs belong to (their whole history)."""
+    source = open_source(source)
     threshold = threshold or Threshold.parse("5%")
     per_run = ["run_id", "created_at", "session_id", "repeat", METRIC, "latency_p99_ms", "gpu_utilization",
                *_HARDWARE, "fingerprint_hash", "fp_json"]  # fmt: skip
     wanted = list(dict.fromkeys([*group_by, *per_run]))
-    data = select(root, flt, wanted).columns(wanted)
+    data = source.select(flt, wanted).columns(wanted)
     rules = Comparison(METRIC, False, threshold, gate=True, require_significance=False, alpha=0.05)
     groups: dict[tuple[Any, ...], list[int]] = {}
     for position, key in enumerate(zip(*(data[k] for k in group_by), strict=True)):
@@ -96,19 +97,19 @@ def build_report(
     ]
     series.sort(key=_worst_first)
     return Report(
-        root=str(root),
+        root=str(source),
         filter=flt.describe(),
         runs=sum(len(rows) for rows in groups.values()),
         threshold=threshold,
         series=series,
-        commits=_commits(root, data),
+        commits=_commits(source, data),
     )
 
 
 def _series(
     data: dict[str, list[Any]], key: dict[str, Any], rows: list[int], rules: Comparison, budget: int
 ) -> Series:
-    label = " ".join("-" if v is None else str(v) for v in key.values())
+    label = group_label(key)
     sessions: dict[str, list[int]] = {}
     for i in rows:
         session = data["session_id"][i] or f"run {data['run_id'][i]}"
@@ -131,7 +132,7 @@ def _series(
         out.hardware.append(tuple(data[k][newest] for k in _HARDWARE))
     # the newest session against the ones before it, by compare's rules
     *earlier, latest = ordered
-    base = [v for _, members in earlier for v in _samples(data, members)]
+    base = _samples(data, [i for _, members in earlier for i in members])
     out.verdict = judge(rules, key, base, _samples(data, latest[1]))
     found = change_points(out.medians)
     changes = [i for i in range(1, len(out.hardware)) if out.hardware[i] != out.hardware[i - 1]]
@@ -145,11 +146,17 @@ def _series(
 
 
 def _samples(data: dict[str, list[Any]], members: list[int]) -> list[float]:
-    """A session's samples as compare counts them: one per round (one when not repeated)."""
-    rounds: dict[Any, list[float]] = {}
-    for i in members:
-        rounds.setdefault(data["repeat"][i], []).append(data[METRIC][i])
-    return [statistics.median(values) for _, values in sorted(rounds.items(), key=lambda kv: repr(kv[0]))]
+    """These runs' samples, by compare's rule (``samples``)."""
+    return samples(
+        SampleRun(
+            data[METRIC][i],
+            data["session_id"][i],
+            data["run_id"][i],
+            data["repeat"][i],
+            data["created_at"][i],
+        )
+        for i in members
+    )
 
 
 def _median(values: list[Any]) -> float | None:
@@ -163,10 +170,8 @@ def _worst_first(series: Series) -> tuple[int, float, str]:
     return (VERDICT_ORDER[verdict.verdict if verdict else "new"], -change, series.label)
 
 
-def _commits(root: Location, data: dict[str, list[Any]]) -> dict[str, str | None]:
+def _commits(source: RunSource, data: dict[str, list[Any]]) -> dict[str, str | None]:
     """Session -> git commit, from one fingerprint per fingerprint hash (there are few)."""
-    from neurolens.storage.ledger.files import check_run_path, read_store_file
-
     by_hash: dict[str, str | None] = {}
     commits: dict[str, str | None] = {}
     for session, digest, fp_json, run_id in zip(
@@ -177,14 +182,10 @@ def _commits(root: Location, data: dict[str, list[Any]]) -> dict[str, str | None
         if digest not in by_hash:
             by_hash[digest] = None
             try:
-                if isinstance(root, Path):
-                    text = read_store_file(root, check_run_path(fp_json)).decode() if fp_json else None
-                else:
-                    rows = root.with_ids([run_id], ["fingerprint"])
-                    text = rows[0]["fingerprint"] if rows else None
+                text = source.fingerprint({"run_id": run_id, "fp_json": fp_json})
                 commit = json.loads(text).get("git_commit") if text else None
                 by_hash[digest] = commit if isinstance(commit, str) else None
-            except (OSError, ValueError, AttributeError, StoreError):
+            except (ValueError, AttributeError, StoreError):
                 pass
         commits[session] = by_hash[digest]
     return commits

@@ -16,7 +16,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from neurolens.errors import StoreError
+from neurolens.errors import MissingExtraError, StoreError
 from neurolens.report.data import Report, Series, timestamp
 from neurolens.tables import milliseconds
 
@@ -27,7 +27,7 @@ def _plotly_js() -> str:
     try:
         from plotly.offline import get_plotlyjs
     except ImportError:
-        raise StoreError(INSTALL_HINT) from None
+        raise MissingExtraError(INSTALL_HINT) from None
     return str(get_plotlyjs())
 
 

@@ -186,12 +186,12 @@ def _merge_one(
     rows, manifest = read_tail(src)
     importer.report.damaged.extend(f"{label}: {problem}" for problem in manifest.problems)
     fresh, again = _first_sightings(rows, str(label), importer)
-    pool = workers_pool() if len(fresh) >= 2 * _PART else None
+    pool = workers_pool() if len(fresh) >= 2 * _RUNS_PER_MERGE_PART else None
     here = again  # a run id the source holds twice: its later entries, once the first is settled
     if pool is None:
         here = [*fresh.records(), *again]
     else:
-        futures = [pool.submit(_import_part, src, importer.dest, part) for part in parts_of(fresh, _PART)]
+        futures = [pool.submit(_import_part, src, importer.dest, part) for part in parts_of(fresh, _RUNS_PER_MERGE_PART)]
         try:
             for future in futures:  # in source order: the manifest lines keep it
                 for outcome in future.result():
@@ -207,7 +207,7 @@ def _merge_one(
 
 
 # Runs per part sent to a worker process; a source with fewer than two parts is merged here.
-_PART = 5_000
+_RUNS_PER_MERGE_PART = 5_000
 
 
 def _first_sightings(rows: Rows, label: str, importer: Importer) -> tuple[Rows, list[dict[str, Any]]]:

@@ -79,7 +79,7 @@ class VerifyReport:
 
 # Runs one worker process checks at a time; a store of fewer than two such parts is
 # checked in this process (starting workers costs more than it saves).
-_PART = 20_000
+_RUNS_PER_CHECK_PART = 20_000
 
 
 def verify_store(
@@ -127,7 +127,7 @@ def _entry_checks(
     """Start checking every entry's files (in parts spread over worker processes when
     there are enough); yields the call that waits for their problems, in entry order."""
     total = len(rows)
-    if workers < 2 or total < 2 * _PART:
+    if workers < 2 or total < 2 * _RUNS_PER_CHECK_PART:
 
         def here() -> list[Problem]:
             found = VerifyReport(root=root)
@@ -142,8 +142,8 @@ def _entry_checks(
 
         yield here
         return
-    starts = range(0, total, _PART)
-    parts = parts_of(rows, _PART)
+    starts = range(0, total, _RUNS_PER_CHECK_PART)
+    parts = parts_of(rows, _RUNS_PER_CHECK_PART)
     with process_pool(min(workers, len(parts))) as pool:
         futures = [pool.submit(_check_part, root, part, full) for part in parts]
 
@@ -151,7 +151,7 @@ def _entry_checks(
             found: list[Problem] = []
             for start, future in zip(starts, futures, strict=True):
                 found.extend(future.result())
-                done = min(start + _PART, total)
+                done = min(start + _RUNS_PER_CHECK_PART, total)
                 if progress is not None:
                     progress(done, total)
             return found

@@ -15,6 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, NoReturn
 
+from neurolens.errors import InvalidArgumentError
+
 EQUALITY_FILTERS = ("model", "backend", "precision", "day", "session_id")
 LATEST_SESSION = "latest"
 # Outcomes of runs that count: a passing test's, or none (a run written outside pytest).
@@ -44,19 +46,19 @@ class RunFilter:
         for name in EQUALITY_FILTERS:
             value = getattr(self, name)
             if value is not None and not isinstance(value, str):
-                raise ValueError(f"{name} must be a string, not {type(value).__name__}")
+                raise InvalidArgumentError(f"{name} must be a string, not {type(value).__name__}")
         if self.day is not None:
             parse_day(self.day)
         if not isinstance(self.tags, Mapping) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in self.tags.items()
         ):
-            raise ValueError("tags must map strings to strings")
+            raise InvalidArgumentError("tags must map strings to strings")
         if self.limit is not None and (
             isinstance(self.limit, bool) or not isinstance(self.limit, int) or self.limit < 0
         ):
-            raise ValueError(f"limit must be a non-negative integer, not {self.limit!r}")
+            raise InvalidArgumentError(f"limit must be a non-negative integer, not {self.limit!r}")
         if not isinstance(self.include_failed, bool):
-            raise ValueError(f"include_failed must be True or False, not {self.include_failed!r}")
+            raise InvalidArgumentError(f"include_failed must be True or False, not {self.include_failed!r}")
 
     @classmethod
     def coerce(cls, value: RunFilter | Mapping[str, Any] | None, what: str = "filter") -> RunFilter:
@@ -69,11 +71,13 @@ class RunFilter:
             known = {f.name for f in fields(cls)}
             unknown = sorted(str(k) for k in value if k not in known)
             if unknown:
-                raise TypeError(
+                raise InvalidArgumentError(
                     f"{what}: unknown filter field(s) {', '.join(unknown)}; use {', '.join(known)}"
                 )
             return cls(**value)
-        raise TypeError(f"{what} must be a RunFilter or a dict of its fields, not {type(value).__name__}")
+        raise InvalidArgumentError(
+            f"{what} must be a RunFilter or a dict of its fields, not {type(value).__name__}"
+        )
 
     def selects(self) -> bool:
         """Whether any condition is set (a filter that selects less than everything)."""
@@ -122,7 +126,7 @@ def parse_day(text: str) -> str:
             raise ValueError
         dt.date.fromisoformat(text)
     except (TypeError, ValueError):
-        raise ValueError(f"day must be a date as YYYY-MM-DD, not {text!r}") from None
+        raise InvalidArgumentError(f"day must be a date as YYYY-MM-DD, not {text!r}") from None
     return text
 
 
@@ -195,7 +199,7 @@ def filter_from_args(args: argparse.Namespace, prefix: str = "", **extra: Any) -
 
 class _RaisingParser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
-        raise ValueError(message)
+        raise InvalidArgumentError(message)
 
 
 def parse_filter_spec(text: str) -> RunFilter:
@@ -205,5 +209,5 @@ def parse_filter_spec(text: str) -> RunFilter:
     try:
         words = shlex.split(text)
     except ValueError as exc:
-        raise ValueError(f"cannot split {text!r}: {exc}") from None
+        raise InvalidArgumentError(f"cannot split {text!r}: {exc}") from None
     return filter_from_args(parser.parse_args(words))

@@ -9,13 +9,13 @@ import json
 import math
 import re
 import types
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from importlib import resources
-from json.encoder import encode_basestring
 from pathlib import Path
 from typing import Any
 
 from neurolens.errors import RunValidationError
+from neurolens.storage.ledger.canonical import MAX_DEPTH, canonical_bytes
 from neurolens.storage.ledger.run_ids import generate_run_id
 
 SCHEMA_VERSION = 1
@@ -78,9 +78,7 @@ def _field_path(parts: Any) -> str:
     return ".".join(str(p) for p in parts)
 
 
-# Limits that keep every accepted document readable by every reader: integers fit the
-# index's int64 columns (and any JSON parser), nesting stays far from recursion limits.
-MAX_DEPTH = 64
+# Integers fit the index's int64 columns (and any JSON parser); MAX_DEPTH bounds nesting.
 INT_MIN, INT_MAX = -(2**63), 2**63 - 1
 
 
@@ -166,77 +164,6 @@ def utc_now() -> str:
     return dt.datetime.now(dt.timezone.utc).strftime(_CREATED_AT_FORMAT)
 
 
-def canonical_bytes(value: Any, *, indent: int | None = 2) -> bytes:
-    """Sorted keys, UTF-8, no NaN: equal documents give equal bytes.
-
-    Exactly ``json.dumps(value, sort_keys=True, ensure_ascii=False, allow_nan=False,
-    indent=indent)`` and a newline. With an indent, ``json`` leaves its C encoder for a
-    Python one; the indent-2 form of plain JSON values is built here instead, 2-3x faster
-    (every write, merge and verify encodes each run), and anything else goes to ``json``.
-    """
-    if indent == 2:
-        out: list[str] = []
-        try:
-            _encode_indented(value, out, "\n", 0)
-        except _NotPlain:
-            pass
-        else:
-            out.append("\n")
-            return "".join(out).encode("utf-8")
-    text = json.dumps(value, sort_keys=True, ensure_ascii=False, allow_nan=False, indent=indent)
-    return (text + "\n").encode("utf-8")
-
-
-class _NotPlain(Exception):
-    """A value ``_encode_indented`` leaves to ``json`` (which encodes it or says why not)."""
-
-
-_INFINITY = float("inf")
-
-
-def _encode_indented(value: Any, out: list[str], newline: str, depth: int) -> None:
-    """Append ``value`` as ``json.dumps(indent=2, sort_keys=True, ensure_ascii=False)``
-    writes it, for exact dict, list, str, int, float, bool and None values only."""
-    kind = type(value)
-    if kind is str:
-        out.append(encode_basestring(value))
-    elif kind is dict or kind is list:
-        if not value:
-            out.append("{}" if kind is dict else "[]")
-            return
-        if depth > MAX_DEPTH:  # json reports a cycle; a document is never this deep
-            raise _NotPlain
-        inner = newline + "  "
-        separator = ("{" if kind is dict else "[") + inner
-        if kind is dict:
-            for key, item in sorted(value.items()):
-                if type(key) is not str:
-                    raise _NotPlain
-                out += (separator, encode_basestring(key), ": ")
-                _encode_indented(item, out, inner, depth + 1)
-                separator = "," + inner
-        else:
-            for item in value:
-                out.append(separator)
-                _encode_indented(item, out, inner, depth + 1)
-                separator = "," + inner
-        out.append(newline + ("}" if kind is dict else "]"))
-    elif kind is float:
-        if value != value or value in (_INFINITY, -_INFINITY):
-            raise _NotPlain
-        out.append(float.__repr__(value))
-    elif kind is int:
-        out.append(int.__repr__(value))
-    elif value is None:
-        out.append("null")
-    elif value is True:
-        out.append("true")
-    elif value is False:
-        out.append("false")
-    else:
-        raise _NotPlain
-
-
 def prepare_run(run: Mapping[str, Any], *, parsed: bool = False) -> dict[str, Any]:
     """Validate ``run`` and return the canonical document (a new dict, or ``run`` itself
     when ``parsed``: a dict fresh from ``json.loads``, already a plain copy of its own).
@@ -316,8 +243,43 @@ class PreparedRun:
             changed._document["test"]["attempt"] = attempt
         return changed
 
+    def with_measurement(
+        self, metrics: Mapping[str, Any], latencies_ms: Sequence[float], hardware: Mapping[str, Any]
+    ) -> PreparedRun:
+        """This run with what ``measure()`` timed, the rest as validated: only the numbers
+        the plugin made are checked (against the schema's rules for them), not the whole
+        document again."""
+        for name, value in metrics.items():
+            if not _finite_or_none(value, minimum=0) and not (type(value) is str and len(value) <= 200):
+                raise RunValidationError(f"metrics.{name}", f"{value!r} is not a finite number >= 0")
+        total, busy = metrics.get("total_latency_ms"), metrics.get("gpu_utilization")
+        if total is None or not _finite_or_none(total, minimum=0):
+            raise RunValidationError("metrics.total_latency_ms", f"{total!r} is not a number >= 0")
+        if busy is not None and busy > 100:
+            raise RunValidationError("metrics.gpu_utilization", f"{busy!r} is above 100")
+        for position, value in enumerate(latencies_ms):
+            if value is None or not _finite_or_none(value, minimum=0):
+                raise RunValidationError(f"latencies_ms.{position}", f"{value!r} is not a number >= 0")
+        for name, value in hardware.items():
+            if not (value is None or type(value) is str or _finite_or_none(value)):
+                raise RunValidationError(f"hardware.{name}", f"{value!r} is not a number, string or null")
+        changed = copy.copy(self)
+        changed._document = {
+            **self._document,
+            "metrics": dict(metrics),
+            "latencies_ms": list(latencies_ms),
+            "hardware": dict(hardware),
+        }
+        return changed
+
     def canonical_bytes(self) -> bytes:
         return canonical_bytes(self._document)
+
+
+def _finite_or_none(value: Any, minimum: float = -math.inf) -> bool:
+    if value is None:
+        return True
+    return type(value) in (int, float) and math.isfinite(value) and value >= minimum
 
 
 def _describe(error: Any) -> tuple[str, str]:

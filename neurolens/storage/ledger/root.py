@@ -5,17 +5,11 @@ from __future__ import annotations
 import os
 import stat
 from pathlib import Path
-from typing import TYPE_CHECKING, Union
 
 from neurolens.errors import StoreError
 from neurolens.storage.ledger.manifest import manifest_size
 
-if TYPE_CHECKING:
-    from neurolens.remote.table import RemoteTable
-
 StrPath = str | os.PathLike[str]
-# Where runs are read from: a local store, or a remote table (``neurolens.remote``)
-Location = Union[Path, "RemoteTable"]
 
 ROOT_ENV = "NEUROLENS_STORE_ROOT"
 
@@ -32,17 +26,6 @@ def resolve_root(root: StrPath | None) -> Path:
     if not isinstance(root, (str, os.PathLike)) or not os.fspath(root):
         raise StoreError(f"root must be a non-empty path, not {root!r}")
     return Path(root)
-
-
-def resolve_location(location: StrPath | RemoteTable | None) -> Location:
-    """A remote table for a URL (``s3://...``) or a local Delta table, else a local store root."""
-    from neurolens.remote.table import RemoteTable, is_remote
-
-    if isinstance(location, RemoteTable):
-        return location
-    if location is not None and is_remote(location):
-        return RemoteTable(os.fspath(location))
-    return resolve_root(location)
 
 
 def ensure_root(root: Path) -> None:

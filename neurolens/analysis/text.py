@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from neurolens.comparison import Comparison, GroupResult
+from neurolens.analysis.verdicts import Comparison, GroupResult
 from neurolens.tables import escape, milliseconds, number, render
 
 HEADER = ("GROUP", "BASELINE", "CANDIDATE", "CHANGE", "DELTA", "P", "RUNS", "VERDICT")

@@ -1,10 +1,13 @@
-"""A comparison's samples, computed over Arrow columns: per group and side, one sample
-per session (or round, or session-less run), the median of its runs' metric.
-
-This is ``compare``'s sampling rule (see ``compare._samples``) done without a Python step
-per run, for metrics the index holds; a million runs are a few sorts. Samples are ordered
+"""The sampling rule: per group and side, one sample per session and round (a run without
+a session is a sample of its own), the median of its runs' metric. Samples are ordered
 oldest first by their newest run, then (on equal times) session-less runs before
-sessions, then by id and round.
+sessions, then by id and round. The tests between sides are made on these samples, never
+on the per-call latencies of one session.
+
+``samples`` states the rule for rows in Python (a few runs, metrics read from run
+documents); ``arrow_samples`` is the same rule over Arrow columns, without a Python step
+per run, for the metrics the index holds (a million runs are a few sorts). A property
+test holds the two to the same answers.
 
 Grouping is done by sorting on dense integer codes, not with ``Table.group_by``: that
 needs ``pyarrow.dataset``, whose import pulls in pandas (0.4 s of a CLI gate's time).
@@ -12,9 +15,10 @@ needs ``pyarrow.dataset``, whose import pulls in pandas (0.4 s of a CLI gate's t
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import statistics
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from neurolens.storage.index.arrow_filters import float64_array, int64_array
 from neurolens.storage.index.arrow_kernels import (
@@ -28,6 +32,30 @@ from neurolens.storage.index.arrow_kernels import (
 )
 
 GroupKey = tuple[Any, ...]
+
+
+class SampleRun(NamedTuple):
+    """What the rule needs of one run."""
+
+    value: float
+    session_id: str | None
+    run_id: str
+    repeat: int | None
+    created_at: str
+
+
+def samples(runs: Iterable[SampleRun]) -> list[float]:
+    """The sample values of these runs (one side of one group), oldest first."""
+    by_sample: dict[tuple[bool, str, Any], list[float]] = {}
+    newest: dict[tuple[bool, str, Any], str] = {}
+    for run in runs:
+        session = run.session_id
+        key = (True, session, run.repeat) if session is not None else (False, run.run_id, run.repeat)
+        by_sample.setdefault(key, []).append(float(run.value))
+        newest[key] = max(newest.get(key, ""), run.created_at)
+    # ties: session-less runs, then by id and round (None last)
+    order = sorted(by_sample, key=lambda k: (newest[k], k[0], k[1], k[2] is None, k[2] or 0))
+    return [statistics.median(by_sample[key]) for key in order]
 
 
 @dataclass
