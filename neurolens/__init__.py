@@ -1,6 +1,7 @@
 """NeuroLens: keep every inference benchmark run, queryable and comparable.
 
-The documented storage API lives in :mod:`neurolens.storage.store`.
+The documented storage API lives in :mod:`neurolens.storage.store`; reading runs back from a
+store or a remote table in :mod:`neurolens.sources`; comparing them in :mod:`neurolens.analysis`.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ __all__ = ["__version__", "load_runs"]
 
 
 def load_runs(root: Any = None, **filters: Any) -> pd.DataFrame:
-    """Runs of a store as a pandas DataFrame, newest first (see ``neurolens.storage.index.query``)."""
+    """Runs of a store or remote table as a pandas DataFrame, newest first (see ``neurolens.sources``)."""
     # Imported here so that ``import neurolens`` stays cheap (the plugin and CLI import it).
     from neurolens.sources import load_runs as _load_runs
 

@@ -1,6 +1,8 @@
-"""Exceptions and warnings raised by the neurolens library.
+"""Every exception and warning the neurolens library raises on purpose.
 
-The CLI turns these into messages once, at its edge (``neurolens.cli``).
+Each error is a ``NeurolensError``: the CLI turns them into one line once, at its edge
+(``neurolens.cli``), and the plugin's session end catches them (with ``OSError``) in one
+place (``pytest_neurolens.session_end``). Anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations

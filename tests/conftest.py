@@ -11,9 +11,10 @@ import pytest
 
 from neurolens.cli import main
 from neurolens.storage.store import write_run
+from tests.factories import Cli
 from tests.factories import make_run as _make_run
 
-CliResult = tuple[int, str]
+StoredRun = dict[str, Any] | tuple[dict[str, Any], dict[str, Any] | None]
 
 
 @pytest.fixture
@@ -24,22 +25,24 @@ def make_run() -> Callable[..., dict[str, Any]]:
 
 @pytest.fixture
 def make_store(tmp_path: Path) -> Callable[..., Path]:
-    """``make_store(*runs, name="store", fingerprint=None)``: a store under tmp_path holding ``runs``."""
+    """``make_store(*runs, name="store", fingerprint=None)``: a store under tmp_path holding
+    ``runs``, each with ``fingerprint``; a ``(run, fingerprint)`` pair gives one its own."""
 
-    def build(*runs: dict[str, Any], name: str = "store", fingerprint: dict[str, Any] | None = None) -> Path:
+    def build(*runs: StoredRun, name: str = "store", fingerprint: dict[str, Any] | None = None) -> Path:
         root = tmp_path / name
-        for run in runs:
-            write_run(root, run, fingerprint=fingerprint)
+        for item in runs:
+            run, own = item if isinstance(item, tuple) else (item, fingerprint)
+            write_run(root, run, fingerprint=own)
         return root
 
     return build
 
 
 @pytest.fixture
-def cli() -> Callable[..., CliResult]:
+def cli() -> Cli:
     """``cli("ls", "--root", ...)``: the ``neurolens`` command in-process: (exit status, stdout)."""
 
-    def run(*argv: str) -> CliResult:
+    def run(*argv: str) -> tuple[int, str]:
         out = io.StringIO()
         return main(list(argv), out=out), out.getvalue()
 

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from typing import Any
+
+# The ``cli`` fixture: (exit status, stdout) of the ``neurolens`` command run in-process
+Cli = Callable[..., tuple[int, str]]
 
 BASE_RUN: dict[str, Any] = {
     "model": "gpt2",

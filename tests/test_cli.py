@@ -13,18 +13,14 @@ import pytest
 from neurolens import __version__
 from neurolens.cli import main
 from neurolens.storage.store import write_run
-from tests.factories import make_run
+from tests.factories import Cli, make_run
 
 SCRIPT = str(Path(sys.executable).with_name("neurolens"))
 
-Cli = Callable[..., tuple[int, str]]
-
 
 @pytest.fixture
-def store(tmp_path: Path) -> Path:
-    root = tmp_path / "store"
-    write_run(
-        root,
+def store(make_store: Callable[..., Path]) -> Path:
+    return make_store(
         make_run(
             model="gpt2",
             backend="onnxrt",
@@ -33,9 +29,6 @@ def store(tmp_path: Path) -> Path:
             created_at="2025-10-20T08:00:00Z",
             tags={"experiment": "smoke", "branch": "main"},
         ),
-    )
-    write_run(
-        root,
         make_run(
             model="gpt2",
             backend="tensorrt",
@@ -44,22 +37,20 @@ def store(tmp_path: Path) -> Path:
             created_at="2025-10-21T08:00:00Z",
             tags={"experiment": "smoke", "branch": "pr-1"},
         ),
-    )
-    write_run(
-        root,
-        make_run(
-            model="bert",
-            backend="onnxrt",
-            precision="fp32",
-            batch_size=4,
-            seq_len=None,
-            created_at="2025-10-22T08:00:00Z",
-            tags={"branch": "main"},
-            metrics={"total_latency_ms": 3.25, "gpu_utilization": None},
+        (
+            make_run(
+                model="bert",
+                backend="onnxrt",
+                precision="fp32",
+                batch_size=4,
+                seq_len=None,
+                created_at="2025-10-22T08:00:00Z",
+                tags={"branch": "main"},
+                metrics={"total_latency_ms": 3.25, "gpu_utilization": None},
+            ),
+            {"python": "3.11"},
         ),
-        fingerprint={"python": "3.11"},
     )
-    return root
 
 
 @pytest.fixture

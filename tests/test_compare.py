@@ -21,22 +21,25 @@ from neurolens.analysis.verdicts import Threshold
 from neurolens.cli import main
 from neurolens.storage.index.filters import RunFilter, parse_filter_spec
 from neurolens.storage.store import write_run
-from tests.factories import make_run
+from tests.factories import Cli, make_run
 
 MAIN = RunFilter(tags={"branch": "main"})
 PR = RunFilter(tags={"branch": "pr"})
 
-Cli = Callable[..., tuple[int, str]]
 
-
-def add(root: Path, model: str, branch: str, latency: float, **fields: Any) -> None:
-    """One run of ``model`` on ``branch`` with a median latency of ``latency``."""
+def branch_run(model: str, branch: str, latency: float, **fields: Any) -> dict[str, Any]:
+    """A run of ``model`` on ``branch`` with a median latency of ``latency``."""
     latencies = fields.pop("latencies_ms", None)
     metrics = {"total_latency_ms": latency, "gpu_utilization": None, **fields.pop("metrics", {})}
     run = make_run(model=model, tags={"branch": branch}, metrics=metrics, **fields)
     if latencies is not None:
         run["latencies_ms"] = latencies
-    write_run(root, run)
+    return run
+
+
+def add(root: Path, model: str, branch: str, latency: float, **fields: Any) -> None:
+    """Store one ``branch_run``."""
+    write_run(root, branch_run(model, branch, latency, **fields))
 
 
 def by_model(result: Any) -> dict[str, Any]:
@@ -94,17 +97,11 @@ def test_threshold_parse_rejects(text: str) -> None:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Path:
-    root = tmp_path / "store"
-    add(root, "regressed", "main", 10.0)
-    add(root, "regressed", "pr", 12.0)
-    add(root, "improved", "main", 10.0)
-    add(root, "improved", "pr", 8.0)
-    add(root, "noise", "main", 10.0)
-    add(root, "noise", "pr", 10.2)
-    add(root, "missing", "main", 10.0)
-    add(root, "new", "pr", 10.0)
-    return root
+def store(make_store: Callable[..., Path]) -> Path:
+    sides = [("regressed", "main", 10.0), ("regressed", "pr", 12.0), ("improved", "main", 10.0),
+             ("improved", "pr", 8.0), ("noise", "main", 10.0), ("noise", "pr", 10.2),
+             ("missing", "main", 10.0), ("new", "pr", 10.0)]  # fmt: skip
+    return make_store(*(branch_run(model, branch, latency) for model, branch, latency in sides))
 
 
 def test_verdicts_and_worst_first_order(store: Path) -> None:

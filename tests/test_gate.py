@@ -14,25 +14,24 @@ import pytest
 from neurolens.analysis.compare import compare_frame
 from neurolens.storage.index.filters import RunFilter
 from neurolens.storage.store import write_run
+from tests.factories import Cli
 
-Cli = Callable[..., tuple[int, str]]
 SCRIPT = str(Path(sys.executable).with_name("neurolens"))
 
 
 @pytest.fixture
-def gate_store(tmp_path: Path, make_run: Callable[..., dict[str, Any]]) -> Path:
+def gate_store(make_store: Callable[..., Path], make_run: Callable[..., dict[str, Any]]) -> Path:
     """main at 10 ms, pr at 200 ms (+1900%), one session each."""
-    root = tmp_path / "store"
-    for branch, latency, session in (("main", 10.0, "s-main"), ("pr", 200.0, "s-pr")):
-        write_run(
-            root,
+    return make_store(
+        *(
             make_run(
                 tags={"branch": branch},
                 session_id=session,
                 metrics={"total_latency_ms": latency, "gpu_utilization": None},
-            ),
+            )
+            for branch, latency, session in (("main", 10.0, "s-main"), ("pr", 200.0, "s-pr"))
         )
-    return root
+    )
 
 
 def gate(cli: Cli, root: Path, *extra: str) -> tuple[int, str]:

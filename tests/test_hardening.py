@@ -21,8 +21,8 @@ from neurolens.sources import query
 from neurolens.storage.exchange.merge import ArchiveLimits, merge_stores
 from neurolens.storage.exchange.verify import verify_store
 from neurolens.storage.store import rebuild_index_from_manifest, write_run
+from tests.factories import Cli
 
-Cli = Callable[..., tuple[int, str]]
 SCRIPT = str(Path(sys.executable).with_name("neurolens"))
 
 

@@ -24,9 +24,7 @@ from neurolens.storage.exchange import verify, workers
 from neurolens.storage.exchange.merge import merge_stores
 from neurolens.storage.exchange.verify import verify_store
 from neurolens.storage.store import rebuild_index_from_manifest, write_run
-from tests.factories import make_run
-
-Cli = Callable[..., tuple[int, str]]
+from tests.factories import Cli, make_run
 
 
 def fill(root: Path, count: int, prefix: str, **fields: object) -> list[str]:
@@ -127,7 +125,7 @@ def test_worker_processes_merge_exactly_as_one_process_does(
     seeded = tmp_path / "seed"
     write_run(seeded, make_run(run_id="a0011", created_at="2025-03-03T00:00:00Z", model="other"))
     fill(seeded, 1, "a", created_at="2025-03-03T00:00:00Z")  # a0000, identical to a's
-    monkeypatch.setattr(merge, "_PART", 3)  # parts of 3 runs: a's 12 fresh runs make 4 parts
+    monkeypatch.setattr(merge, "_RUNS_PER_MERGE_PART", 3)  # parts of 3 runs: a's 12 fresh runs make 4 parts
     pools: list[int] = []
 
     def counted_pool(count: int) -> Any:
@@ -323,9 +321,11 @@ def test_merge_killed_then_rerun_completes_without_duplicates(tmp_path: Path) ->
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Path:
-    root = tmp_path / "store"
-    fill(root, 6, "v", created_at="2025-03-03T00:00:00Z")
+def store(make_store: Callable[..., Path]) -> Path:
+    runs = [
+        make_run(run_id=f"v{i:04d}", batch_size=i + 1, created_at="2025-03-03T00:00:00Z") for i in range(6)
+    ]
+    root = make_store(*runs, fingerprint={"p": "v"})
     rebuild_index_from_manifest(root)
     return root
 
@@ -381,7 +381,7 @@ def test_verify_in_worker_processes_gives_the_same_report(
     (folder / "v0002.json").unlink()
     (folder / "v0004.fp.json").unlink()
     alone = verify_store(store, workers=1).to_dict()
-    monkeypatch.setattr(verify, "_PART", 2)  # parts of two runs: three worker tasks
+    monkeypatch.setattr(verify, "_RUNS_PER_CHECK_PART", 2)  # parts of two runs: three worker tasks
     seen: list[tuple[int, int]] = []
     spread = verify_store(store, workers=2, progress=lambda done, total: seen.append((done, total)))
     assert spread.to_dict() == alone

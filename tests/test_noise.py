@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import random
 import textwrap
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +21,10 @@ from neurolens.analysis.compare import compare
 from neurolens.sources import query
 from neurolens.storage.index.filters import RunFilter
 from neurolens.storage.store import write_run
-from tests.factories import make_run
+from tests.factories import Cli, make_run
 
 BASE = RunFilter(tags={"side": "base"})
 CAND = RunFilter(tags={"side": "cand"})
-Cli = Callable[..., tuple[int, str]]
 
 
 def session(root: Path, side: str, number: int, level: float, rng: random.Random, **test: Any) -> None:

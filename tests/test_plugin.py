@@ -68,9 +68,14 @@ def documents(tester: pytest.Pytester, store: str = "runs") -> list[dict[str, An
 
 def test_without_a_store_nothing_is_written_but_tests_still_measure(tester: pytest.Pytester) -> None:
     tester.makepyfile(BASIC)
-    before = sorted(p.name for p in tester.path.iterdir())
+
+    def written() -> list[str]:
+        # pytest's own bytecode cache is not ours (it appears wherever bytecode is written)
+        return sorted(p.name for p in tester.path.iterdir() if p.name != "__pycache__")
+
+    before = written()
     run(tester).assert_outcomes(passed=1)
-    assert sorted(p.name for p in tester.path.iterdir()) == before
+    assert written() == before
 
 
 def test_store_option_records_a_run_per_measurement(tester: pytest.Pytester) -> None:
@@ -694,3 +699,40 @@ def test_a_store_under_a_file_is_one_usage_error(tester: pytest.Pytester) -> Non
     result = run(tester, "--neurolens-store=afile/runs")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     assert result.stderr.str().count("cannot write there") == 1
+
+
+def test_measured_runs_are_checked_against_the_schema_once_each(tester: pytest.Pytester) -> None:
+    """measure() takes record()'s path: each run validated once, before any call, and written
+    without a second check."""
+    tester.makeconftest(
+        """
+import pytest
+import neurolens.storage.ledger.document as document
+
+CHECKED = []
+_real = document.schema_problems
+
+def counting(doc):
+    CHECKED.append(doc.get("test", {}).get("repeat"))
+    return _real(doc)
+
+document.schema_problems = counting
+
+def pytest_terminal_summary(terminalreporter):
+    terminalreporter.write_line(f"schema checks: {len(CHECKED)}")
+"""
+    )
+    tester.makepyfile(
+        """
+import pytest
+
+pytestmark = pytest.mark.neurolens(model="tiny", backend="cpu", precision="fp32", batch_size=1)
+
+def test_rounds(neurolens):
+    neurolens.measure(lambda: None, warmup=0, iterations=2, repeats=3)
+"""
+    )
+    result = run(tester, "--neurolens-store=runs")
+    result.assert_outcomes(passed=1)
+    assert len(stored(tester)) == 3
+    result.stdout.fnmatch_lines(["schema checks: 3"])

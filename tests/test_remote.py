@@ -8,7 +8,7 @@ import subprocess
 import sys
 import textwrap
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pandas  # noqa: F401  (loaded before pytester runs: numpy cannot be imported twice)
@@ -17,10 +17,9 @@ import pyarrow.parquet  # noqa: F401
 import pytest
 
 from neurolens.storage.store import write_run
-from tests.factories import make_run
+from tests.factories import Cli, make_run
 from tests.s3_server import running_s3_server
 
-Cli = Callable[..., tuple[int, str]]
 SCRIPT = str(Path(sys.executable).with_name("neurolens"))
 
 

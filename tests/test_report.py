@@ -9,7 +9,6 @@ import re
 import statistics
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +25,8 @@ from neurolens.sources import query
 from neurolens.storage.index.filters import RunFilter
 from neurolens.storage.store import write_run
 from tests.browser import BROWSER_ARGS, CHROMIUM
-from tests.factories import make_run
+from tests.factories import Cli, make_run
 
-Cli = Callable[..., tuple[int, str]]
 H100 = {"gpu_name": "NVIDIA H100 80GB HBM3", "driver_version": "550.54.15", "cuda_version": "12.4"}
 NEW_DRIVER = {**H100, "driver_version": "555.42.02"}
 

@@ -14,7 +14,7 @@ from neurolens import load_runs
 from neurolens.errors import IndexWarning, ManifestWarning, RunExistsError, RunValidationError, StoreError
 from neurolens.storage.index import compaction as index_module
 from neurolens.storage.index.reading import opened_index
-from neurolens.storage.ledger import files as files_module
+from neurolens.storage.ledger import creating as creating_module
 from neurolens.storage.ledger.run_ids import new_run_id
 from neurolens.storage.store import compact_index, rebuild_index_from_manifest, write_run
 from tests.factories import make_run
@@ -33,7 +33,7 @@ def file_creation(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatc
     """Run files are made as unnamed files (O_TMPFILE) linked into place, or where the
     file system has none, under a temporary name: the store is the same either way."""
     if request.param == "temporary name":
-        monkeypatch.setattr(files_module, "_unnamed_files", False)
+        monkeypatch.setattr(creating_module, "_unnamed_files", False)
     return str(request.param)
 
 
@@ -48,12 +48,12 @@ def _has_unnamed_files(folder: Path) -> bool:
 def test_unnamed_files_are_linked_into_place_where_the_file_system_has_them(tmp_path: Path) -> None:
     dir_fd = os.open(tmp_path, os.O_RDONLY)
     try:
-        made = files_module._create_unnamed(dir_fd, "a.json", b'{"a": 1}', durable=True)
+        made = creating_module._create_unnamed(dir_fd, "a.json", b'{"a": 1}', durable=True)
         assert made is _has_unnamed_files(tmp_path)
         if made:
             assert (tmp_path / "a.json").read_bytes() == b'{"a": 1}'
             with pytest.raises(RunExistsError):  # never over an existing name
-                files_module._create_unnamed(dir_fd, "a.json", b"other", durable=True)
+                creating_module._create_unnamed(dir_fd, "a.json", b"other", durable=True)
             assert (tmp_path / "a.json").read_bytes() == b'{"a": 1}'
         assert os.listdir(tmp_path) == (["a.json"] if made else [])
     finally:
@@ -67,10 +67,10 @@ def test_files_are_created_whole_where_the_file_system_has_no_hard_links(
     def no_links(*args: object, **kwargs: object) -> None:
         raise OSError(errno.EPERM, "Operation not permitted")
 
-    monkeypatch.setattr(files_module, "_unnamed_files", files_module._unnamed_files)
+    monkeypatch.setattr(creating_module, "_unnamed_files", creating_module._unnamed_files)
     monkeypatch.setattr(os, "link", no_links)
     result = write_run(tmp_path, make_run(), fingerprint={"a": 1})
-    assert files_module._unnamed_files is False  # temporary names from then on
+    assert creating_module._unnamed_files is False  # temporary names from then on
     stored = Path(result["run_json"])
     assert json.loads(stored.read_bytes())["run_id"] == result["run_id"]
     assert json.loads(Path(result["fp_json"]).read_bytes()) == {"a": 1}
@@ -78,7 +78,7 @@ def test_files_are_created_whole_where_the_file_system_has_no_hard_links(
     dir_fd = os.open(stored.parent, os.O_RDONLY)
     try:
         with pytest.raises(RunExistsError):  # still never over an existing file
-            files_module.create_file_atomically(dir_fd, stored.name, b"other")
+            creating_module.create_file_atomically(dir_fd, stored.name, b"other")
     finally:
         os.close(dir_fd)
     assert all_files(tmp_path) == before

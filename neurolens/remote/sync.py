@@ -17,7 +17,7 @@ from neurolens.remote.table import PAYLOAD_COLUMNS, RemoteTable, now, schema
 from neurolens.storage.exchange.importer import Importer, MergeReport, reason
 from neurolens.storage.index.filters import RunFilter
 from neurolens.storage.index.query import select
-from neurolens.storage.ledger.files import check_run_path, read_store_file
+from neurolens.storage.ledger.files import Folders, check_run_path
 from neurolens.storage.ledger.manifest import COLUMNS
 from neurolens.storage.ledger.root import ensure_root
 
@@ -50,21 +50,27 @@ def push(root: Path, remote: RemoteTable, flt: RunFilter | None = None) -> PushR
     present = remote.ids_on_days(sorted({r["day"] for r in records})) & {r["run_id"] for r in records}
     report.already = len(present)
     fresh = [r for r in records if r["run_id"] not in present]
-    for start in range(0, len(fresh), _BATCH):
-        pushed_at = now()
-        batch = _payload(root, fresh[start : start + _BATCH], report, pushed_at)
-        inserted = remote.insert_new(batch)
-        sent = batch.column("run_id").to_pylist()
-        if inserted != len(sent):
-            # another runner pushed some of the same runs at the same moment: ours carry our time
-            rows = remote.with_ids(sent, ["run_id", "pushed_at"])
-            sent = [r["run_id"] for r in rows if r["pushed_at"] == pushed_at]
-        report.added.extend(sent)
-        report.already += len(batch) - len(sent)
+    with Folders(root) as folders:  # each day folder opened once, as merge and verify do
+        for start in range(0, len(fresh), _BATCH):
+            pushed_at = now()
+            batch = _payload(folders, fresh[start : start + _BATCH], report, pushed_at)
+            _send(remote, batch, pushed_at, report)
     return report
 
 
-def _payload(root: Path, records: list[dict[str, Any]], report: PushReport, pushed_at: Any) -> Any:
+def _send(remote: RemoteTable, batch: Any, pushed_at: Any, report: PushReport) -> None:
+    """One MERGE of a batch; what it added is recorded in ``report``."""
+    inserted = remote.insert_new(batch)
+    sent = batch.column("run_id").to_pylist()
+    if inserted != len(sent):
+        # another runner pushed some of the same runs at the same moment: ours carry our time
+        rows = remote.with_ids(sent, ["run_id", "pushed_at"])
+        sent = [r["run_id"] for r in rows if r["pushed_at"] == pushed_at]
+    report.added.extend(sent)
+    report.already += len(batch) - len(sent)
+
+
+def _payload(folders: Folders, records: list[dict[str, Any]], report: PushReport, pushed_at: Any) -> Any:
     """The rows to send: index columns, the run file's bytes (checked against the manifest's
     hash) and the fingerprint's, and when they were pushed."""
     import pyarrow as pa
@@ -72,9 +78,9 @@ def _payload(root: Path, records: list[dict[str, Any]], report: PushReport, push
     columns: dict[str, list[Any]] = {name: [] for name in (*COLUMNS, *PAYLOAD_COLUMNS)}
     for record in records:
         try:
-            run_bytes = read_store_file(root, check_run_path(record["run_json"]))
+            run_bytes = folders.read(check_run_path(record["run_json"]))
             fp = record["fp_json"]
-            fp_bytes = read_store_file(root, check_run_path(fp)) if fp else None
+            fp_bytes = folders.read(check_run_path(fp)) if fp else None
         except (OSError, ValueError, StoreError) as exc:  # a missing, linked or odd file
             report.damaged.append(f"run {record['run_id']}: a file cannot be read ({reason(exc)})")
             continue

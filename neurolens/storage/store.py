@@ -1,4 +1,5 @@
-"""The documented store API: ``write_run`` and ``rebuild_index_from_manifest``.
+"""The documented store API: ``write_run`` and ``rebuild_index_from_manifest`` (with
+``compact_index`` and ``ensure_usable_index``). Reading runs back goes through ``neurolens.sources``.
 
 Layout under a root::
 
@@ -23,8 +24,9 @@ from neurolens.errors import IndexWarning, RunExistsError, RunValidationError, S
 from neurolens.storage.index.compaction import IndexReport, compact, needs_compaction
 from neurolens.storage.index.reading import has_run, opened_index
 from neurolens.storage.ledger.canonical import canonical_bytes
+from neurolens.storage.ledger.creating import create_file_atomically
 from neurolens.storage.ledger.document import PreparedRun, check_json_value, prepare_run, run_relpaths
-from neurolens.storage.ledger.files import append_lines_durably, create_file_atomically, fsync_dir, open_dir
+from neurolens.storage.ledger.files import append_lines_durably, fsync_dir, open_dir
 from neurolens.storage.ledger.manifest import MANIFEST_NAME, Progress, encode_entry, entry_for, manifest_size
 from neurolens.storage.ledger.root import StrPath, default_root, ensure_root, require_store, resolve_root
 from neurolens.storage.ledger.run_ids import take_minted

@@ -19,8 +19,9 @@ from typing import Any
 from neurolens.errors import NeurolensError, RunExistsError
 from neurolens.storage.index import reading as _index
 from neurolens.storage.ledger.canonical import canonical_bytes
+from neurolens.storage.ledger.creating import create_file_atomically
 from neurolens.storage.ledger.document import prepare_run, run_relpaths
-from neurolens.storage.ledger.files import Folders, append_lines_durably, create_file_atomically
+from neurolens.storage.ledger.files import Folders, append_lines_durably
 from neurolens.storage.ledger.manifest import (
     MANIFEST_NAME,
     encode_entry,

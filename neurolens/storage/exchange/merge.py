@@ -191,7 +191,10 @@ def _merge_one(
     if pool is None:
         here = [*fresh.records(), *again]
     else:
-        futures = [pool.submit(_import_part, src, importer.dest, part) for part in parts_of(fresh, _RUNS_PER_MERGE_PART)]
+        futures = [
+            pool.submit(_import_part, src, importer.dest, part)
+            for part in parts_of(fresh, _RUNS_PER_MERGE_PART)
+        ]
         try:
             for future in futures:  # in source order: the manifest lines keep it
                 for outcome in future.result():

@@ -4,7 +4,7 @@ A store's files are untrusted (stores are merged from other machines and edited 
 hand), so every open walks from the root one component at a time with ``O_NOFOLLOW``:
 nothing is read or written through a symlink, nothing outside the root is reached, and
 anything but a regular file (a FIFO, a device) is refused before it can block a reader.
-On top of that: no-clobber atomic creation, atomic replacement, durable appends, locks.
+On top of that: atomic replacement, durable appends, locks (no-clobber creation: creating.py).
 """
 
 from __future__ import annotations
@@ -17,17 +17,17 @@ import stat
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
-from neurolens.errors import RunExistsError, StoreError
+from neurolens.errors import StoreError
 
 if sys.platform != "win32":
     import fcntl
 
-_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _DIRECTORY = getattr(os, "O_DIRECTORY", 0)
 _NONBLOCK = getattr(os, "O_NONBLOCK", 0)
-_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 
 # A run's files: YYYY/MM/DD/<backend>/<run_id>.json or .fp.json (see document.run_relpaths).
 _RUN_FILE = re.compile(
@@ -59,7 +59,7 @@ def _refusal(root: Path, relative: str, exc: OSError) -> StoreError:
 
 def open_dir(root: Path, relative: str = "", *, create: bool = False) -> int:
     """A file descriptor of the folder ``relative`` under ``root`` (created when ``create``)."""
-    fd = os.open(root, os.O_RDONLY | _DIRECTORY | _CLOEXEC)
+    fd = os.open(root, os.O_RDONLY | _DIRECTORY | CLOEXEC)
     if not relative:
         return fd
     try:
@@ -79,7 +79,7 @@ def open_dir(root: Path, relative: str = "", *, create: bool = False) -> int:
 def _open_child_dir(fd: int, name: str, create: bool) -> int:
     """The folder ``name`` in the folder ``fd``, made first if missing and ``create``
     (the open comes first: the folders of a day exist for all but its first run)."""
-    flags = os.O_RDONLY | _DIRECTORY | _NOFOLLOW | _CLOEXEC
+    flags = os.O_RDONLY | _DIRECTORY | NOFOLLOW | CLOEXEC
     try:
         return os.open(name, flags, dir_fd=fd)
     except FileNotFoundError:
@@ -108,7 +108,7 @@ def _open_regular(
     name = relative.rpartition("/")[2]
     _parts(name)
     try:
-        fd = os.open(name, flags | _NOFOLLOW | _NONBLOCK | _CLOEXEC, mode, dir_fd=dir_fd)
+        fd = os.open(name, flags | NOFOLLOW | _NONBLOCK | CLOEXEC, mode, dir_fd=dir_fd)
     except FileNotFoundError:
         raise
     except OSError as exc:
@@ -185,98 +185,6 @@ def fsync_dir(dir_fd: int) -> None:
         os.fsync(dir_fd)
 
 
-def create_file_atomically(dir_fd: int, name: str, data: bytes, *, durable: bool = True) -> None:
-    """Write ``data`` to a new file ``name`` in the folder ``dir_fd``: all or nothing, never
-    overwriting, never through a link.
-
-    The bytes go to a file with no name yet (``O_TMPFILE``; elsewhere a temporary name)
-    that is fsynced, then hard-linked into place: the link fails if ``name`` exists (a
-    symlink included), so a clash raises RunExistsError and leaves both files as they
-    were. ``durable=False`` skips the fsync for callers that sync a whole batch.
-    """
-    if _create_unnamed(dir_fd, name, data, durable=durable):
-        return
-    tmp = f".{name}.{os.getpid()}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC, 0o644, dir_fd=dir_fd)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            if durable:
-                os.fsync(handle.fileno())
-        if not _link_new(tmp, name, dir_fd, src_dir_fd=dir_fd, follow_symlinks=False):
-            _create_exclusive(dir_fd, name, data)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp, dir_fd=dir_fd)
-
-
-# Whether unnamed (O_TMPFILE) files are linked into place. They are linked through /proc
-# (linkat with AT_EMPTY_PATH needs a privilege): off without it, or once a link through it fails.
-_unnamed_files = hasattr(os, "O_TMPFILE") and os.path.isdir("/proc/self/fd")
-
-
-def _create_unnamed(dir_fd: int, name: str, data: bytes, *, durable: bool) -> bool:
-    """``create_file_atomically`` through an unnamed file: no temporary name is created and
-    removed (two folder updates fewer), and a crash leaves nothing behind. False where the
-    file system or kernel has no ``O_TMPFILE``: the caller uses a temporary name."""
-    global _unnamed_files
-    if not _unnamed_files:
-        return False
-    try:
-        fd = os.open(".", os.O_WRONLY | os.O_TMPFILE | _CLOEXEC, 0o644, dir_fd=dir_fd)
-    except OSError as exc:  # not supported by this file system (or kernel: EISDIR)
-        if exc.errno in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.ENOENT):
-            return False
-        raise
-    try:
-        _write_all(fd, data)
-        if durable:
-            os.fsync(fd)
-        no_proc = (*_NO_HARD_LINKS, errno.ENOENT)
-        linked = _link_new(f"/proc/self/fd/{fd}", name, dir_fd, unsupported=no_proc, follow_symlinks=True)
-    finally:
-        os.close(fd)
-    if not linked:  # /proc hidden, or no hard links here: temporary names from now on
-        _unnamed_files = False
-    return linked
-
-
-_NO_HARD_LINKS = (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV)
-
-
-def _link_new(
-    source: str, name: str, dir_fd: int, *, unsupported: tuple[int, ...] = _NO_HARD_LINKS, **how: Any
-) -> bool:
-    """Hard-link ``source`` as the new ``name`` in the folder ``dir_fd``: RunExistsError
-    if ``name`` exists (a symlink included); False where the link fails with an errno of
-    ``unsupported`` (a file system without hard links)."""
-    try:
-        os.link(source, name, dst_dir_fd=dir_fd, **how)
-    except FileExistsError:
-        raise _exists(name) from None
-    except OSError as exc:
-        if exc.errno not in unsupported:
-            raise
-        return False
-    return True
-
-
-def _exists(name: str) -> RunExistsError:
-    return RunExistsError(f"{name} already exists; runs are never overwritten")
-
-
-def _create_exclusive(dir_fd: int, name: str, data: bytes) -> None:
-    try:
-        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o644, dir_fd=dir_fd)
-    except FileExistsError:
-        raise _exists(name) from None
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-
-
 def replace_file_atomically(root: Path, name: str, data: bytes) -> None:
     """Replace a derived file (the index) at the top of ``root`` in one rename: readers see
     old or new, never half. The temporary file is removed on every failure."""
@@ -291,7 +199,7 @@ def replacing(root: Path, name: str) -> Iterator[BinaryIO]:
     tmp = f".{name}.{os.getpid()}.tmp"
     dir_fd = open_dir(root)
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _NOFOLLOW | _CLOEXEC, 0o644, dir_fd=dir_fd)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | NOFOLLOW | CLOEXEC, 0o644, dir_fd=dir_fd)
         try:
             with os.fdopen(fd, "wb") as handle:
                 yield handle
@@ -339,14 +247,14 @@ def append_lines_durably(root: Path, name: str, lines: list[bytes]) -> int:
             size = os.fstat(fd).st_size
             if size and os.pread(fd, 1, size - 1) != b"\n":
                 data = b"\n" + data
-            _write_all(fd, data)
+            write_all(fd, data)
             os.fsync(fd)
             return size + len(data)
     finally:
         os.close(fd)
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         written = os.write(fd, view)
