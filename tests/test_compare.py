@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import statistics
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ import pytest
 import neurolens.storage.index.arrow_backend
 import neurolens.storage.index.parquet  # noqa: F401  (the index's Arrow classes, loaded before pytester runs)
 from neurolens.analysis.compare import compare, compare_frame
-from neurolens.analysis.stats import mann_whitney_u
+from neurolens.analysis.stats import mann_whitney_u, t_quantile
 from neurolens.analysis.verdicts import Threshold
 from neurolens.cli import main
 from neurolens.storage.index.filters import RunFilter, parse_filter_spec
@@ -98,8 +99,10 @@ def test_threshold_parse_rejects(text: str) -> None:
 
 @pytest.fixture
 def store(make_store: Callable[..., Path]) -> Path:
-    sides = [("regressed", "main", 10.0), ("regressed", "pr", 12.0), ("improved", "main", 10.0),
-             ("improved", "pr", 8.0), ("noise", "main", 10.0), ("noise", "pr", 10.2),
+    # one session a side: a change must clear the noise floor one baseline session gives
+    # (the prior spread: about 24% over three compared groups), so the steps are large
+    sides = [("regressed", "main", 10.0), ("regressed", "pr", 15.0), ("improved", "main", 10.0),
+             ("improved", "pr", 6.0), ("noise", "main", 10.0), ("noise", "pr", 10.2),
              ("missing", "main", 10.0), ("new", "pr", 10.0)]  # fmt: skip
     return make_store(*(branch_run(model, branch, latency) for model, branch, latency in sides))
 
@@ -116,7 +119,7 @@ def test_verdicts_and_worst_first_order(store: Path) -> None:
     }
     assert [g.group["model"] for g in result.groups] == ["regressed", "noise", "improved", "new", "missing"]
     regressed = by_model(result)["regressed"]
-    assert regressed.change_pct == pytest.approx(20.0) and regressed.change_abs == pytest.approx(2.0)
+    assert regressed.change_pct == pytest.approx(50.0) and regressed.change_abs == pytest.approx(5.0)
     assert regressed.fails and result.failed
     assert not by_model(result)["improved"].fails and not by_model(result)["new"].fails
 
@@ -143,7 +146,7 @@ def test_without_threshold_it_reports_but_never_fails(store: Path) -> None:
 def test_thresholds_at_their_edges(tmp_path: Path, candidate: float, threshold: str, verdict: str) -> None:
     add(tmp_path, "m", "main", 10.0)
     add(tmp_path, "m", "pr", candidate)
-    (group,) = compare(tmp_path, MAIN, PR, threshold=threshold).groups
+    (group,) = compare(tmp_path, MAIN, PR, threshold=threshold, noise_floor=False).groups
     assert group.verdict == verdict
     assert group.fails is (verdict == "regressed")
 
@@ -174,7 +177,9 @@ def test_require_significance_ignores_regressions_within_noise(tmp_path: Path) -
     # the same change with the noise floor on: inside the baseline's spread
     floored = compare(tmp_path, MAIN, PR, threshold="5%").groups[0]
     assert floored.verdict == "noise" and not floored.fails
-    assert floored.noise_floor == pytest.approx(3.747 * 1.4826 * 1.0 * (1 / 5 + 1 / 5) ** 0.5)
+    # five sessions: their standard deviation alone, Student's t with 4 degrees of freedom
+    spread = statistics.stdev([8.0, 12.0, 9.0, 11.0, 10.0])
+    assert floored.noise_floor == pytest.approx(t_quantile(0.99, 4) * spread * (1 / 5 + 1 / 5) ** 0.5)
 
 
 def test_one_session_a_side_is_no_verdict_on_significance(tmp_path: Path) -> None:
@@ -182,7 +187,7 @@ def test_one_session_a_side_is_no_verdict_on_significance(tmp_path: Path) -> Non
     # session: with one session a side there is no p-value, and no failure on it
     rng = random.Random(3)
     add(tmp_path, "m", "main", 10.0, latencies_ms=[rng.gauss(10, 0.1) for _ in range(40)])
-    add(tmp_path, "m", "pr", 11.0, latencies_ms=[rng.gauss(11, 0.1) for _ in range(40)])
+    add(tmp_path, "m", "pr", 15.0, latencies_ms=[rng.gauss(15, 0.1) for _ in range(40)])
     assert mann_whitney_u([10.0] * 3 + [10.1] * 3, [11.0] * 6)[1] < 0.01
     (group,) = compare(tmp_path, MAIN, PR, threshold="5%", require_significance=True).groups
     assert group.p_value is None and group.significant is None
@@ -193,12 +198,12 @@ def test_one_session_a_side_is_no_verdict_on_significance(tmp_path: Path) -> Non
 
 def test_other_metrics_and_higher_is_better(tmp_path: Path) -> None:
     add(tmp_path, "m", "main", 10.0, metrics={"latency_p99_ms": 20.0, "throughput_per_s": 100.0})
-    add(tmp_path, "m", "pr", 10.0, metrics={"latency_p99_ms": 25.0, "throughput_per_s": 90.0})
+    add(tmp_path, "m", "pr", 10.0, metrics={"latency_p99_ms": 30.0, "throughput_per_s": 70.0})
     p99 = compare(tmp_path, MAIN, PR, metric="p99", threshold="5%")
     assert p99.metric == "latency_p99_ms" and p99.groups[0].verdict == "regressed"
     throughput = compare(tmp_path, MAIN, PR, metric="throughput", threshold="5%")
     assert throughput.higher_is_better and throughput.groups[0].verdict == "regressed"
-    assert throughput.groups[0].change_pct == pytest.approx(-10.0)
+    assert throughput.groups[0].change_pct == pytest.approx(-30.0)
     latency = compare(tmp_path, MAIN, PR, threshold="5%")
     assert latency.groups[0].verdict == "unchanged"
 
@@ -272,11 +277,12 @@ def test_cli_table_and_exit_status(cli: Cli, store: Path, capsys: pytest.Capture
     lines = out.splitlines()
     assert lines[0].split() == ["GROUP", "BASELINE", "CANDIDATE", "CHANGE", "DELTA", "P", "RUNS", "VERDICT"]
     assert lines[1].startswith("regressed ") and lines[1].split()[-1] == "regressed"
-    assert lines[-1].startswith("5 groups: 1 regressed, 1 improved, 1 unchanged, 1 new, 1 missing")
+    assert lines[-2].startswith("5 groups: 1 regressed, 1 improved, 1 unchanged, 1 new, 1 missing")
+    assert lines[-1].startswith("noise: each change tested") and "Holm-corrected over 3 groups" in lines[-1]
     status, out = cli(*args, "--fail-above", "5%")
     assert status == 1 and out.splitlines()[1].split()[-1] == "REGRESSED"
     assert "1 group failed the gate (threshold 5%)" in capsys.readouterr().err
-    assert cli(*args, "--fail-above", "25%")[0] == 0
+    assert cli(*args, "--fail-above", "60%")[0] == 0
 
 
 def test_cli_json_parses_back(compare_cli: Callable[..., tuple[int, str]], store: Path) -> None:
@@ -292,7 +298,7 @@ def test_cli_json_parses_back(compare_cli: Callable[..., tuple[int, str]], store
         "missing": 1,
     }
     first = data["groups"][0]
-    assert first["group"]["model"] == "regressed" and first["baseline"] == 10.0 and first["candidate"] == 12.0
+    assert first["group"]["model"] == "regressed" and first["baseline"] == 10.0 and first["candidate"] == 15.0
 
 
 def test_cli_markdown_parses_back(compare_cli: Callable[..., tuple[int, str]], store: Path) -> None:
@@ -304,7 +310,7 @@ def test_cli_markdown_parses_back(compare_cli: Callable[..., tuple[int, str]], s
     header = [c.strip() for c in table[0].strip("|").split("|")]
     assert header == ["group", "baseline", "candidate", "change", "delta", "p", "runs", "verdict"]
     rows = [[c.strip() for c in line.strip("|").split("|")] for line in table[2:]]
-    assert len(rows) == 5 and rows[0][-1] == "**REGRESSED**" and rows[0][3] == "+20.0%"
+    assert len(rows) == 5 and rows[0][-1] == "**REGRESSED**" and rows[0][3].startswith("+50.0% [")
 
 
 @pytest.mark.parametrize(
@@ -324,7 +330,7 @@ def test_cli_usage_errors(store: Path, extra: list[str]) -> None:
 
 def test_cli_group_by_adds_a_column(cli: Cli, tmp_path: Path) -> None:
     add(tmp_path, "m", "main", 10.0, fingerprint_hash="aaa")
-    add(tmp_path, "m", "pr", 12.0, fingerprint_hash="bbb")
+    add(tmp_path, "m", "pr", 15.0, fingerprint_hash="bbb")
     base = (
         "compare",
         "--root",
@@ -374,14 +380,14 @@ def test_pytest_gate_fails_the_session_on_a_regression(
     pytester.makepyfile(GATED)
     gate(pytester, monkeypatch, 10.0, "--neurolens-tag", "branch=main").assert_outcomes(passed=1)
     compare_args = ("--neurolens-compare=--tag branch=main", "--neurolens-fail-above=5%")
-    slower = gate(pytester, monkeypatch, 11.0, "--neurolens-tag", "branch=pr", *compare_args)
+    slower = gate(pytester, monkeypatch, 15.0, "--neurolens-tag", "branch=pr", *compare_args)
     slower.assert_outcomes(passed=1)
     assert slower.ret == pytest.ExitCode.TESTS_FAILED
     slower.stdout.fnmatch_lines(
         [
             "*- neurolens compare -*",
             "GROUP*VERDICT",
-            "m cpu fp32 1*10.000*11.000*+10.0%*REGRESSED",
+            "m cpu fp32 1*10.000*15.000*+50.0%*REGRESSED",
             "*regression above 5%: failing the session*",
         ]
     )

@@ -31,12 +31,14 @@ H100 = {"gpu_name": "NVIDIA H100 80GB HBM3", "driver_version": "550.54.15", "cud
 NEW_DRIVER = {**H100, "driver_version": "555.42.02"}
 
 
-def history(root: Path, sessions: int = 12, step_at: int = 9, seed: int = 0) -> None:
-    """gpt2 steps up 30% at session ``step_at``; bert stays flat; the driver changes at 6;
-    session 4 has a second (failed) run that readers leave out."""
+def history(root: Path, sessions: int = 12, step_at: int = 9, seed: int = 0, last: float = 1.0) -> None:
+    """gpt2 steps up 30% at session ``step_at`` (and its newest session by ``last`` more);
+    bert stays flat; the driver changes at 6; session 4 has a second (failed) run that
+    readers leave out."""
     rng = random.Random(seed)
     for s in range(sessions):
-        for model, level in (("gpt2", 13.0 if s >= step_at else 10.0), ("bert", 5.0)):
+        step = (1.3 if s >= step_at else 1.0) * (last if s == sessions - 1 else 1.0)
+        for model, level in (("gpt2", 10.0 * step), ("bert", 5.0)):
             run = make_run(
                 model=model,
                 session_id=f"session-{s:03d}",
@@ -90,7 +92,8 @@ def test_the_embedded_data_equals_the_store_s_rows(tmp_path: Path) -> None:
 
 
 def test_the_overview_s_verdicts_are_compare_s(tmp_path: Path) -> None:
-    history(tmp_path)
+    # the newest session steps again: the earlier step is in the baseline's noise
+    history(tmp_path, last=1.5)
     report = build_report(tmp_path, RunFilter(), threshold=None)
     gate = compare(tmp_path, {"tags": {"side": "base"}}, {"tags": {"side": "cand"}}, threshold="5%")
     by_model = {g.group["model"]: g for g in gate.groups}
@@ -204,7 +207,7 @@ def browser_page() -> Any:
 def test_the_page_opens_offline_with_every_chart_and_shows_run_ids_on_hover(
     tmp_path: Path, cli: Cli, browser_page: Any
 ) -> None:
-    history(tmp_path / "store")
+    history(tmp_path / "store", last=1.5)
     out = tmp_path / "report.html"
     assert cli("report", "--root", str(tmp_path / "store"), "--out", str(out))[0] == 0
     page = browser_page

@@ -5,8 +5,8 @@ GPU by default). Within a group each side's runs form samples: one per pytest se
 per round, for a measurement repeated in one session; a run without a session is a sample
 of its own). The statistic compared is the median of the samples' values.
 
-The rules that decide a group's verdict are in ``verdicts.judge``; the sampling rule in
-``samples``.
+The rules that decide a group's verdict are in ``verdicts`` (``judge``, then ``settle`` over
+all groups at once); the sampling rule in ``samples``.
 
 A gate never passes by mistake: a comparison where nothing was compared (an empty
 side, no group on both sides) says why in ``nothing_compared``; a metric no run
@@ -36,6 +36,7 @@ from neurolens.analysis.verdicts import (
     Threshold,
     group_label,
     judge,
+    settle,
 )
 from neurolens.errors import InvalidArgumentError, StoreError
 from neurolens.sources import RunSource, open_source
@@ -156,6 +157,7 @@ def _compare_sides(
         out.baseline_runs, out.candidate_runs = base.runs, cand.runs
         result.groups.append(out)
         _warn_mixed_hardware(result, group, base.hardware | cand.hardware)
+    settle(result, result.groups)  # the suite's groups decided together (Holm)
     if result.groups and all(g.baseline is None and g.candidate is None for g in result.groups):
         raise UnknownMetricError(metric, sorted(docs.metrics_seen | set(METRIC_COLUMNS)))
     compared = any(g.verdict in COMPARED for g in result.groups)

@@ -16,6 +16,13 @@ def summary_line(result: Comparison) -> str:
         f"({result.metric}, {'higher' if result.higher_is_better else 'lower'} is better, "
         f"threshold {result.threshold})"
     )
+    tested = sum(g.noise_p is not None for g in result.groups)
+    if tested and result.noise_floor:
+        line += (
+            f"\nnoise: each change tested against the baseline's session-to-session noise, "
+            f"Holm-corrected over {tested} group{'s' if tested != 1 else ''} "
+            f"(false alarms at most 1% for the suite); intervals are 95%"
+        )
     changed = [g for g in result.groups if g.verdict in ("regressed", "noise")]
     untold = sum(g.significance_note is not None for g in changed)
     if untold and result.require_significance:
@@ -39,6 +46,8 @@ def _verdict(g: GroupResult) -> str:
 def _cells(g: GroupResult, metric: str) -> list[str]:
     show = milliseconds if metric.endswith("_ms") else number
     change = "-" if g.change_pct is None else f"{g.change_pct:+.1f}%"
+    if g.change_low_pct is not None and g.change_high_pct is not None:
+        change += f" [{g.change_low_pct:+.1f}, {g.change_high_pct:+.1f}]"
     delta = "-" if g.change_abs is None else ("+" if g.change_abs >= 0 else "") + show(g.change_abs)
     return [
         g.label(),

@@ -1,27 +1,58 @@
-"""Verdicts: the threshold, each group's verdict (``judge``, the one place a verdict is
-made) and a comparison's result.
+"""Verdicts: the threshold, each group's verdict and a comparison's result.
 
-``compare.compare`` and the HTML report make them; ``text`` prints them.
+``judge`` weighs one group's evidence; ``settle`` then decides every group of a comparison at
+once, so that the chance of a false alarm holds for the whole suite, not for each group
+(``compare.compare`` and the HTML report call both; ``text`` prints the result).
 
-A group regresses when its change is beyond the threshold and beyond the noise floor
-(the largest change the baseline's own session-to-session noise makes, at 99%); under
-``require_significance`` also only with p < alpha across sessions (Mann-Whitney U over
-the samples, never over the per-call latencies of one session).
+The rules, in one place (the README's "How the gate decides" says the same):
+
+- A group's statistic is the median of its samples (one per session, or per round).
+- **Noise test.** The change must be larger than session-to-session noise alone makes. The
+  noise is the standard deviation of the baseline's newest ``NOISE_SESSIONS`` samples (not
+  the MAD: from a few samples its wide scatter breaks Student's t, and a wild session only
+  widens the floor). Until the baseline has ``PRIOR_DF`` + 1 samples, the missing degrees of
+  freedom are filled with a prior spread of ``PRIOR_SPREAD`` of the baseline's level, so that
+  one, two or three baseline sessions already give a floor (about 16% with one session, 8%
+  with three quiet ones) and a longer history is judged on its own noise alone. A candidate
+  of n samples against m is a prediction: t = change / (spread * sqrt(1/m + 1/n)), one-sided
+  p from Student's t with max(m - 1, ``PRIOR_DF``) degrees of freedom. One candidate session
+  is judged this way too.
+- **Suite correction.** The groups' noise p-values are adjusted by Holm's step-down method;
+  a group is outside the noise when its adjusted p < ``NOISE_ALPHA``. ``noise_floor`` is the
+  change that would have been needed at the group's Holm level.
+- **Significance** (``require_significance``): the Mann-Whitney U test over the sides'
+  samples when both have two or more and the test can reach ``alpha``, else the noise
+  test's p; Holm-adjusted over the groups, significant below ``alpha``.
+- A group regresses (or improves) when its change is beyond the threshold and outside the
+  noise; a gate fails on a regression (under ``require_significance``, a significant one).
+- Its change comes with a 95% interval: Hodges-Lehmann over the samples where they are
+  enough, else Student's t prediction interval.
 """
 
 from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from neurolens.analysis.stats import mann_whitney_u, robust_spread, smallest_p_value, t_quantile_99
+from neurolens.analysis.stats import (
+    hodges_lehmann,
+    holm,
+    mann_whitney_u,
+    smallest_p_value,
+    t_quantile,
+    t_upper_tail,
+)
 from neurolens.errors import InvalidArgumentError
 
-NOISE_SESSIONS = 10  # the baseline's newest samples the noise floor is learned from
-NOISE_MIN_SAMPLES = 3  # fewer and there is no floor
+NOISE_SESSIONS = 10  # the baseline's newest samples the noise is learned from
+NOISE_ALPHA = 0.01  # a change outside the noise: Holm-adjusted one-sided p below this
+PRIOR_SPREAD = 0.03  # session-to-session spread assumed before enough is seen: 3% of the level
+PRIOR_DF = 4  # ... filling the degrees of freedom a short history lacks, up to this many
+INTERVAL = 0.95  # the confidence of a change's interval
+CORRECTION = "holm"
 _EPSILON = 1e-9  # a change exactly at the threshold is within it, float noise included
 
 VERDICT_ORDER = {"regressed": 0, "improved": 1, "noise": 2, "unchanged": 3, "new": 4, "missing": 5}
@@ -63,6 +94,19 @@ class Threshold:
 
 
 @dataclass
+class _Evidence:
+    """What ``judge`` found for ``settle``: the noise test's raw p and how to turn a level
+    into a floor, and the significance test's raw p."""
+
+    worse: float  # the change in the bad direction (negative: better)
+    beyond_threshold: bool
+    noise_p: float | None = None
+    scale: float | None = None  # spread * sqrt(1/m + 1/n): the floor is t quantile * scale
+    df: float | None = None
+    significance_p: float | None = None
+
+
+@dataclass
 class GroupResult:
     group: dict[str, Any]
     # regressed, improved, noise (above the threshold, inside the floor), unchanged, new, missing
@@ -74,12 +118,18 @@ class GroupResult:
     p_value: float | None = None
     significant: bool | None = None
     significance_note: str | None = None  # why there is no p-value, or why it cannot be small
-    noise_floor: float | None = None  # in the metric's unit; None: too few baseline samples
+    noise_floor: float | None = None  # in the metric's unit, at the group's Holm level
+    noise_p: float | None = None  # one-sided p that session noise alone made the change (Holm-adjusted)
+    change_low_pct: float | None = None  # the change's 95% interval, in percent of the baseline
+    change_high_pct: float | None = None
+    interval: str | None = None  # how: "hodges-lehmann" or "t"
     baseline_runs: int = 0
     candidate_runs: int = 0
     baseline_samples: int = 0  # sessions (or rounds) the runs came from
     candidate_samples: int = 0
+    significance_test: str | None = None  # "mann-whitney" or "prediction"
     fails: bool = False
+    _evidence: _Evidence | None = field(default=None, repr=False, compare=False)
 
     def label(self) -> str:
         return group_label(self.group)
@@ -87,7 +137,8 @@ class GroupResult:
     def to_dict(self) -> dict[str, Any]:
         """The fields in order, as ``dataclasses.asdict`` gives them, without its deep copy
         of every value (a tenth of a second on a thousand groups)."""
-        return {f.name: getattr(self, f.name) for f in fields(self)} | {"group": dict(self.group)}
+        shown = (f.name for f in fields(self) if not f.name.startswith("_"))
+        return {name: getattr(self, name) for name in shown} | {"group": dict(self.group)}
 
 
 @dataclass
@@ -119,6 +170,8 @@ class Comparison:
             "require_significance": self.require_significance,
             "alpha": self.alpha,
             "noise_floor": self.noise_floor,
+            "noise_alpha": NOISE_ALPHA,
+            "correction": CORRECTION,
             "failed": self.failed,
             "nothing_compared": self.nothing_compared,
             "counts": self.counts(),
@@ -130,8 +183,8 @@ class Comparison:
 def judge(
     result: Comparison, group: dict[str, Any], base_values: list[float], cand_values: list[float]
 ) -> GroupResult:
-    """One group's verdict from its sides' sample values (oldest first), by the comparison's
-    rules: the one place a verdict is made (``compare`` and the HTML report use it)."""
+    """One group's evidence from its sides' sample values (oldest first), with a verdict
+    for this group alone; ``settle`` decides the comparison's groups together."""
     out = GroupResult(
         group=group,
         verdict="unchanged",
@@ -156,44 +209,95 @@ def judge(
     worse = (base - cand) if result.higher_is_better else (cand - base)
     limit = result.threshold.value * abs(base) if result.threshold.relative else result.threshold.value
     tolerance = _EPSILON * max(abs(base), 1.0)
-    if result.noise_floor:
-        out.noise_floor = _noise_floor(base_values, len(cand_values))
-    if abs(worse) > limit + tolerance:
-        if out.noise_floor is not None and abs(worse) <= out.noise_floor + tolerance:
-            out.verdict = "noise"
-        else:
-            out.verdict = "regressed" if worse > 0 else "improved"
-    _significance(out, base_values, cand_values, result.alpha)
-    out.fails = (
-        result.gate
-        and out.verdict == "regressed"
-        and (out.significant is True or not result.require_significance)
-    )
+    evidence = _Evidence(worse, abs(worse) > limit + tolerance)
+    _noise_test(evidence, base_values, len(cand_values))
+    _significance(out, evidence, base_values, cand_values, result.alpha)
+    _interval(out, evidence, base_values, cand_values)
+    out._evidence = evidence
+    settle(result, [out])
     return out
 
 
-def _noise_floor(base_values: list[float], candidate_samples: int) -> float | None:
-    """The largest change session-to-session noise alone makes between the sides' means,
-    at 99% (one-sided): Student's t quantile for the baseline's newest m samples, times
-    their robust standard deviation (from the MAD), times sqrt(1/m + 1/n). Few baseline
-    sessions give a wide floor: with little history little is known about the noise."""
+def settle(result: Comparison, groups: Sequence[GroupResult]) -> None:
+    """Decide the groups together: Holm's correction over their noise and significance
+    p-values, then each verdict and whether it fails the gate."""
+    tested = [(g, g._evidence) for g in groups if g._evidence is not None]
+    noise = [(g, e) for g, e in tested if e.noise_p is not None]
+    adjusted = holm([e.noise_p for _, e in noise])  # type: ignore[misc]
+    ranks = {id(g): r for r, (g, _) in enumerate(sorted(noise, key=lambda ge: ge[1].noise_p or 0.0))}
+    for (g, e), p in zip(noise, adjusted, strict=True):
+        g.noise_p = p
+        level = NOISE_ALPHA / (len(noise) - ranks[id(g)])
+        assert e.scale is not None and e.df is not None
+        g.noise_floor = t_quantile(1 - level, e.df) * e.scale
+    significance = [(g, e) for g, e in tested if e.significance_p is not None]
+    for (g, _), p in zip(significance, holm([e.significance_p for _, e in significance]), strict=True):  # type: ignore[misc]
+        g.p_value = p
+        g.significant = p < result.alpha
+    for g, e in tested:
+        inside_noise = result.noise_floor and (g.noise_p is None or g.noise_p >= NOISE_ALPHA)
+        g.verdict = "unchanged"
+        if e.beyond_threshold:
+            g.verdict = "noise" if inside_noise else "regressed" if e.worse > 0 else "improved"
+        g.fails = (
+            result.gate
+            and g.verdict == "regressed"
+            and (g.significant is True or not result.require_significance)
+        )
+
+
+def _noise_test(evidence: _Evidence, base_values: list[float], candidate_samples: int) -> None:
+    """The one-sided p that the baseline's session-to-session noise alone made a change this
+    large: the candidate's samples as a prediction from the baseline's newest ones, with the
+    spread pooled with the prior (see the module's rules)."""
     recent = base_values[-NOISE_SESSIONS:]
     m = len(recent)
-    if m < NOISE_MIN_SAMPLES:
-        return None
-    return t_quantile_99(m - 1) * robust_spread(recent) * math.sqrt(1 / m + 1 / candidate_samples)
-
-
-def _significance(out: GroupResult, base_values: list[float], cand_values: list[float], alpha: float) -> None:
-    """A Mann-Whitney U test across the sides' samples (sessions or rounds), never across
-    the per-call latencies of one session."""
-    m, n = len(base_values), len(cand_values)
-    if min(m, n) < 2:
-        out.significance_note = "cannot tell: one session on " + (
-            "each side" if max(m, n) < 2 else "the baseline" if m < 2 else "the candidate"
-        )
+    level = abs(statistics.median(recent))
+    observed = statistics.stdev(recent) if m > 1 else 0.0
+    prior_df = max(0, PRIOR_DF - (m - 1))
+    df = (m - 1) + prior_df
+    spread = math.sqrt(((m - 1) * observed**2 + prior_df * (PRIOR_SPREAD * level) ** 2) / df)
+    scale = spread * math.sqrt(1 / m + 1 / candidate_samples)
+    evidence.scale, evidence.df = scale, df
+    if scale == 0:  # a baseline of zeros: any change is outside its noise
+        evidence.noise_p = 0.0 if evidence.worse else 1.0
         return
-    out.p_value = mann_whitney_u(base_values, cand_values)[1]
-    out.significant = out.p_value < alpha
-    if smallest_p_value(m, n) >= alpha:
-        out.significance_note = f"cannot tell: {m} and {n} sessions cannot give p < {alpha:g}"
+    evidence.noise_p = t_upper_tail(abs(evidence.worse) / scale, df)
+
+
+def _significance(
+    out: GroupResult, evidence: _Evidence, base_values: list[float], cand_values: list[float], alpha: float
+) -> None:
+    """Mann-Whitney U across the sides' samples (sessions or rounds, never the per-call
+    latencies of one session) where it can decide; else the noise test's prediction p,
+    given two or more baseline samples (one says nothing of the noise)."""
+    m, n = len(base_values), len(cand_values)
+    if min(m, n) >= 2 and smallest_p_value(m, n) < alpha:
+        evidence.significance_p = mann_whitney_u(base_values, cand_values)[1]
+        out.significance_test = "mann-whitney"
+        return
+    if m >= 2:
+        evidence.significance_p = evidence.noise_p
+        out.significance_test = "prediction"
+        return
+    out.significance_note = "cannot tell: one session on " + ("each side" if n < 2 else "the baseline")
+
+
+def _interval(
+    out: GroupResult, evidence: _Evidence, base_values: list[float], cand_values: list[float]
+) -> None:
+    """The change's 95% interval in percent of the baseline: Hodges-Lehmann where the
+    samples are enough for one, else Student's t prediction interval."""
+    base = out.baseline
+    if not base:
+        return
+    _, low, high = hodges_lehmann(base_values, cand_values, INTERVAL)
+    if low is not None and high is not None:
+        out.interval = "hodges-lehmann"
+    elif evidence.scale is not None and evidence.df is not None and out.change_abs is not None:
+        half = t_quantile(1 - (1 - INTERVAL) / 2, evidence.df) * evidence.scale
+        low, high = out.change_abs - half, out.change_abs + half
+        out.interval = "t"
+    else:
+        return
+    out.change_low_pct, out.change_high_pct = low / abs(base) * 100, high / abs(base) * 100

@@ -19,7 +19,15 @@ from typing import Any
 from neurolens.analysis.changepoints import change_points
 from neurolens.analysis.compare import DEFAULT_GROUP_BY
 from neurolens.analysis.samples import SampleRun, samples
-from neurolens.analysis.verdicts import VERDICT_ORDER, Comparison, GroupResult, Threshold, group_label, judge
+from neurolens.analysis.verdicts import (
+    VERDICT_ORDER,
+    Comparison,
+    GroupResult,
+    Threshold,
+    group_label,
+    judge,
+    settle,
+)
 from neurolens.errors import StoreError
 from neurolens.sources import RunSource, open_source
 from neurolens.storage.index.filters import RunFilter
@@ -95,6 +103,8 @@ def build_report(
         _series(data, dict(zip(group_by, key, strict=True)), rows, rules, budget)
         for key, rows in groups.items()
     ]
+    # the page's groups decided together, as compare decides a suite's
+    settle(rules, [s.verdict for s in series if s.verdict is not None])
     series.sort(key=_worst_first)
     return Report(
         root=str(source),
