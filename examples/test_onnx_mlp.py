@@ -66,9 +66,8 @@ def session() -> ort.InferenceSession:
 @pytest.mark.parametrize("batch_size", [1, 8, 64])
 def test_mlp_latency(neurolens, session: ort.InferenceSession, batch_size: int) -> None:
     x = np.random.default_rng(batch_size).standard_normal((batch_size, FEATURES)).astype(np.float32)
-    result = neurolens.measure(
-        session.run, None, {"input": x}, batch_size=batch_size, warmup=5, iterations=50
-    )
+    # timed until stable (at least --neurolens-min-time, at most --neurolens-max-time)
+    result = neurolens.measure(session.run, None, {"input": x}, batch_size=batch_size)
     (logits,) = session.run(None, {"input": x})
     assert logits.shape == (batch_size, CLASSES)
     assert 0 < result.min_ms <= result.p50_ms <= result.max_ms

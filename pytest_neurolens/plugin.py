@@ -71,4 +71,6 @@ def neurolens(request: pytest.FixtureRequest) -> NeurolensFixture:
     recorder = config.pluginmanager.get_plugin(RECORDER_NAME)
     settings = config.stash[settings_key]
     context = item_context(request.node, settings.tags)
-    return NeurolensFixture(request.node, context, config.stash[session_id_key], recorder, settings.repeats)
+    return NeurolensFixture(
+        request.node, context, config.stash[session_id_key], recorder, settings.repeats, settings.budget
+    )

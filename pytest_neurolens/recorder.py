@@ -142,6 +142,9 @@ class Recorder:
                     "batch_size": run["batch_size"],
                     "p50_ms": run["metrics"]["total_latency_ms"],
                     "gpu_utilization": run["metrics"].get("gpu_utilization"),
+                    "stable": run["metrics"].get("stable"),
+                    "stability_pct": run["metrics"].get("stability_pct"),
+                    "limit_pct": run["metrics"].get("stability_limit_pct"),
                 }
             )
 
@@ -229,6 +232,8 @@ class Recorder:
             ]
             for line in render(header, rows, right=(4, 5, 6)).splitlines():
                 tr.write_line(line)
+            for line in unstable_lines(self.summary):
+                tr.write_line(escape(line), yellow=True)
         if self.comparison is not None:
             from neurolens.analysis.text import to_table
 
@@ -239,6 +244,22 @@ class Recorder:
                 tr.write_line(escape(f"warning: {warning}"))
         for error in self.errors:
             tr.write_line(escape(f"neurolens: {error}"), red=True)
+
+
+def unstable_lines(summary: list[dict[str, Any]]) -> list[str]:
+    """A line per measurement that did not meet its stability rule (``timing``), and a hint."""
+    lines = []
+    for r in summary:
+        if r.get("stable") is False:
+            spread = r.get("stability_pct")
+            figure = "windows not comparable" if spread is None else f"windows {spread:.1f}% apart"
+            lines.append(f"unstable: {r['nodeid']} ({figure}; the rule asks {r.get('limit_pct') or 0:g}%)")
+    if lines:
+        lines.append(
+            "unstable measurements are noisy evidence: give them more time "
+            "(--neurolens-max-time, measure(max_time=)) or a quieter machine"
+        )
+    return lines
 
 
 def _check_writable(store: os.PathLike[str]) -> int:

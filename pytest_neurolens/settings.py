@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from pytest_neurolens.timing import DEFAULT_MAX_TIME_S, DEFAULT_MIN_TIME_S, DEFAULT_STABILITY, Budget
+
 if TYPE_CHECKING:
     from neurolens.analysis.verdicts import Threshold
     from neurolens.storage.index.filters import RunFilter
@@ -28,6 +30,18 @@ FAIL_ABOVE_HELP = (
 REPEATS_HELP = (
     "measure in N rounds by default (measure(repeats=) overrides): each round a run of its own, "
     "so compare can test significance within one session; costs N times the calls (default: 1)"
+)
+MIN_TIME_HELP = (
+    "measure() without iterations= times calls for at least SECONDS, until stable "
+    f"(default: {DEFAULT_MIN_TIME_S:g})"
+)
+MAX_TIME_HELP = (
+    "measure() without iterations= stops after SECONDS even when not stable, and records it "
+    f"as unstable (default: {DEFAULT_MAX_TIME_S:g})"
+)
+STABILITY_HELP = (
+    "measure() without iterations= is stable when the medians of its last three windows of "
+    f"calls are within PCT percent of each other (default: {DEFAULT_STABILITY * 100:g})"
 )
 REPORT_HELP = (
     "at session end, write an HTML report of the store's history for the groups this session "
@@ -59,6 +73,9 @@ def add_options(parser: pytest.Parser) -> None:
     option("sample-interval", "neurolens_sample_interval", "MS", INTERVAL_HELP)
     option("gpu", "neurolens_gpu", "N", GPU_HELP)
     option("repeats", "neurolens_repeats", "N", REPEATS_HELP)
+    option("min-time", "neurolens_min_time", "SECONDS", MIN_TIME_HELP)
+    option("max-time", "neurolens_max_time", "SECONDS", MAX_TIME_HELP)
+    option("stability", "neurolens_stability", "PCT", STABILITY_HELP)
     option("compare", "neurolens_compare", "FILTER", COMPARE_HELP)
     option("fail-above", "neurolens_fail_above", "THRESHOLD", FAIL_ABOVE_HELP)
     option("report", "neurolens_report", "PATH", REPORT_HELP)
@@ -85,6 +102,7 @@ class Settings:
     fail_above: Threshold | None = None
     allow_empty: bool = False
     repeats: int = 1
+    budget: Budget = field(default_factory=Budget)
     push: str | None = None
     report: Path | None = None
     baseline_root: str | None = None
@@ -124,6 +142,7 @@ class Settings:
         repeats = _parse_number("--neurolens-repeats", repeats_text, int)
         if not 1 <= repeats <= 1000:
             raise pytest.UsageError(f"--neurolens-repeats must be in 1..1000, got {repeats_text!r}")
+        budget = _budget_settings(config)
         compare, fail_above = _compare_settings(config, store_path)
         push, baseline_root, storage_options = _remote_settings(config, store_path, compare)
         report_text = _value(config, "neurolens_report") or None
@@ -138,6 +157,7 @@ class Settings:
             compare=compare,
             fail_above=fail_above,
             repeats=repeats,
+            budget=budget,
             push=push,
             report=report,
             baseline_root=baseline_root,
@@ -206,6 +226,30 @@ def _compare_settings(config: pytest.Config, store: Path | None) -> tuple[RunFil
 def _value(config: pytest.Config, name: str) -> Any:
     """An option's value: the command line's when given, else the ini setting's."""
     return config.getoption(name) or config.getini(name)
+
+
+def _budget_settings(config: pytest.Config) -> Budget:
+    """--neurolens-min-time, --neurolens-max-time and --neurolens-stability: measure()'s
+    default budget."""
+    found = {}
+    for name, flag, default, low, high in (
+        ("min_time", "--neurolens-min-time", DEFAULT_MIN_TIME_S, 0.0, 3600.0),
+        ("max_time", "--neurolens-max-time", DEFAULT_MAX_TIME_S, 0.0, 3600.0),
+        ("stability", "--neurolens-stability", DEFAULT_STABILITY * 100, 0.0, 100.0),
+    ):
+        text = _value(config, f"neurolens_{name}")
+        value = default if not text else _parse_number(flag, text.removesuffix("%"), float)
+        if not low < value <= high:
+            raise pytest.UsageError(f"{flag} must be in ({low:g}, {high:g}], got {text!r}")
+        found[name] = value
+    if found["min_time"] > found["max_time"]:
+        raise pytest.UsageError(
+            f"--neurolens-min-time ({found['min_time']:g}) is above "
+            f"--neurolens-max-time ({found['max_time']:g})"
+        )
+    return Budget(
+        min_time_s=found["min_time"], max_time_s=found["max_time"], stability=found["stability"] / 100
+    )
 
 
 def _parse_number(option: str, text: str, kind: Callable[[str], Any]) -> Any:

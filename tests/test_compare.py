@@ -197,8 +197,9 @@ def test_one_session_a_side_is_no_verdict_on_significance(tmp_path: Path) -> Non
 
 
 def test_other_metrics_and_higher_is_better(tmp_path: Path) -> None:
-    add(tmp_path, "m", "main", 10.0, metrics={"latency_p99_ms": 20.0, "throughput_per_s": 100.0})
-    add(tmp_path, "m", "pr", 10.0, metrics={"latency_p99_ms": 30.0, "throughput_per_s": 70.0})
+    tail = {"latency_p99_ms": 20.0, "latency_samples": 459}  # enough calls to bound a p99
+    add(tmp_path, "m", "main", 10.0, metrics={**tail, "throughput_per_s": 100.0})
+    add(tmp_path, "m", "pr", 10.0, metrics={**tail, "latency_p99_ms": 30.0, "throughput_per_s": 70.0})
     p99 = compare(tmp_path, MAIN, PR, metric="p99", threshold="5%")
     assert p99.metric == "latency_p99_ms" and p99.groups[0].verdict == "regressed"
     throughput = compare(tmp_path, MAIN, PR, metric="throughput", threshold="5%")
@@ -294,6 +295,7 @@ def test_cli_json_parses_back(compare_cli: Callable[..., tuple[int, str]], store
         "improved": 1,
         "noise": 0,
         "unchanged": 1,
+        "insufficient": 0,
         "new": 1,
         "missing": 1,
     }

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from neurolens.analysis.compare import _Documents, _side_samples
+from neurolens.analysis.run_values import Documents, side_samples
 from neurolens.analysis.samples import arrow_samples
 from neurolens.errors import ManifestWarning
 from neurolens.storage.index import arrow_kernels
@@ -202,15 +202,15 @@ def test_vectorised_samples_equal_the_run_by_run_rule(rows: list[tuple[Any, ...]
         "gpu_name",
         "driver_version",
     ]
-    by_run = _side_samples(_Documents([]), "gpu_utilization", 0, arrow_rows.columns(names), group_by, [])
+    by_run = side_samples(Documents([]), "gpu_utilization", 0, arrow_rows.columns(names), group_by, [])
     assert vectorised == by_run
     # the same, with text columns dictionary-encoded as compare reads them from the index: a
     # dictionary per row group, nulls outside the dictionary; grouped by a nullable one too
     encoded = _dictionary_chunks(arrow_rows.arrow(), ["model", "gpu_name", "driver_version"])
     assert arrow_samples(encoded, group_by, "gpu_utilization") == by_run
     by_gpu = ["gpu_name", "model"]
-    assert arrow_samples(encoded, by_gpu, "gpu_utilization") == _side_samples(
-        _Documents([]), "gpu_utilization", 0, arrow_rows.columns([*names, *by_gpu]), by_gpu, []
+    assert arrow_samples(encoded, by_gpu, "gpu_utilization") == side_samples(
+        Documents([]), "gpu_utilization", 0, arrow_rows.columns([*names, *by_gpu]), by_gpu, []
     )
 
 

@@ -15,7 +15,6 @@ carries is an ``UnknownMetricError``.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -23,11 +22,13 @@ from typing import TYPE_CHECKING, Any
 from neurolens.analysis.metrics import (
     DEFAULT_METRIC,
     METRIC_COLUMNS,
+    TAIL_MINIMUM,
     UnknownMetricError,
     higher_is_better,
     resolve_metric,
 )
-from neurolens.analysis.samples import GroupKey, SampleRun, SideGroup, arrow_samples, samples
+from neurolens.analysis.run_values import Documents, side_samples
+from neurolens.analysis.samples import SideGroup, arrow_samples
 from neurolens.analysis.verdicts import (
     COMPARED,
     VERDICT_ORDER,
@@ -38,7 +39,7 @@ from neurolens.analysis.verdicts import (
     judge,
     settle,
 )
-from neurolens.errors import InvalidArgumentError, StoreError
+from neurolens.errors import InvalidArgumentError
 from neurolens.sources import RunSource, open_source
 from neurolens.storage.index.filters import RunFilter
 from neurolens.storage.ledger.manifest import COLUMNS
@@ -125,8 +126,9 @@ def _compare_sides(
 ) -> None:
     metric = result.metric
     per_run = ["run_id", "gpu_name", "driver_version", "session_id", "repeat", "created_at"]
-    # the metric from the index, or each run's file
-    needed = list(dict.fromkeys([*group_by, *per_run, metric if metric in COLUMNS else "run_json"]))
+    # the metric from the index, or each run's file (a tail percentile: with its sample count)
+    indexed = metric in COLUMNS and metric not in TAIL_MINIMUM
+    needed = list(dict.fromkeys([*group_by, *per_run, metric if indexed else "run_json"]))
     # grouped by code, not by text: these may come dictionary-encoded from the index
     encoded = [c for c in (*group_by, "gpu_name", "driver_version") if c not in ("run_id", "session_id")]
     rows = [
@@ -143,26 +145,34 @@ def _compare_sides(
     for name, side, side_rows in zip(("baseline", "candidate"), sides, rows, strict=True):
         if not len(side_rows) and result.nothing_compared is None:
             result.nothing_compared = f"the {name} is empty: no run matches {side.describe()}"
-    docs = _Documents(sources)
+    docs = Documents(sources)
     tables = [r.arrow() for r in rows]
-    if metric in COLUMNS and tables[0] is not None and tables[1] is not None:
+    if indexed and tables[0] is not None and tables[1] is not None:
         by_side = [arrow_samples(table, group_by, metric) for table in tables]
     else:
         data = [r.columns(needed) for r in rows]
-        by_side = [_side_samples(docs, metric, i, data[i], group_by, result.warnings) for i in (0, 1)]
+        by_side = [side_samples(docs, metric, i, data[i], group_by, result.warnings) for i in (0, 1)]
     for key in sorted(set(by_side[0]) | set(by_side[1]), key=repr):
         group = dict(zip(group_by, key, strict=True))
         base, cand = by_side[0].get(key, SideGroup()), by_side[1].get(key, SideGroup())
         out = judge(result, group, base.samples, cand.samples)
         out.baseline_runs, out.candidate_runs = base.runs, cand.runs
+        _too_few(result, out, base, cand)
         result.groups.append(out)
         _warn_mixed_hardware(result, group, base.hardware | cand.hardware)
     settle(result, result.groups)  # the suite's groups decided together (Holm)
-    if result.groups and all(g.baseline is None and g.candidate is None for g in result.groups):
+    sized = [g for g in result.groups if g.verdict != "insufficient"]
+    if sized and all(g.baseline is None and g.candidate is None for g in sized):
         raise UnknownMetricError(metric, sorted(docs.metrics_seen | set(METRIC_COLUMNS)))
     compared = any(g.verdict in COMPARED for g in result.groups)
     if result.nothing_compared is None and not compared:
-        result.nothing_compared = "no group has runs on both sides"
+        result.nothing_compared = (
+            f"every group's runs are too small to bound {metric} (see each group)"
+            if result.groups
+            and all(g.verdict in ("insufficient", "new", "missing") for g in result.groups)
+            and any(g.verdict == "insufficient" for g in result.groups)
+            else "no group has runs on both sides"
+        )
     # compared groups worst first, then new, then missing
     compared_rank = VERDICT_ORDER["unchanged"]
     result.groups.sort(
@@ -170,88 +180,34 @@ def _compare_sides(
     )
 
 
-def _group(data: dict[str, list[Any]], group_by: Sequence[str]) -> dict[tuple[Any, ...], list[int]]:
-    """Row positions by group key."""
-    groups: dict[tuple[Any, ...], list[int]] = {}
-    for position, key in enumerate(zip(*(data[k] for k in group_by), strict=True)):
-        groups.setdefault(key, []).append(position)
-    return groups
+def _too_few(result: Comparison, out: GroupResult, base: SideGroup, cand: SideGroup) -> None:
+    """A tail percentile's runs too small to bound it: a side left with none makes the group
+    ``insufficient`` (never compared, never passed as unchanged); some left out, a warning."""
+    if not (base.too_few or cand.too_few):
+        return
+    minimum = TAIL_MINIMUM[result.metric]
+    fewest = min(base.too_few + cand.too_few)
+    if (base.too_few and not base.samples) or (cand.too_few and not cand.samples):
+        out.verdict, out.fails = "insufficient", False
+        out.p_value = out.noise_p = out.noise_floor = out.significant = None
+        out.note = (
+            f"{result.metric} needs {minimum} timed calls a run to be bounded at 99%; "
+            f"these runs have as few as {fewest}: measure longer (measure() without iterations=) "
+            "or compare the median"
+        )
+        out._evidence = None
+        return
+    left_out = len(base.too_few) + len(cand.too_few)
+    result.warnings.append(
+        f"group {group_label(out.group)}: {left_out} run(s) left out, fewer than {minimum} timed calls "
+        f"for {result.metric}"
+    )
 
 
 def _badness(result: Comparison, g: GroupResult) -> float:
     if g.change_pct is None:
         return -math.inf
     return -g.change_pct if result.higher_is_better else g.change_pct
-
-
-class _Documents:
-    """Run documents read on demand (only for metrics the index does not hold)."""
-
-    def __init__(self, sources: list[RunSource]) -> None:
-        self.sources = sources
-        self.metrics_seen: set[str] = set()
-
-    def read(self, side: int, entry: Mapping[str, Any]) -> dict[str, Any] | None:
-        try:
-            document = json.loads(self.sources[side].document(entry))
-        except (ValueError, RecursionError, StoreError):
-            return None
-        if not isinstance(document, dict):
-            return None
-        metrics = document.get("metrics")
-        if isinstance(metrics, dict):
-            self.metrics_seen.update(k for k, v in metrics.items() if isinstance(v, (int, float)))
-        return document
-
-
-def _side_samples(
-    docs: _Documents,
-    metric: str,
-    which: int,
-    data: dict[str, list[Any]],
-    group_by: Sequence[str],
-    warnings: list[str],
-) -> dict[GroupKey, SideGroup]:
-    """Per group: the side's samples, run by run in Python (for metrics only run files
-    hold, or rows without Arrow); ``samples.arrow_samples`` is the same rule vectorised."""
-    return {
-        key: SideGroup(
-            _samples(docs, metric, which, data, positions, warnings),
-            len(positions),
-            {(data["gpu_name"][i] or "-", data["driver_version"][i] or "-") for i in positions},
-        )
-        for key, positions in _group(data, group_by).items()
-    }
-
-
-def _samples(
-    docs: _Documents,
-    metric: str,
-    which: int,
-    data: dict[str, list[Any]],
-    positions: list[int],
-    warnings: list[str],
-) -> list[float]:
-    """The side's sample values (``samples``' rule), the metric from the rows or run files."""
-    indexed = metric in data
-    runs = []
-    for i in positions:
-        if indexed:
-            value = data[metric][i]
-        else:
-            entry = {"run_id": data["run_id"][i], "run_json": data["run_json"][i]}
-            document = docs.read(which, entry)
-            if document is None:
-                warnings.append(f"run {data['run_id'][i]}: its run file cannot be read")
-            value = (document or {}).get("metrics", {}).get(metric)
-        if not isinstance(value, (int, float)) or isinstance(value, bool):
-            continue
-        runs.append(
-            SampleRun(
-                value, data["session_id"][i], data["run_id"][i], data["repeat"][i], data["created_at"][i]
-            )
-        )
-    return samples(runs)
 
 
 def _warn_mixed_hardware(result: Comparison, group: dict[str, Any], kinds: set[tuple[str, str]]) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from neurolens.analysis.stats import samples_to_bound
 from neurolens.errors import NeurolensError
 
 DEFAULT_METRIC = "total_latency_ms"
@@ -18,6 +19,12 @@ METRIC_ALIASES = {
     "max": "latency_max_ms",
     "throughput": "throughput_per_s",
 }
+# A tail percentile is compared only from runs with enough timed calls that their largest
+# value bounds it with 99% confidence (44 calls for p90, 90 for p95, 459 for p99): from
+# fewer, a run's p99 is one of its few largest values, noise rather than a tail.
+TAIL_CONFIDENCE = 0.99
+TAIL_MINIMUM = {f"latency_p{q}_ms": samples_to_bound(q / 100, TAIL_CONFIDENCE) for q in (90, 95, 99)}
+
 # Metrics the index holds as columns (the rest are read from run documents)
 METRIC_COLUMNS = ("total_latency_ms", "gpu_utilization")
 

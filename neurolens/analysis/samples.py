@@ -66,6 +66,7 @@ class SideGroup:
     samples: list[float] = field(default_factory=list)
     runs: int = 0
     hardware: set[tuple[str, str]] = field(default_factory=set)
+    too_few: list[int] = field(default_factory=list)  # runs left out: their sample counts
 
 
 def arrow_samples(table: Any, group_by: Sequence[str], metric: str) -> dict[GroupKey, SideGroup]:

@@ -32,12 +32,17 @@ def summary_line(result: Comparison) -> str:
             "verdict, compare several sessions a side (4 or more), or measure in rounds: "
             "measure(..., repeats=5) or --neurolens-repeats=5"
         )
+    for g in result.groups:
+        if g.note is not None:
+            line += f"\n{g.label()}: not compared: {g.note}"
     if result.nothing_compared:
         line += f"\nnothing was compared: {result.nothing_compared}"
     return line
 
 
 def _verdict(g: GroupResult) -> str:
+    if g.verdict == "insufficient":
+        return "too few samples"
     if g.verdict == "noise" and g.noise_floor is not None and g.baseline:
         return f"noise (floor {g.noise_floor / abs(g.baseline) * 100:.1f}%)"
     return g.verdict.upper() if g.fails else g.verdict

@@ -55,7 +55,15 @@ INTERVAL = 0.95  # the confidence of a change's interval
 CORRECTION = "holm"
 _EPSILON = 1e-9  # a change exactly at the threshold is within it, float noise included
 
-VERDICT_ORDER = {"regressed": 0, "improved": 1, "noise": 2, "unchanged": 3, "new": 4, "missing": 5}
+VERDICT_ORDER = {
+    "regressed": 0,
+    "improved": 1,
+    "noise": 2,
+    "unchanged": 3,
+    "insufficient": 4,  # a tail percentile from runs too small to bound it
+    "new": 5,
+    "missing": 6,
+}
 COMPARED = ("regressed", "improved", "noise", "unchanged")
 
 
@@ -128,6 +136,7 @@ class GroupResult:
     baseline_samples: int = 0  # sessions (or rounds) the runs came from
     candidate_samples: int = 0
     significance_test: str | None = None  # "mann-whitney" or "prediction"
+    note: str | None = None  # why a group was not compared (insufficient)
     fails: bool = False
     _evidence: _Evidence | None = field(default=None, repr=False, compare=False)
 

@@ -250,6 +250,10 @@ class PreparedRun:
         the plugin made are checked (against the schema's rules for them), not the whole
         document again."""
         for name, value in metrics.items():
+            if name in _FLAGS:
+                if type(value) is not bool:
+                    raise RunValidationError(f"metrics.{name}", f"{value!r} is not true or false")
+                continue
             if not _finite_or_none(value, minimum=0) and not (type(value) is str and len(value) <= 200):
                 raise RunValidationError(f"metrics.{name}", f"{value!r} is not a finite number >= 0")
         total, busy = metrics.get("total_latency_ms"), metrics.get("gpu_utilization")
@@ -274,6 +278,10 @@ class PreparedRun:
 
     def canonical_bytes(self) -> bytes:
         return canonical_bytes(self._document)
+
+
+# metrics the schema types as booleans (how a measurement was made)
+_FLAGS = frozenset({"stable", "calibrated"})
 
 
 def _finite_or_none(value: Any, minimum: float = -math.inf) -> bool:
