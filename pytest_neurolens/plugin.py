@@ -10,6 +10,7 @@ in its own module (settings, context, fixture, recorder, benchmark bridge, hooks
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Generator
 
 import pytest
@@ -44,6 +45,11 @@ def pytest_configure(config: pytest.Config) -> None:
 
         session_id = new_run_id()
     config.stash[session_id_key] = session_id
+    if settings.confirm:  # the gate may re-run tests: their runs and this session's share a tag
+        from pytest_neurolens.confirmation import GATE_TAG
+
+        settings = dataclasses.replace(settings, tags={**settings.tags, GATE_TAG: session_id})
+        config.stash[settings_key] = settings
     if settings.store is not None:
         from pytest_neurolens.recorder import Recorder, XdistBridge
 

@@ -35,6 +35,7 @@ class Recorder:
         self.errors: list[str] = []  # failures at session end, for the summary
         self.stored_runs: int | None = None  # what the store holds for the session, at the end
         self.pushed: str | None = None  # what the push at the end did, for the summary
+        self.confirmation: list[str] = []  # what confirming a suspected regression found
         self.reported: str | None = None  # where the report went
         self._nvml: Nvml | None = None
         self._hardware: dict[str, Any] | None = None
@@ -140,6 +141,8 @@ class Recorder:
                     "backend": run["backend"],
                     "precision": run["precision"],
                     "batch_size": run["batch_size"],
+                    "seq_len": run.get("seq_len"),
+                    "gpu_name": (run.get("hardware") or {}).get("gpu_name"),
                     "p50_ms": run["metrics"]["total_latency_ms"],
                     "gpu_utilization": run["metrics"].get("gpu_utilization"),
                     "stable": run["metrics"].get("stable"),
@@ -191,11 +194,21 @@ class Recorder:
             self.errors.extend(problems)
 
     def _gate(self) -> None:
+        from pytest_neurolens.confirmation import confirm
         from pytest_neurolens.session_end import gate
 
         self.comparison = gate(self.settings, self.store, self.session_id)
+        if self.comparison.failed and self.settings.confirm:
+            done = confirm(
+                self.config, self.settings, self.store, self.session_id, self.comparison, self.summary
+            )
+            self.comparison, self.confirmation = done.comparison, done.lines
+            self.errors.extend(done.errors)
         if self.comparison.failed:
-            self.errors.append(f"regression above {self.comparison.threshold}: failing the session")
+            confirmed = " (confirmed by re-measuring)" if self.confirmation else ""
+            self.errors.append(
+                f"regression above {self.comparison.threshold}{confirmed}: failing the session"
+            )
         elif self.comparison.nothing_compared and not self.settings.allow_empty:
             self.errors.append(
                 f"nothing was compared: {self.comparison.nothing_compared} "
@@ -242,6 +255,8 @@ class Recorder:
                 tr.write_line(line)
             for warning in self.comparison.warnings:
                 tr.write_line(escape(f"warning: {warning}"))
+            for line in self.confirmation:
+                tr.write_line(escape(line))
         for error in self.errors:
             tr.write_line(escape(f"neurolens: {error}"), red=True)
 

@@ -11,6 +11,7 @@ from neurolens.errors import NeurolensError
 
 if TYPE_CHECKING:
     from neurolens.analysis.verdicts import Comparison
+    from neurolens.storage.index.filters import RunFilter
     from pytest_neurolens.settings import Settings
 
 # What a session-end action may raise on purpose (bad input, a store or table that cannot
@@ -35,8 +36,8 @@ def push_runs(settings: Settings, store: Path, session_id: str) -> tuple[str | N
     return done, [f"not pushed: {problem}" for problem in report.damaged]
 
 
-def gate(settings: Settings, store: Path, session_id: str) -> Comparison:
-    """The regression gate: this session's runs against the stored baseline."""
+def gate(settings: Settings, store: Path, session_id: str, candidate: RunFilter | None = None) -> Comparison:
+    """The regression gate: this session's runs (or ``candidate``'s) against the stored baseline."""
     from neurolens.analysis.compare import compare
     from neurolens.sources import open_source
     from neurolens.storage.index.filters import RunFilter
@@ -48,7 +49,7 @@ def gate(settings: Settings, store: Path, session_id: str) -> Comparison:
     return compare(
         store,
         settings.compare,
-        RunFilter(session_id=session_id),
+        candidate or RunFilter(session_id=session_id),
         threshold=settings.fail_above,
         baseline_root=baseline,
     )

@@ -43,6 +43,12 @@ STABILITY_HELP = (
     "measure() without iterations= is stable when the medians of its last three windows of "
     f"calls are within PCT percent of each other (default: {DEFAULT_STABILITY * 100:g})"
 )
+CONFIRM_HELP = (
+    "with --neurolens-fail-above: re-run the tests behind groups that fail the gate in K fresh "
+    "pytest processes, and fail only if the candidate's 1+K sessions confirm the regression "
+    "(default: 3; 0 turns it off)"
+)
+DEFAULT_CONFIRM = 3
 REPORT_HELP = (
     "at session end, write an HTML report of the store's history for the groups this session "
     "recorded to PATH (needs the 'report' extra)"
@@ -78,6 +84,7 @@ def add_options(parser: pytest.Parser) -> None:
     option("stability", "neurolens_stability", "PCT", STABILITY_HELP)
     option("compare", "neurolens_compare", "FILTER", COMPARE_HELP)
     option("fail-above", "neurolens_fail_above", "THRESHOLD", FAIL_ABOVE_HELP)
+    option("confirm", "neurolens_confirm", "K", CONFIRM_HELP)
     option("report", "neurolens_report", "PATH", REPORT_HELP)
     option("push", "neurolens_push", "URL", PUSH_HELP)
     option("baseline-root", "neurolens_baseline_root", "URL", BASELINE_ROOT_HELP)
@@ -101,6 +108,7 @@ class Settings:
     compare: RunFilter | None = None
     fail_above: Threshold | None = None
     allow_empty: bool = False
+    confirm: int = 0  # re-runs of suspect tests at session end (0 without a gate)
     repeats: int = 1
     budget: Budget = field(default_factory=Budget)
     push: str | None = None
@@ -144,6 +152,10 @@ class Settings:
             raise pytest.UsageError(f"--neurolens-repeats must be in 1..1000, got {repeats_text!r}")
         budget = _budget_settings(config)
         compare, fail_above = _compare_settings(config, store_path)
+        confirm_text = _value(config, "neurolens_confirm")
+        confirm = _parse_number("--neurolens-confirm", confirm_text, int) if confirm_text else DEFAULT_CONFIRM
+        if not 0 <= confirm <= 20:
+            raise pytest.UsageError(f"--neurolens-confirm must be in 0..20, got {confirm_text!r}")
         push, baseline_root, storage_options = _remote_settings(config, store_path, compare)
         report_text = _value(config, "neurolens_report") or None
         if report_text and store_path is None:
@@ -156,6 +168,7 @@ class Settings:
             gpu_index=gpu,
             compare=compare,
             fail_above=fail_above,
+            confirm=confirm if fail_above is not None else 0,
             repeats=repeats,
             budget=budget,
             push=push,

@@ -20,6 +20,7 @@ from neurolens.analysis.compare import compare, compare_frame
 from neurolens.analysis.stats import mann_whitney_u, t_quantile
 from neurolens.analysis.verdicts import Threshold
 from neurolens.cli import main
+from neurolens.sources import query
 from neurolens.storage.index.filters import RunFilter, parse_filter_spec
 from neurolens.storage.store import write_run
 from tests.factories import Cli, make_run
@@ -81,6 +82,9 @@ def test_mann_whitney_normal_approximation_with_ties() -> None:
         ("0.5ms", 0.5, False),
         ("2ms", 2.0, False),
         ("0%", 0.0, True),
+        ("500us", 0.5, False),
+        ("2 s", 2000.0, False),
+        ("1e1%", 0.1, True),
     ],
 )
 def test_threshold_parse(text: str, value: float, relative: bool) -> None:
@@ -88,7 +92,9 @@ def test_threshold_parse(text: str, value: float, relative: bool) -> None:
     assert parsed.value == pytest.approx(value) and parsed.relative is relative
 
 
-@pytest.mark.parametrize("text", ["", "fast", "-5%", "nan%", "5 percent", "5", "0.05", "2 s"])
+@pytest.mark.parametrize(
+    "text", ["", "fast", "-5%", "nan%", "inf%", "5_0%", "5 percent", "5", "0.05", "2 h", "1e999%"]
+)
 def test_threshold_parse_rejects(text: str) -> None:
     with pytest.raises(ValueError, match="threshold"):
         Threshold.parse(text)
@@ -390,7 +396,10 @@ def test_pytest_gate_fails_the_session_on_a_regression(
             "*- neurolens compare -*",
             "GROUP*VERDICT",
             "m cpu fp32 1*10.000*15.000*+50.0%*REGRESSED",
-            "*regression above 5%: failing the session*",
+            "m cpu fp32 1 - -: suspected +50.0%, confirmed: failed alone in 3 of 3 re-runs; "
+            "judged on 4 sessions*",
+            "confirmation: 1 test re-run 3 times in fresh processes, * s",
+            "*regression above 5% (confirmed by re-measuring): failing the session*",
         ]
     )
     within = gate(pytester, monkeypatch, 10.3, "--neurolens-tag", "branch=pr", *compare_args)
@@ -478,3 +487,103 @@ def test_pytest_gate_with_no_runs_recorded_fails(pytester: pytest.Pytester) -> N
     )
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     result.stdout.fnmatch_lines(["*nothing was compared: this session recorded no runs*"])
+
+
+# --- confirmation by re-measuring ---------------------------------------------------------
+
+QUEUED = """
+import os
+import pathlib
+import pytest
+
+def next_latency():
+    \"\"\"The next value of the queue in LATENCY_FILE (the last one repeats): one per process.\"\"\"
+    queue = pathlib.Path(os.environ["LATENCY_FILE"])
+    values = queue.read_text().split()
+    queue.write_text(" ".join(values[1:] or values))
+    return float(values[0])
+
+@pytest.mark.neurolens(model="m", backend="cpu", precision="fp32", batch_size=1)
+def test_latency(neurolens):
+    neurolens.record(total_latency_ms=next_latency())
+
+@pytest.mark.neurolens(model="other", backend="cpu", precision="fp32", batch_size=1)
+def test_unrelated(neurolens):
+    neurolens.record(total_latency_ms=5.0)
+"""
+
+
+def queued(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, values: str, *args: str) -> Any:
+    queue = pytester.path / "latencies.txt"
+    queue.write_text(values)
+    monkeypatch.setenv("LATENCY_FILE", str(queue))
+    return pytester.runpytest(
+        "-W", "error", "-p", "no:cacheprovider", "-p", "no:benchmark", "--neurolens-store=runs", *args
+    )
+
+
+GATE_ARGS = (
+    "--neurolens-tag",
+    "branch=pr",
+    "--neurolens-compare=--tag branch=main",
+    "--neurolens-fail-above=5%",
+)
+
+
+def test_a_slow_session_that_re_runs_do_not_confirm_passes(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytester.makepyfile(QUEUED)
+    queued(pytester, monkeypatch, "10", "--neurolens-tag", "branch=main").assert_outcomes(passed=2)
+    # the session is slow (15), its three re-runs are not (10): a slow process, not the code
+    result = queued(pytester, monkeypatch, "15 10 10 10", *GATE_ARGS)
+    result.assert_outcomes(passed=2)
+    assert result.ret == pytest.ExitCode.OK
+    result.stdout.fnmatch_lines(
+        [
+            "m cpu fp32 1 - -: suspected +50.0%, not confirmed: failed alone in 0 of 3 re-runs; "
+            "judged on 4 sessions*",
+            "confirmation: 1 test re-run 3 times in fresh processes, * s",  # only the suspect test
+        ]
+    )
+    # the re-runs are sessions of their own, linked to the gated one, and count from now on
+    runs = query(pytester.path / "runs", tags={"branch": "pr", "neurolens.confirm": "2"})
+    assert len(runs) == 1 and runs[0]["model"] == "m"
+    gated = query(pytester.path / "runs", model="m", tags={"branch": "pr"})
+    assert len({r["session_id"] for r in gated}) == 4
+    assert len({r["tags"]["neurolens.gate"] for r in gated}) == 1
+
+
+def test_confirm_zero_fails_on_the_first_verdict_and_under_xdist_the_controller_confirms(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytester.makepyfile(QUEUED)
+    queued(pytester, monkeypatch, "10", "--neurolens-tag", "branch=main").assert_outcomes(passed=2)
+    unconfirmed = queued(pytester, monkeypatch, "15 10", *GATE_ARGS, "--neurolens-confirm=0")
+    assert unconfirmed.ret == pytest.ExitCode.TESTS_FAILED
+    assert "re-run" not in unconfirmed.stdout.str()
+    unconfirmed.stdout.fnmatch_lines(["*regression above 5%: failing the session*"])
+    # two workers: the controller re-runs once per confirmation, the workers never
+    confirmed = queued(pytester, monkeypatch, "15", *GATE_ARGS, "-n", "2", "--neurolens-confirm=2")
+    assert confirmed.ret == pytest.ExitCode.TESTS_FAILED
+    confirmed.stdout.fnmatch_lines(
+        [
+            "m cpu fp32 1 - -: suspected +50.0%, confirmed: failed alone in 2 of 2 re-runs; "
+            "judged on 3 sessions*",
+            "confirmation: 1 test re-run 2 times in fresh processes, * s",
+            "*regression above 5% (confirmed by re-measuring): failing the session*",
+        ]
+    )
+    reruns = query(pytester.path / "runs", tags={"neurolens.confirm": "1"})
+    assert [r["model"] for r in reruns] == ["m"]  # --neurolens-confirm=0 re-ran nothing
+
+
+@pytest.mark.parametrize("value", ["-1", "21", "many"])
+def test_confirm_needs_a_small_count(pytester: pytest.Pytester, value: str) -> None:
+    pytester.makepyfile("def test_nothing():\n    pass\n")
+    result = pytester.runpytest(
+        "--neurolens-store=runs", "--neurolens-compare=--tag a=b", "--neurolens-fail-above=5%",
+        f"--neurolens-confirm={value}",
+    )  # fmt: skip
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "--neurolens-confirm" in result.stderr.str()

@@ -47,7 +47,7 @@ def gate(cli: Cli, root: Path, *extra: str) -> tuple[int, str]:
     )
 
 
-@pytest.mark.parametrize("threshold", ["5", "0.05", "5 s"])
+@pytest.mark.parametrize("threshold", ["5", "0.05", "5 h"])
 def test_a_threshold_without_a_unit_is_a_usage_error(
     cli: Cli, gate_store: Path, threshold: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -83,9 +83,45 @@ def test_an_empty_side_is_never_a_pass(
     )
     status, out = cli(*args, "--fail-above", "5%")
     err = capsys.readouterr().err
-    assert status == 3 and "the baseline is empty: no run matches --tag branch=nothing" in err
-    assert "nothing was compared" in out
+    assert status == 3 and "the baseline is empty: no run matches --tag branch=nothing" in out
+    assert out.count("nothing was compared") == 1 and "nothing was compared" not in err
+    assert "exit status 3: an empty comparison fails (--allow-empty accepts it)" in err
     assert cli(*args, "--fail-above", "5%", "--allow-empty")[0] == 0
+    # the JSON says what the exit status says
+    status, out = cli(*args, "--fail-above", "5%", "--json")
+    data = json.loads(out)
+    assert status == 3 and data["failed"] is True and data["exit_status"] == 3
+    status, out = cli(*args, "--fail-above", "5%", "--json", "--allow-empty")
+    assert status == 0 and json.loads(out)["failed"] is False
+
+
+def test_one_tag_with_two_values_is_a_usage_error(
+    cli: Cli, gate_store: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status, _ = cli(
+        "compare", "--root", str(gate_store), "--baseline-tag", "branch=main", "--baseline-tag", "branch=pr",
+        "--candidate-tag", "branch=pr",
+    )  # fmt: skip
+    assert status == 2
+    assert "--baseline-tag branch=main and --baseline-tag branch=pr" in capsys.readouterr().err
+    status, _ = cli("ls", "--root", str(gate_store), "--tag", "a=1", "--tag", "a=2")
+    assert status == 2 and "--tag a=1 and --tag a=2" in capsys.readouterr().err
+    assert cli("ls", "--root", str(gate_store), "--tag", "branch=pr", "--tag", "branch=pr")[0] == 0
+
+
+def test_absolute_thresholds_take_us_ms_and_s(cli: Cli, gate_store: Path) -> None:
+    args = (
+        "compare",
+        "--root",
+        str(gate_store),
+        "--baseline-tag",
+        "branch=main",
+        "--candidate-tag",
+        "branch=pr",
+    )
+    for unit in ("500us", "0.5ms", "0.0005s"):
+        _, out = cli(*args, "--fail-above", unit, "--json")
+        assert json.loads(out)["threshold"] == "0.5 ms", unit
 
 
 def test_no_group_on_both_sides_is_nothing_compared_and_missing_can_fail(
@@ -102,7 +138,8 @@ def test_no_group_on_both_sides_is_nothing_compared_and_missing_can_fail(
         "branch=pr",
     )
     status, out = cli(*args, "--fail-above", "5%")
-    assert status == 3 and "no group has runs on both sides" in capsys.readouterr().err
+    assert status == 3 and "nothing was compared: no group has runs on both sides" in out
+    assert "exit status 3" in capsys.readouterr().err
     assert "missing" in out and "new" in out  # still listed
     both = (
         "compare",
@@ -176,7 +213,9 @@ def test_values_starting_with_a_dash_work_without_equals(
     assert status == 0 and "gpu_name" not in json.loads(out)["groups"][0]["group"]
     with pytest.raises(SystemExit) as excinfo:
         gate(cli, gate_store, "--fail-above", "-5%")
-    assert excinfo.value.code == 2 and "non-negative" in capsys.readouterr().err
+    assert (
+        excinfo.value.code == 2 and "threshold '-5%' is not a number with a unit" in capsys.readouterr().err
+    )
 
 
 def test_compare_frame_takes_dicts_and_run_filters(gate_store: Path) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from pathlib import Path
 from typing import Any
 
@@ -52,15 +53,17 @@ def test_a_steady_call_is_measured_until_stable_within_the_budget() -> None:
 
 
 def test_a_drifting_call_stops_at_the_maximum_and_is_unstable() -> None:
-    calls = [0]
+    started: list[float] = []
 
-    def slower_each_call() -> None:
-        calls[0] += 1
-        end = __import__("time").perf_counter() + calls[0] * 2e-5  # 20 us more each call
-        while __import__("time").perf_counter() < end:
+    def slower_and_slower() -> None:
+        """50 us, growing e-fold every 50 ms: every window is slower than the last."""
+        now = time.perf_counter()
+        started[:] = started or [now]
+        end = now + 5e-5 * math.exp((now - started[0]) / 0.05)
+        while time.perf_counter() < end:
             pass
 
-    timed = time_calls(slower_each_call, Budget(min_time_s=0.02, max_time_s=0.3))
+    timed = time_calls(slower_and_slower, Budget(min_time_s=0.02, max_time_s=0.3))
     assert timed.calibrated and not timed.stable
     assert timed.stability is not None and timed.stability > 0.05
     assert timed.timed_s < 0.6  # the maximum held (the timed part of it)
@@ -112,11 +115,16 @@ def test_an_unstable_measurement_is_named_in_the_summary(pytester: pytest.Pytest
     pytester.makepyfile(
         MARKED
         + """
-CALLS = [0]
+import math
+STARTED = []
 
 def drifting():
-    CALLS[0] += 1
-    time.sleep(0.0002 * CALLS[0])
+    # 50 us, growing e-fold every 50 ms: every window is slower than the last
+    now = time.perf_counter()
+    STARTED[:] = STARTED or [now]
+    end = now + 5e-5 * math.exp((now - STARTED[0]) / 0.05)
+    while time.perf_counter() < end:
+        pass
 
 def test_drifts(neurolens):
     neurolens.measure(drifting, max_time=0.2)

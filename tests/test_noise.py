@@ -212,6 +212,7 @@ def test_rounds_from_measure_or_the_option_let_one_session_a_side_decide(
         "--neurolens-repeats=5",
         f"--neurolens-compare=--session {baseline_session}",
         "--neurolens-fail-above=10%",
+        "--neurolens-confirm=0",  # rounds decide here, without re-running
     )
     result.assert_outcomes(passed=1)
     assert result.ret == pytest.ExitCode.TESTS_FAILED

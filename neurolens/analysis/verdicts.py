@@ -32,6 +32,7 @@ The rules, in one place (the README's "How the gate decides" says the same):
 from __future__ import annotations
 
 import math
+import re
 import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
@@ -72,6 +73,10 @@ def group_label(group: Mapping[str, Any]) -> str:
     return " ".join("-" if v is None else str(v) for v in group.values())
 
 
+_THRESHOLD = re.compile(r"((?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:e[-+]?[0-9]+)?)\s*(%|us|µs|ms|s)")
+_UNITS = {"%": 0.01, "us": 0.001, "µs": 0.001, "ms": 1.0, "s": 1000.0}  # to a fraction, or to ms
+
+
 @dataclass(frozen=True)
 class Threshold:
     """``5%`` (relative to the baseline) or ``0.5ms`` (absolute, in milliseconds)."""
@@ -81,21 +86,21 @@ class Threshold:
 
     @classmethod
     def parse(cls, text: str) -> Threshold:
-        raw = str(text).strip().lower()
-        relative = raw.endswith("%")
-        number = raw[:-1] if relative else raw[:-2] if raw.endswith("ms") else None
-        try:
-            value = float(number) if number is not None else math.nan
-        except ValueError:
-            value = math.nan
-        if math.isnan(value):
+        """``5%``, or an absolute change in ``us``, ``ms`` or ``s`` (kept in milliseconds).
+        Plain decimal numbers only: no ``nan``, ``inf`` or ``5_0``."""
+        found = _THRESHOLD.fullmatch(str(text).strip().lower())
+        if found is None:
+            unitless = re.fullmatch(r"\s*[0-9.]+\s*", str(text))
             raise InvalidArgumentError(
-                f"threshold {text!r} needs a unit: a share of the baseline like 5% "
-                "or an absolute change like 0.5ms"
+                f"threshold {text!r} "
+                + ("needs a unit" if unitless else "is not a number with a unit")
+                + ": a share of the baseline like 5% or an absolute change like 500us, 0.5ms or 1s"
             )
-        if not math.isfinite(value) or value < 0:
-            raise InvalidArgumentError(f"threshold must be a non-negative number, not {text!r}")
-        return cls(value / 100 if relative else value, relative)
+        number, unit = found.groups()
+        value = float(number) * _UNITS[unit]
+        if not math.isfinite(value):
+            raise InvalidArgumentError(f"threshold must be a finite number, not {text!r}")
+        return cls(value, unit == "%")
 
     def __str__(self) -> str:
         return f"{self.value * 100:g}%" if self.relative else f"{self.value:g} ms"

@@ -114,7 +114,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     words = _join_dash_values(list(sys.argv[1:] if argv is None else argv))
     args = build_parser(only=_command_in(words)).parse_args(words)
     stream = out if out is not None else sys.stdout
-    from neurolens.errors import IndexWarning, ManifestWarning, NeurolensError
+    from neurolens.errors import IndexWarning, InvalidArgumentError, ManifestWarning, NeurolensError
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", IndexWarning)
@@ -125,7 +125,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
         except BrokenPipeError:  # `neurolens ls | head`: the reader left, nothing to say
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             return 0
-        except UsageError as exc:
+        except (UsageError, InvalidArgumentError) as exc:  # a value given that cannot be used
             _flush_warnings(caught)
             sys.stderr.write(f"{PROG} {args.command}: error: {exc}\n")
             return 2

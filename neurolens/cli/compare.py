@@ -135,9 +135,13 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
         raise UsageError(str(exc)) from None
     for message in result.warnings:
         warn(f"warning: {message}")
+    empty = bool(result.nothing_compared) and not args.allow_empty
+    status = 1 if result.failed else NOTHING_COMPARED if empty else 0
     fmt = "json" if args.json else args.format
     if fmt == "json":
-        out.write(json.dumps(result.to_dict(), ensure_ascii=False) + "\n")
+        # "failed" is what the exit status says: an empty comparison fails too
+        data = result.to_dict() | {"failed": status != 0, "exit_status": status}
+        out.write(json.dumps(data, ensure_ascii=False) + "\n")
     elif fmt == "markdown":
         out.write(to_markdown(result))
     else:
@@ -145,10 +149,8 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
     if result.failed:
         failing = sum(g.fails for g in result.groups)
         warn(f"{plural(failing, 'group')} failed the gate (threshold {result.threshold})")
-        return 1
-    if result.nothing_compared and not args.allow_empty:
+    elif empty:  # the reason is in the output already
         sys.stderr.write(
-            f"neurolens: nothing was compared: {result.nothing_compared} (--allow-empty accepts this)\n"
+            f"neurolens: exit status {status}: an empty comparison fails (--allow-empty accepts it)\n"
         )
-        return NOTHING_COMPARED
-    return 0
+    return status

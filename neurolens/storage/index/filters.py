@@ -149,7 +149,7 @@ def add_filter_arguments(
 ) -> None:
     """The run filters as options (``--model``, ``--tag``, ...), optionally ``--{prefix}-...``;
     ``outcomes=False`` leaves out ``--include-failed`` (for commands that carry every run)."""
-    flag = f"--{prefix}-" if prefix else "--"
+    flag = flag_of(prefix)
     dest = f"{prefix}_" if prefix else ""
     runs = f"{who} runs" if who else "runs"
     if not prefix:
@@ -191,10 +191,28 @@ def filter_from_args(args: argparse.Namespace, prefix: str = "", **extra: Any) -
         precision=getattr(args, "precision", None),
         day=getattr(args, f"{dest}day"),
         session_id=getattr(args, f"{dest}session_id"),
-        tags=dict(getattr(args, f"{dest}tags")),
+        tags=_tag_conditions(getattr(args, f"{dest}tags"), f"{flag_of(prefix)}tag"),
         include_failed=getattr(args, "include_failed", False),
         **extra,
     )
+
+
+def flag_of(prefix: str) -> str:
+    return f"--{prefix}-" if prefix else "--"
+
+
+def _tag_conditions(pairs: list[tuple[str, str]], flag: str) -> dict[str, str]:
+    """``--tag`` conditions: every one must match, so one key with two values can match no
+    run; that is a usage error, not a silent choice of the last."""
+    tags: dict[str, str] = {}
+    for key, value in pairs:
+        if key in tags and tags[key] != value:
+            raise InvalidArgumentError(
+                f"{flag} {key}={tags[key]} and {flag} {key}={value}: a run has one value per tag "
+                "and every --tag must match, so no run could"
+            )
+        tags[key] = value
+    return tags
 
 
 class _RaisingParser(argparse.ArgumentParser):
