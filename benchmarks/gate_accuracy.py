@@ -13,10 +13,12 @@ with the default calibrated ``measure()``, as CI jobs are.
 
 Per condition: 5 baseline sessions of build A, then ``--aa`` candidate sessions of A and
 ``--ab`` of each slower build, interleaved so drift hits all builds alike. Each candidate
-session is gated on its own against the 5 baseline sessions (``compare``,
-``--fail-above``), as a CI job's pytest gate would. Printed: failing gate runs among the
-A/A ones (false alarms) and among each A/B level (detections), the slowdown each build
-really had (median over sessions, per group), and the time a session took. Needs the
+session runs the pytest gate against the 5 baseline sessions (``--neurolens-compare``,
+``--neurolens-fail-above``, ``--neurolens-confirm``), as a CI job would. Printed, per build:
+failing gate runs on the first verdict (the session alone, as without confirmation) and
+after confirmation (the session's exit status): false alarms for A/A, detections for A/B;
+how long confirming took; the slowdown each build really had (median over sessions, per
+group); and for A/A every suspected group with what confirmation said. Needs the
 ``examples`` extra (onnx, onnxruntime).
 """
 
@@ -25,12 +27,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -106,8 +110,11 @@ def test_conv(neurolens, conv):
 """
 
 
-def record(store: Path, work: Path, build: str, scale: float, role: str, number: int) -> tuple[str, float]:
-    """One pytest session in its own process: its session id and how long it took."""
+def record(
+    store: Path, work: Path, build: str, scale: float, role: str, number: int, gate: Sequence[str] = ()
+) -> tuple[str, float, int, str]:
+    """One pytest session in its own process (with ``gate``: the pytest gate, confirmation
+    included): its session id, how long it took, its exit status and its output."""
     repository = str(Path(__file__).resolve().parent.parent)  # for examples.test_onnx_mlp
     env = {**os.environ, "GATE_BENCH_SCALE": str(scale), "PYTHONPATH": repository}
     env.pop("NEUROLENS_STORE_ROOT", None)
@@ -115,12 +122,16 @@ def record(store: Path, work: Path, build: str, scale: float, role: str, number:
         sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:benchmark",
         "-p", "no:xdist", "-p", "no:randomly", "test_gate_models.py", f"--neurolens-store={store}",
         f"--neurolens-tag=build={build}", f"--neurolens-tag=role={role}", f"--neurolens-tag=number={number}",
+        *gate,
     ]  # fmt: skip
     started = time.perf_counter()
-    subprocess.run(command, cwd=work, env=env, check=True, capture_output=True)
+    done = subprocess.run(command, cwd=work, env=env, capture_output=True, text=True, check=False)
     elapsed = time.perf_counter() - started
+    if done.returncode not in (0, 1):
+        raise SystemExit(f"session failed (exit {done.returncode}):\n{done.stdout}\n{done.stderr}")
     rows = query(store, tags={"build": build, "number": str(number), "role": role})
-    return str(rows[0]["session_id"]), elapsed
+    first = min(rows, key=lambda row: row["created_at"])  # the gated session, not its re-runs
+    return str(first["session_id"]), elapsed, done.returncode, done.stdout
 
 
 def neighbour() -> subprocess.Popen[bytes]:
@@ -130,9 +141,11 @@ def neighbour() -> subprocess.Popen[bytes]:
 
 def condition(work: Path, name: str, args: argparse.Namespace) -> dict[str, Any]:
     store = work / f"runs-{name}"
+    gate = ["--neurolens-compare=--tag build=A --tag role=base", f"--neurolens-fail-above={args.threshold}",
+            f"--neurolens-confirm={args.confirm}"]  # fmt: skip
     noisy = neighbour() if name == "noisy" else None
     session_times: list[float] = []
-    candidates: dict[str, list[str]] = {"A": [], **{f"x{level:g}": [] for level in LEVELS}}
+    results: dict[str, list[tuple[str, int, str]]] = {"A": [], **{f"x{level:g}": [] for level in LEVELS}}
     try:
         for number in range(BASELINE_SESSIONS):
             session_times.append(record(store, work, "A", 1.0, "base", number)[1])
@@ -140,8 +153,8 @@ def condition(work: Path, name: str, args: argparse.Namespace) -> dict[str, Any]
             builds = [("A", 1.0)] if number < args.aa else []
             builds += [(f"x{level:g}", level) for level in LEVELS] if number < args.ab else []
             for build, scale in builds:
-                session_id, elapsed = record(store, work, build, scale, "cand", number)
-                candidates[build].append(session_id)
+                session_id, elapsed, status, output = record(store, work, build, scale, "cand", number, gate)
+                results[build].append((session_id, status, output))
                 session_times.append(elapsed)
     finally:
         if noisy is not None:
@@ -149,29 +162,25 @@ def condition(work: Path, name: str, args: argparse.Namespace) -> dict[str, Any]
             noisy.wait()
     baseline = RunFilter(tags={"build": "A", "role": "base"})
     out: dict[str, Any] = {"condition": name, "session_s": statistics.median(session_times), "builds": {}}
-    for build, sessions in candidates.items():
-        failed = nothing = 0
-        gate_times = []
-        failing: list[str] = []  # each failing group of a gate run: its change and floor
-        for session_id in sessions:
-            started = time.perf_counter()
-            result = compare(store, baseline, RunFilter(session_id=session_id), threshold=args.threshold)
-            gate_times.append(time.perf_counter() - started)
-            failed += result.failed
-            nothing += result.nothing_compared is not None
-            failing.extend(
-                f"{g.group['model']} batch {g.group['batch_size']} {g.change_pct:+.1f}% "
-                f"(floor {100 * (g.noise_floor or 0) / (g.baseline or 1):.1f}%)"
-                for g in result.groups
-                if g.fails
-            )
+    for build, sessions in results.items():
+        first_failed = 0
+        confirm_s: list[float] = []
+        suspected: list[str] = []
+        for session_id, _, output in sessions:
+            # the first verdict, before confirmation: the session's own runs against the baseline
+            first_failed += compare(
+                store, baseline, RunFilter(session_id=session_id), threshold=args.threshold
+            ).failed
+            confirm_s += [float(m) for m in re.findall(r"^confirmation: .*, ([0-9.]+) s$", output, re.M)]
+            suspected += [line for line in output.splitlines() if ": suspected " in line]
         out["builds"][build] = {
             "gate_runs": len(sessions),
-            "failed": failed,
-            "nothing_compared": nothing,
-            "gate_s": statistics.median(gate_times) if gate_times else None,
+            "first_verdict_failed": first_failed,
+            "failed": sum(status == 1 for _, status, _ in sessions),
+            "confirmations": len(confirm_s),
+            "confirm_s": statistics.median(confirm_s) if confirm_s else None,
             "slowdown_pct": slowdowns(store, build),
-            "failing_groups": failing,
+            "suspected": suspected,
         }
     return out
 
@@ -199,6 +208,9 @@ def main() -> None:
     parser.add_argument("--aa", type=int, default=40, help="same-build candidate sessions (gate runs)")
     parser.add_argument("--ab", type=int, default=15, help="candidate sessions of each slower build")
     parser.add_argument("--threshold", default="5%")
+    parser.add_argument(
+        "--confirm", type=int, default=3, help="--neurolens-confirm for the candidate sessions"
+    )
     parser.add_argument("--conditions", default="quiet,noisy")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
@@ -216,19 +228,26 @@ def main() -> None:
         f"gate --fail-above {args.threshold}, "
         f"one candidate session against {BASELINE_SESSIONS} baseline sessions"
     )
-    print("condition  build   failing gate runs  slowdown by group (median, %)")
+    print("condition  build      first verdict  after confirmation  confirming took (median)  slowdown (%)")
     for result in results:
         for build, figures in result["builds"].items():
             kind = "A/A" if build == "A" else f"A/B {build}"
             shown = ", ".join(f"{g} {v:+.0f}" for g, v in figures["slowdown_pct"].items())
-            empty = figures["nothing_compared"]
-            nothing = f" ({empty} compared nothing)" if empty else ""
-            counts = f"{figures['failed']:>3} / {figures['gate_runs']:<3}{nothing}"
-            print(f"{result['condition']:<9}  {kind:<9} {counts}       {shown}")
-            if build == "A" and figures["failing_groups"]:
-                print(f"{'':<9}    false alarms: {'; '.join(figures['failing_groups'])}")
-        print(f"{result['condition']:<9}  a session took {result['session_s']:.1f} s (median); "
-              f"the condition {result['wall_s'] / 60:.1f} min; confirmation re-runs: not built")  # fmt: skip
+            runs = figures["gate_runs"]
+            first = f"{figures['first_verdict_failed']:>3} / {runs:<3}"
+            final = f"{figures['failed']:>3} / {runs:<3}"
+            spent = (
+                "-"
+                if figures["confirm_s"] is None
+                else f"{figures['confirm_s']:.1f} s x {figures['confirmations']}"
+            )
+            columns = f"{result['condition']:<9}  {kind:<9}  {first}      {final}           {spent:<24}"
+            print(f"{columns}  {shown}")
+            if build == "A":
+                for line in figures["suspected"]:
+                    print(f"{'':<13}{line}")
+        took = f"a session took {result['session_s']:.1f} s (median, confirmation included)"
+        print(f"{result['condition']:<9}  {took}; the condition {result['wall_s'] / 60:.1f} min")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -359,3 +360,27 @@ def test_compare_gates_without_importing_pandas(tmp_path: Path) -> None:
     argv = ["compare", "--root", str(tmp_path), *sides, "--fail-above", "5%", "--json"]
     done = subprocess.run([sys.executable, "-c", script, *argv], capture_output=True, text=True)
     assert done.stdout.split() == ["1", "regressed", "False", "False"], done.stderr
+
+
+def neurolens_command(*argv: str) -> subprocess.CompletedProcess[str]:
+    """The installed ``neurolens`` entry point, as a user runs it."""
+    script = str(Path(sys.executable).with_name("neurolens"))
+    return subprocess.run([script, *argv], capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_a_mistyped_option_gets_its_command_s_usage_and_the_closest_option(tmp_path: Path) -> None:
+    typo = neurolens_command("compare", "--root", str(tmp_path), "--basline-tag", "branch=main")
+    assert typo.returncode == 2
+    assert typo.stderr.startswith("usage: neurolens compare")
+    assert "unrecognized arguments: --basline-tag branch=main (did you mean --baseline-tag?)" in typo.stderr
+    # abbreviations are not guessed: the full name or an error that names it
+    short = neurolens_command("ls", "--root", str(tmp_path), "--lim", "3")
+    assert short.returncode == 2 and "(did you mean --limit?)" in short.stderr
+
+
+def test_help_lists_each_command_once_and_remote_has_no_idle_root() -> None:
+    main_help = neurolens_command("--help").stdout
+    for command in ("ls", "show", "compare", "merge", "verify", "push", "pull", "remote"):
+        assert len(re.findall(rf"^\s+{command}\s", main_help, re.M)) == 1, command
+    remote_help = neurolens_command("remote", "--help").stdout
+    assert "--root" not in remote_help and "--storage-option" in remote_help

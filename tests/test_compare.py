@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import html
 import json
+import math
 import random
+import re
 import statistics
 from collections.abc import Callable
 from pathlib import Path
@@ -23,7 +26,7 @@ from neurolens.cli import main
 from neurolens.sources import query
 from neurolens.storage.index.filters import RunFilter, parse_filter_spec
 from neurolens.storage.store import write_run
-from tests.factories import Cli, make_run
+from tests.factories import BASE_RUN, Cli, make_run
 
 MAIN = RunFilter(tags={"branch": "main"})
 PR = RunFilter(tags={"branch": "pr"})
@@ -183,9 +186,11 @@ def test_require_significance_ignores_regressions_within_noise(tmp_path: Path) -
     # the same change with the noise floor on: inside the baseline's spread
     floored = compare(tmp_path, MAIN, PR, threshold="5%").groups[0]
     assert floored.verdict == "noise" and not floored.fails
-    # five sessions: their standard deviation alone, Student's t with 4 degrees of freedom
-    spread = statistics.stdev([8.0, 12.0, 9.0, 11.0, 10.0])
-    assert floored.noise_floor == pytest.approx(t_quantile(0.99, 4) * spread * (1 / 5 + 1 / 5) ** 0.5)
+    # five sessions a side: the baseline's variance pooled with the candidate's robust spread
+    # (1.4826 x its MAD, 1.1), Student's t with 4 + 4 degrees of freedom
+    base_var = statistics.variance([8.0, 12.0, 9.0, 11.0, 10.0])
+    spread = math.sqrt((4 * base_var + 4 * (1.4826 * 1.1) ** 2) / 8)
+    assert floored.noise_floor == pytest.approx(t_quantile(0.99, 8) * spread * (1 / 5 + 1 / 5) ** 0.5)
 
 
 def test_one_session_a_side_is_no_verdict_on_significance(tmp_path: Path) -> None:
@@ -317,8 +322,50 @@ def test_cli_markdown_parses_back(compare_cli: Callable[..., tuple[int, str]], s
     table = [line for line in lines if line.startswith("|")]
     header = [c.strip() for c in table[0].strip("|").split("|")]
     assert header == ["group", "baseline", "candidate", "change", "delta", "p", "runs", "verdict"]
-    rows = [[c.strip() for c in line.strip("|").split("|")] for line in table[2:]]
+    rows = [[unescape(c.strip()) for c in re.split(r"(?<!\\)\|", line.strip("|"))] for line in table[2:]]
     assert len(rows) == 5 and rows[0][-1] == "**REGRESSED**" and rows[0][3].startswith("+50.0% [")
+
+
+def unescape(markdown: str) -> str:
+    """A markdown cell's text: backslash escapes and entities undone."""
+    return html.unescape(re.sub(r"\\(.)", r"\1", markdown))
+
+
+HOSTILE = [
+    '<img src="https://evil.example/x.png">',
+    "![x](https://evil.example/y.png)",
+    "[click](https://evil.example/)",
+    "</td></tr></table><h1>PASS</h1>",
+    "www.evil.example and https://evil.example/z",
+    "a|b\\|c `code` *bold* _em_ ~~gone~~",
+]
+
+
+def test_markdown_keeps_hostile_stored_strings_inert_in_a_gfm_renderer(tmp_path: Path, cli: Cli) -> None:
+    """Rendered as GitHub renders a step summary (tables, autolinks, raw HTML allowed): no
+    image, no link, no heading; every row stays in the table, the regression first."""
+    from markdown_it import MarkdownIt
+
+    for i, model in enumerate(HOSTILE):
+        add(tmp_path, model, "main", 10.0)
+        add(tmp_path, model, "pr", 30.0 if i == 0 else 10.0)
+    # a second driver in one group: the warning line names it
+    hostile_driver = {**BASE_RUN["hardware"], "driver_version": "<b>x</b> ![w](https://evil.example/w.png)"}
+    add(tmp_path, HOSTILE[2], "pr", 10.0, hardware=hostile_driver)
+    status, out = cli(
+        "compare", "--root", str(tmp_path), "--baseline-tag", "branch=main", "--candidate-tag", "branch=pr",
+        "--format", "markdown", "--fail-above", "5%",
+    )  # fmt: skip
+    assert status == 1
+    page = MarkdownIt("gfm-like").render(out)
+    for tag in ("<a ", "<img", "<h1", "<b>", "<code", "<em", "<strong>PASS", "<s>"):
+        assert tag not in page, tag
+    assert "evil.example/w.png" in page.split("</table>")[1]  # the warning, as text
+    body = page.split("<tbody>")[1].split("</tbody>")[0]
+    assert body.count("<tr>") == len(HOSTILE)
+    first_row = body.split("</tr>")[0]
+    assert "<strong>REGRESSED</strong>" in first_row and "evil.example/x.png" in first_row
+    assert "</table>" not in body
 
 
 @pytest.mark.parametrize(

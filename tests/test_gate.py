@@ -295,3 +295,38 @@ def test_ls_into_a_closed_pipe_exits_quietly(tmp_path: Path, make_run: Callable[
         f"{SCRIPT} ls --root {root} | head -1", shell=True, capture_output=True, text=True, timeout=60
     )
     assert done.returncode == 0 and done.stdout.startswith("RUN ID") and done.stderr == ""
+
+
+@pytest.mark.parametrize("metric", ["tokens_per_second", "qps", "images_per_sec", "fps"])
+def test_rates_are_higher_is_better_by_name(tmp_path: Path, cli: Cli, metric: str) -> None:
+    from tests.factories import make_run
+
+    for branch, value in (("main", 100.0), ("pr", 50.0)):  # halved: worse for a rate
+        run = make_run(tags={"branch": branch}, metrics={"total_latency_ms": 1.0, metric: value})
+        write_run(tmp_path, run)
+    args = ("compare", "--root", str(tmp_path), "--baseline-tag", "branch=main",
+            "--candidate-tag", "branch=pr", "--metric", metric, "--fail-above", "5%", "--json")  # fmt: skip
+    status, out = cli(*args)
+    data = json.loads(out)
+    assert status == 1 and data["higher_is_better"] is True
+    assert data["groups"][0]["verdict"] == "regressed"
+
+
+def test_a_metric_of_unknown_direction_is_a_usage_error_until_stated(
+    tmp_path: Path, cli: Cli, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.factories import make_run
+
+    for branch, value in (("main", 0.01), ("pr", 0.5)):  # an error rate fifty times higher
+        run = make_run(tags={"branch": branch}, metrics={"total_latency_ms": 1.0, "error_rate": value})
+        write_run(tmp_path, run)
+    args = ("compare", "--root", str(tmp_path), "--baseline-tag", "branch=main",
+            "--candidate-tag", "branch=pr", "--metric", "error_rate", "--fail-above", "5%")  # fmt: skip
+    assert cli(*args)[0] == 2
+    err = capsys.readouterr().err
+    assert "which way is better for 'error_rate'" in err and "--lower-is-better" in err
+    assert cli(*args, "--lower-is-better")[0] == 1
+    assert cli(*args, "--higher-is-better")[0] == 0  # stated, and it is an improvement then
+    with pytest.raises(SystemExit) as excinfo:
+        cli(*args, "--lower-is-better", "--higher-is-better")
+    assert excinfo.value.code == 2

@@ -109,6 +109,13 @@ def test_the_overview_s_verdicts_are_compare_s(tmp_path: Path) -> None:
     assert worst.key["model"] == "gpt2" and worst.verdict is not None and worst.verdict.verdict == "regressed"
 
 
+def test_a_jump_in_the_newest_sessions_is_never_marked_on_a_flat_one_before_it() -> None:
+    flat = [2.0, 2.01, 1.99, 2.02, 1.98, 2.005]
+    assert change_points([*flat, 1.995, 2.6]) == []  # the newest alone: not a level yet
+    assert change_points([*flat, 2.6, 2.61]) == []  # two sessions: shorter than a segment
+    assert change_points([*flat[:5], 2.6, 2.61, 2.59]) == [5]  # three: marked where it starts
+
+
 def test_change_points_at_known_steps_and_none_on_flat_noise() -> None:
     rng = random.Random(4)
     one = [rng.gauss(10, 0.3) for _ in range(40)] + [rng.gauss(13, 0.3) for _ in range(40)]

@@ -9,7 +9,9 @@ sigma is the noise estimated robustly from successive differences (MAD / 0.6745 
 so one odd session does not inflate it and a step does not hide itself. Segments are at
 least ``MIN_SEGMENT`` points long, and the series is first passed through a running median
 of 3, which keeps steps where they are and removes single odd sessions: an outlier is not a
-change.
+change. A split is kept only where the level changes (the point before it on the left
+level, the point at it on the right one): a jump in the newest session alone is not marked
+on a flat session before it.
 """
 
 from __future__ import annotations
@@ -56,14 +58,28 @@ def change_points(values: Sequence[float], min_segment: int = MIN_SEGMENT) -> li
         total = sums[b] - sums[a]
         return max(0.0, squares[b] - squares[a] - total * total / (b - a))
 
+    def mean(a: int, b: int) -> float:
+        return (sums[b] - sums[a]) / (b - a)
+
+    def at_the_step(a: int, s: int, b: int) -> bool:
+        """The level changes at ``s``: the point before it belongs to the left level and ``s``
+        to the right one. A jump in the last point alone also lowers the cost most when the
+        minimum segment reaches back over flat sessions; that is not where it changed."""
+        left, right = mean(a, s), mean(s, b)
+        return abs(values[s - 1] - left) <= abs(values[s - 1] - right) and abs(values[s] - right) <= abs(
+            values[s] - left
+        )
+
     def split(a: int, b: int) -> list[int]:
         if b - a < 2 * min_segment:
             return []
         whole = cost(a, b)
-        gain, at = max(
-            (whole - cost(a, s) - cost(s, b), s) for s in range(a + min_segment, b - min_segment + 1)
+        gains = sorted(
+            ((whole - cost(a, s) - cost(s, b), s) for s in range(a + min_segment, b - min_segment + 1)),
+            reverse=True,
         )
-        if gain <= penalty:
+        at = next((s for gain, s in gains if gain > penalty and at_the_step(a, s, b)), None)
+        if at is None:
             return []
         return [*split(a, at), at, *split(at, b)]
 

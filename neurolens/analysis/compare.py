@@ -23,6 +23,7 @@ from neurolens.analysis.metrics import (
     DEFAULT_METRIC,
     METRIC_COLUMNS,
     TAIL_MINIMUM,
+    UnknownDirectionError,
     UnknownMetricError,
     higher_is_better,
     resolve_metric,
@@ -99,9 +100,15 @@ def compare(
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < 1:
         raise InvalidArgumentError(f"alpha must be between 0 and 1, not {alpha!r}")
     limit = threshold if isinstance(threshold, Threshold) else Threshold.parse(threshold or "5%")
+    unknown_direction: UnknownDirectionError | None = None
+    if higher_better is None:
+        try:
+            higher_better = higher_is_better(metric)
+        except UnknownDirectionError as exc:  # said after "no run carries it", the likelier typo
+            unknown_direction, higher_better = exc, False
     result = Comparison(
         metric=metric,
-        higher_is_better=higher_is_better(metric) if higher_better is None else higher_better,
+        higher_is_better=higher_better,
         threshold=limit,
         gate=threshold is not None,
         require_significance=require_significance,
@@ -112,6 +119,8 @@ def compare(
     sources = [open_source(baseline_root if baseline_root is not None else root), open_source(root)]
     try:
         _compare_sides(result, sources, sides, group_by)
+        if unknown_direction is not None:
+            raise unknown_direction
     finally:
         for source, given in zip(
             sources, (baseline_root if baseline_root is not None else root, root), strict=True

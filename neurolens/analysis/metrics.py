@@ -43,5 +43,39 @@ def resolve_metric(name: str) -> str:
     return METRIC_ALIASES.get(name, name)
 
 
+# Which way is better, from the name: rates are higher-is-better, durations, sizes and
+# energy lower. "*_rate" is neither (an error rate is lower-is-better); the caller says.
+_HIGHER_SUFFIXES = ("_per_s", "_per_sec", "_per_second", "_per_minute", "_per_min")
+_HIGHER_PREFIXES = ("tokens_per_", "samples_per_", "images_per_", "requests_per_", "queries_per_",
+                    "items_per_", "frames_per_", "sequences_per_")  # fmt: skip
+_HIGHER_NAMES = frozenset({"qps", "fps", "tps", "rps", "ips", "throughput"})
+_LOWER_SUFFIXES = ("_ms", "_us", "_ns", "_s", "_sec", "_seconds", "_mb", "_mib", "_gb", "_gib",
+                   "_bytes", "_j", "_joules", "_w", "_watts")  # fmt: skip
+_LOWER_WORDS = ("latency", "memory", "energy", "power", "time")
+
+
+class UnknownDirectionError(NeurolensError, ValueError):
+    """The metric's name does not say which way is better; the message names the fix."""
+
+    def __init__(self, metric: str) -> None:
+        self.metric = metric
+        super().__init__(
+            f"which way is better for {metric!r} cannot be told from its name: "
+            "say --higher-is-better or --lower-is-better (higher_better= in Python)"
+        )
+
+
 def higher_is_better(metric: str) -> bool:
-    return "throughput" in metric or metric.endswith("_per_s")
+    """True for rates (throughput, ``*_per_s``, ``qps``, ``tokens_per_*``, ...), False for
+    durations, sizes and energy (``*_ms``, ``latency*``, ``*_bytes``, ...); an
+    ``UnknownDirectionError`` for anything else, never a guess."""
+    name = metric.lower()
+    if "throughput" in name or name in _HIGHER_NAMES:
+        return True
+    if name.endswith(_HIGHER_SUFFIXES) or name.startswith(_HIGHER_PREFIXES):
+        return True
+    if name.endswith(_LOWER_SUFFIXES) or any(word in name for word in _LOWER_WORDS):
+        return False
+    if name == "gpu_utilization":  # busier for the same work: the work got heavier
+        return False
+    raise UnknownDirectionError(metric)

@@ -32,6 +32,13 @@ def summary_line(result: Comparison) -> str:
             "verdict, compare several sessions a side (4 or more), or measure in rounds: "
             "measure(..., repeats=5) or --neurolens-repeats=5"
         )
+    unconfirmed = sum(g.fails and g.candidate_samples == 1 for g in result.groups)
+    if unconfirmed:
+        line += (
+            f"\n{unconfirmed} failing group{'s' if unconfirmed != 1 else ''} rest on one candidate "
+            "session: a slow process can look like this; confirm by re-measuring (the pytest gate "
+            "does, --neurolens-confirm) or by recording more candidate sessions"
+        )
     for g in result.groups:
         if g.note is not None:
             line += f"\n{g.label()}: not compared: {g.note}"
@@ -71,10 +78,20 @@ def to_table(result: Comparison) -> str:
     return table + "".join(escape(line) + "\n" for line in summary_line(result).splitlines())
 
 
-def to_markdown(result: Comparison) -> str:
-    def cell(text: str) -> str:
-        return escape(text).replace("|", "\\|")
+# GitHub-flavoured markdown: HTML's special characters as entities, every other ASCII
+# punctuation character backslash-escaped (CommonMark allows it for all of them). That
+# keeps stored strings from opening tags, links, images, emphasis or a new table row, and
+# breaks GFM's autolinks ("www." and "://" no longer appear as typed).
+_HTML = {"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;"}
+_MARKDOWN = {c: "\\" + c for c in "\\`*_{}[]()#+-.!|~:@/='$%^,;?"}
 
+
+def markdown_text(text: str) -> str:
+    """``text`` (a stored string, or a line holding them) as inert GFM text."""
+    return "".join(_HTML.get(c) or _MARKDOWN.get(c) or c for c in escape(text))
+
+
+def to_markdown(result: Comparison) -> str:
     lines = [
         f"### neurolens compare: {'regression' if result.failed else 'no regression'}",
         "",
@@ -82,9 +99,10 @@ def to_markdown(result: Comparison) -> str:
         "| " + " | ".join(["---"] + ["---:"] * 6 + ["---"]) + " |",
     ]
     for g in result.groups:
-        cells = _cells(g, result.metric)
+        cells = [markdown_text(c) for c in _cells(g, result.metric)]
         cells[7] = f"**{cells[7]}**" if g.fails else cells[7]
-        lines.append("| " + " | ".join(cell(c) for c in cells) + " |")
-    lines += ["", *summary_line(result).splitlines()]
-    lines += [f"> warning: {cell(w)}" for w in result.warnings]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += [""]
+    lines += [markdown_text(line) + "  " for line in summary_line(result).splitlines()]
+    lines += [f"> warning: {markdown_text(w)}" for w in result.warnings]
     return "\n".join(lines) + "\n"

@@ -7,16 +7,17 @@ once, so that the chance of a false alarm holds for the whole suite, not for eac
 The rules, in one place (the README's "How the gate decides" says the same):
 
 - A group's statistic is the median of its samples (one per session, or per round).
-- **Noise test.** The change must be larger than session-to-session noise alone makes. The
-  noise is the standard deviation of the baseline's newest ``NOISE_SESSIONS`` samples (not
-  the MAD: from a few samples its wide scatter breaks Student's t, and a wild session only
-  widens the floor). Until the baseline has ``PRIOR_DF`` + 1 samples, the missing degrees of
-  freedom are filled with a prior spread of ``PRIOR_SPREAD`` of the baseline's level, so that
-  one, two or three baseline sessions already give a floor (about 16% with one session, 8%
-  with three quiet ones) and a longer history is judged on its own noise alone. A candidate
-  of n samples against m is a prediction: t = change / (spread * sqrt(1/m + 1/n)), one-sided
-  p from Student's t with max(m - 1, ``PRIOR_DF``) degrees of freedom. One candidate session
-  is judged this way too.
+- **Noise test.** The change must be larger than session-to-session noise alone makes.
+  Student's two-sample t on the sessions: t = change / (s * sqrt(1/m + 1/n)), one-sided, m
+  the baseline's newest ``NOISE_SESSIONS`` samples and n the candidate's. ``s`` pools the
+  baseline's standard deviation (not the MAD: from a few samples its wide scatter breaks
+  Student's t) with the candidate's robust spread (1.4826 x MAD: its sessions show the
+  machine's noise now, and one wild session must not hide a regression the others show).
+  Until the baseline has ``PRIOR_DF`` + 1 samples, the degrees of freedom it lacks are
+  filled with a prior spread of ``PRIOR_SPREAD`` of the baseline's level, so that one, two
+  or three baseline sessions already give a floor (about 16% with one session, 8% with three
+  quiet ones) and a longer history is judged on its own noise. One candidate session is a
+  prediction from the baseline's sessions this way.
 - **Suite correction.** The groups' noise p-values are adjusted by Holm's step-down method;
   a group is outside the noise when its adjusted p < ``NOISE_ALPHA``. ``noise_floor`` is the
   change that would have been needed at the group's Holm level.
@@ -42,6 +43,7 @@ from neurolens.analysis.stats import (
     hodges_lehmann,
     holm,
     mann_whitney_u,
+    robust_spread,
     smallest_p_value,
     t_quantile,
     t_upper_tail,
@@ -224,7 +226,7 @@ def judge(
     limit = result.threshold.value * abs(base) if result.threshold.relative else result.threshold.value
     tolerance = _EPSILON * max(abs(base), 1.0)
     evidence = _Evidence(worse, abs(worse) > limit + tolerance)
-    _noise_test(evidence, base_values, len(cand_values))
+    _noise_test(evidence, base_values, cand_values)
     _significance(out, evidence, base_values, cand_values, result.alpha)
     _interval(out, evidence, base_values, cand_values)
     out._evidence = evidence
@@ -260,18 +262,21 @@ def settle(result: Comparison, groups: Sequence[GroupResult]) -> None:
         )
 
 
-def _noise_test(evidence: _Evidence, base_values: list[float], candidate_samples: int) -> None:
-    """The one-sided p that the baseline's session-to-session noise alone made a change this
-    large: the candidate's samples as a prediction from the baseline's newest ones, with the
-    spread pooled with the prior (see the module's rules)."""
+def _noise_test(evidence: _Evidence, base_values: list[float], cand_values: list[float]) -> None:
+    """The one-sided p that session-to-session noise alone made a change this large: the
+    candidate's samples against the baseline's newest ones, Student's t with the spread
+    pooled over both sides' sessions and the prior (see the module's rules)."""
     recent = base_values[-NOISE_SESSIONS:]
-    m = len(recent)
+    m, n = len(recent), len(cand_values)
     level = abs(statistics.median(recent))
-    observed = statistics.stdev(recent) if m > 1 else 0.0
+    squares = (m - 1) * statistics.variance(recent) if m > 1 else 0.0
+    # the candidate's own sessions are noise seen too (a drifting machine shows it there),
+    # robustly: one wild candidate session must not hide a regression the others show
+    squares += (n - 1) * robust_spread(cand_values) ** 2 if n > 1 else 0.0
     prior_df = max(0, PRIOR_DF - (m - 1))
-    df = (m - 1) + prior_df
-    spread = math.sqrt(((m - 1) * observed**2 + prior_df * (PRIOR_SPREAD * level) ** 2) / df)
-    scale = spread * math.sqrt(1 / m + 1 / candidate_samples)
+    df = (m - 1) + (n - 1) + prior_df
+    spread = math.sqrt((squares + prior_df * (PRIOR_SPREAD * level) ** 2) / df)
+    scale = spread * math.sqrt(1 / m + 1 / n)
     evidence.scale, evidence.df = scale, df
     if scale == 0:  # a baseline of zeros: any change is outside its noise
         evidence.noise_p = 0.0 if evidence.worse else 1.0

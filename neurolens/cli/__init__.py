@@ -21,6 +21,7 @@ store), 2 usage error, 3 nothing was compared.
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
 import sys
 import warnings
@@ -32,18 +33,6 @@ from neurolens.cli import compare, ls, merge, pull, push, rebuild, remote, repor
 from neurolens.cli.common import PROG, CommandError, UsageError, add_command
 
 MAIN_EPILOG = """\
-commands:
-  ls        list runs, newest first (filters: --model, --backend, --precision, --day, --session, --tag)
-  show      print one run and its fingerprint
-  rebuild   regenerate _index.parquet from _manifest.jsonl
-  compare   compare a baseline with a candidate; exit 1 on a regression
-  report    write an HTML page of trends, regressions and hardware changes
-  merge     copy other stores (folders or .tar.gz) into --root
-  verify    check a store; exit 1 when anything is wrong
-  push      add the store's runs to a remote table (s3://, gs://, az://, a path)
-  pull      copy (part of) a remote table into --root
-  remote    optimize a remote table (compaction, checkpoint, vacuum)
-
 examples:
   neurolens ls --backend onnxrt --model gpt2 --limit 10
   neurolens ls --tag branch=main --json | jq '.[0]'
@@ -70,6 +59,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         "records into.",
         epilog=MAIN_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -78,6 +68,26 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         if only is None or only == module.NAME:
             module.register(parser_of_command)
     return parser
+
+
+def _parse(parser: argparse.ArgumentParser, words: list[str]) -> argparse.Namespace:
+    """``parse_args``, except that an unknown option is reported by its command's parser
+    (its usage, not the top level's) with the closest option it has."""
+    args, unknown = parser.parse_known_args(words)
+    if not unknown:
+        return args
+    command = _subparsers(parser).get(getattr(args, "command", None) or "", parser)
+    known = [o for action in command._actions for o in action.option_strings]
+    guess = difflib.get_close_matches(unknown[0].split("=", 1)[0], known, n=1)
+    hint = f" (did you mean {guess[0]}?)" if guess else ""
+    command.error(f"unrecognized arguments: {' '.join(unknown)}{hint}")
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
 
 
 def _command_in(argv: Sequence[str]) -> str | None:
@@ -112,7 +122,7 @@ def _join_dash_values(argv: list[str]) -> list[str]:
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     """Run the command line; return the exit status (0 ok, 1 runtime error, 2 usage, 3 nothing compared)."""
     words = _join_dash_values(list(sys.argv[1:] if argv is None else argv))
-    args = build_parser(only=_command_in(words)).parse_args(words)
+    args = _parse(build_parser(only=_command_in(words)), words)
     stream = out if out is not None else sys.stdout
     from neurolens.errors import IndexWarning, InvalidArgumentError, ManifestWarning, NeurolensError
 

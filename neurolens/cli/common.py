@@ -43,11 +43,15 @@ def add_command(commands: Any, module: ModuleType) -> argparse.ArgumentParser:
         description=module.DESCRIPTION,
         epilog=module.EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,  # --baseline-t is a typo to name, not an option to guess
     )
     remote = getattr(module, "READS_REMOTE", False)
-    parser.add_argument(
-        "--root", metavar="PATH" if not remote else "PATH|URL", help=REMOTE_ROOT_HELP if remote else ROOT_HELP
-    )
+    if getattr(module, "HAS_ROOT", True):
+        parser.add_argument(
+            "--root",
+            metavar="PATH" if not remote else "PATH|URL",
+            help=REMOTE_ROOT_HELP if remote else ROOT_HELP,
+        )
     if remote:
         add_storage_options(parser)
     parser.set_defaults(handler=module.run)

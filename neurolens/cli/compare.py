@@ -60,6 +60,20 @@ def register(parser: argparse.ArgumentParser) -> None:
         help="metric to compare: total_latency_ms (default), p50, p90, "
         "p95, p99, mean, throughput (higher is better) or any metric name in the runs",
     )
+    direction = parser.add_mutually_exclusive_group()
+    direction.add_argument(
+        "--higher-is-better",
+        dest="higher_better",
+        action="store_true",
+        default=None,
+        help="the metric is better when higher (rates); needed where its name does not say",
+    )
+    direction.add_argument(
+        "--lower-is-better",
+        dest="higher_better",
+        action="store_false",
+        help="the metric is better when lower (durations, sizes, error rates)",
+    )
     parser.add_argument(
         "--group-by",
         type=parse_group_by,
@@ -109,7 +123,7 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, out: TextIO) -> int:
     from neurolens.analysis.compare import DEFAULT_GROUP_BY, compare
-    from neurolens.analysis.metrics import UnknownMetricError
+    from neurolens.analysis.metrics import UnknownDirectionError, UnknownMetricError
     from neurolens.analysis.text import to_markdown, to_table
     from neurolens.storage.index.filters import filter_from_args
 
@@ -130,8 +144,9 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
             fail_on_missing=args.fail_on_missing,
             baseline_root=None if args.baseline_root is None else location_of(args, args.baseline_root),
             noise_floor=args.noise_floor,
+            higher_better=args.higher_better,
         )
-    except UnknownMetricError as exc:
+    except (UnknownMetricError, UnknownDirectionError) as exc:
         raise UsageError(str(exc)) from None
     for message in result.warnings:
         warn(f"warning: {message}")

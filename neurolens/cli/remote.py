@@ -9,6 +9,7 @@ from typing import TextIO
 from neurolens.cli.common import add_storage_options, integer_at_least, remote_of
 
 NAME = "remote"
+HAS_ROOT = False  # it works on the URL it is given, not on a local store
 SUMMARY = "maintain a remote table: compaction, checkpoint, vacuum"
 DESCRIPTION = (
     "optimize: compact the many small files that pushes leave (Z-ordered by model and backend, so "
