@@ -136,7 +136,9 @@ def record(
 
 def neighbour() -> subprocess.Popen[bytes]:
     """A CPU-bound process beside the sessions (one core of the machine kept busy)."""
-    return subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    # busy until this process is gone: a killed benchmark leaves no neighbour behind
+    busy = f"import os\nwhile os.getppid() == {os.getpid()}: pass"
+    return subprocess.Popen([sys.executable, "-c", busy])
 
 
 def condition(work: Path, name: str, args: argparse.Namespace) -> dict[str, Any]:
