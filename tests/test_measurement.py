@@ -50,6 +50,8 @@ def test_a_steady_call_is_measured_until_stable_within_the_budget() -> None:
     assert timed.calibrated and timed.stable
     assert timed.stability is not None and timed.stability <= 0.5
     assert 3 * MIN_WINDOW_CALLS <= len(timed.samples_ns) <= MAX_SAMPLES
+    assert timed.timed_calls >= len(timed.samples_ns)  # a subsample when more were timed
+    assert timed.timed_s >= 0.05  # judged over min_time, however short the call
     assert timed.warmup_calls >= 3
 
 
