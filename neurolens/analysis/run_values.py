@@ -39,7 +39,7 @@ class Documents:
             return None
         metrics = document.get("metrics")
         if isinstance(metrics, dict):
-            self.metrics_seen.update(k for k, v in metrics.items() if isinstance(v, (int, float)))
+            self.metrics_seen.update(k for k, v in metrics.items() if _is_number(v))  # not the flags
         return document
 
 
