@@ -188,18 +188,14 @@ def tail_run(branch: str, session: str, p99: float, calls: int) -> dict[str, Any
     )  # fmt: skip
 
 
+def compare_args(root: Path) -> tuple[str, ...]:
+    return ("compare", "--root", str(root), "--baseline-tag", "branch=main", "--candidate-tag", "branch=pr")
+
+
 def test_compare_p99_of_runs_too_small_to_bound_it_says_so_and_fails(tmp_path: Path, cli: Cli) -> None:
     write_run(tmp_path, tail_run("main", "a", 2.0, 20))
     write_run(tmp_path, tail_run("pr", "b", 9.0, 20))
-    args = (
-        "compare",
-        "--root",
-        str(tmp_path),
-        "--baseline-tag",
-        "branch=main",
-        "--candidate-tag",
-        "branch=pr",
-    )
+    args = compare_args(tmp_path)
     status, out = cli(*args, "--metric", "p99", "--fail-above", "5%")
     assert status == 3  # nothing was compared: never a pass by mistake
     assert "too few samples" in out
@@ -217,15 +213,7 @@ def test_a_p99_from_enough_calls_is_compared_and_small_runs_are_left_out(tmp_pat
     write_run(tmp_path, tail_run("main", "a", 2.0, 500))
     write_run(tmp_path, tail_run("pr", "b", 9.0, 500))
     write_run(tmp_path, tail_run("pr", "c", 1.0, 30))  # too small: left out, with a warning
-    args = (
-        "compare",
-        "--root",
-        str(tmp_path),
-        "--baseline-tag",
-        "branch=main",
-        "--candidate-tag",
-        "branch=pr",
-    )
+    args = compare_args(tmp_path)
     status, out = cli(*args, "--metric", "p99", "--fail-above", "5%", "--json")
     data = json.loads(out)
     assert status == 1 and data["groups"][0]["verdict"] == "regressed"

@@ -91,8 +91,9 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--require-significance",
         action="store_true",
-        help="fail only on regressions whose Mann-Whitney p-value across sessions is below --alpha "
-        "(with one session a side there is no verdict, and no failure)",
+        help="fail only on regressions significant across sessions at --alpha (Mann-Whitney U, or "
+        "the prediction test for one candidate session; Holm-corrected over the groups; with one "
+        "baseline session there is no verdict, and no failure)",
     )
     parser.add_argument(
         "--alpha", type=_alpha, default=0.05, help="significance level in (0, 1) (default 0.05)"
