@@ -134,6 +134,7 @@ class Recorder:
                 write_prepared_run(
                     self.store, prepared.with_test_result(outcome, attempt), self._fingerprint_bytes
                 )
+            hardware = run.get("hardware") or {}
             self.summary.append(
                 {
                     "nodeid": item.nodeid,
@@ -142,7 +143,9 @@ class Recorder:
                     "precision": run["precision"],
                     "batch_size": run["batch_size"],
                     "seq_len": run.get("seq_len"),
-                    "gpu_name": (run.get("hardware") or {}).get("gpu_name"),
+                    "gpu_name": hardware.get("gpu_name"),
+                    # the group's CPU: only a run without a GPU is grouped by it
+                    "cpu_model": None if hardware.get("gpu_name") is not None else hardware.get("cpu_model"),
                     "p50_ms": run["metrics"]["total_latency_ms"],
                     "gpu_utilization": run["metrics"].get("gpu_utilization"),
                     "stable": run["metrics"].get("stable"),

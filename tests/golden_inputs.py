@@ -40,6 +40,7 @@ GOLDEN_RUNS: list[dict[str, Any]] = [
         "batch_size": 1,
         "seq_len": None,
         "metrics": {"total_latency_ms": 3, "gpu_utilization": None},
+        "hardware": {"gpu_name": None, "cpu_model": "AMD EPYC 7B13 64-Core Processor"},
         "tags": {},
     },
 ]

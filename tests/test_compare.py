@@ -442,8 +442,8 @@ def test_pytest_gate_fails_the_session_on_a_regression(
         [
             "*- neurolens compare -*",
             "GROUP*VERDICT",
-            "m cpu fp32 1*10.000*15.000*+50.0%*REGRESSED",
-            "m cpu fp32 1 - -: suspected +50.0%, confirmed: failed alone in 3 of 3 re-runs; "
+            "m cpu fp32 batch 1*10.000*15.000*+50.0%*REGRESSED",
+            "m cpu fp32 batch 1*: suspected +50.0%, confirmed: failed alone in 3 of 3 re-runs; "
             "judged on 4 sessions*",
             "confirmation: 1 test re-run 3 times in fresh processes, * s",
             "*regression above 5% (confirmed by re-measuring): failing the session*",
@@ -451,7 +451,7 @@ def test_pytest_gate_fails_the_session_on_a_regression(
     )
     within = gate(pytester, monkeypatch, 10.3, "--neurolens-tag", "branch=pr", *compare_args)
     assert within.ret == pytest.ExitCode.OK
-    within.stdout.fnmatch_lines(["m cpu fp32 1*10.000*10.300*+3.0%*unchanged"])
+    within.stdout.fnmatch_lines(["m cpu fp32 batch 1*10.000*10.300*+3.0%*unchanged"])
     report_only = gate(pytester, monkeypatch, 20.0, "--neurolens-compare=--tag branch=main")
     assert report_only.ret == pytest.ExitCode.OK
     report_only.stdout.fnmatch_lines(["*regressed"])
@@ -472,7 +472,7 @@ def test_pytest_gate_restores_an_unusable_index_before_comparing(
         pytester, monkeypatch, 10.2, "--neurolens-tag", "branch=pr", "--neurolens-compare=--tag branch=main"
     )
     assert result.ret == pytest.ExitCode.OK, result.stdout.str()
-    result.stdout.fnmatch_lines(["m cpu fp32 1*10.000*10.200*+2.0%*"])
+    result.stdout.fnmatch_lines(["m cpu fp32 batch 1*10.000*10.200*+2.0%*"])
     with opened_index(pytester.path / "runs") as (usable, problem):
         assert usable is not None and usable.count() == 2, problem
 
@@ -588,7 +588,7 @@ def test_a_slow_session_that_re_runs_do_not_confirm_passes(
     assert result.ret == pytest.ExitCode.OK
     result.stdout.fnmatch_lines(
         [
-            "m cpu fp32 1 - -: suspected +50.0%, not confirmed: failed alone in 0 of 3 re-runs; "
+            "m cpu fp32 batch 1*: suspected +50.0%, not confirmed: failed alone in 0 of 3 re-runs; "
             "judged on 4 sessions*",
             "confirmation: 1 test re-run 3 times in fresh processes, * s",  # only the suspect test
         ]
@@ -615,7 +615,7 @@ def test_confirm_zero_fails_on_the_first_verdict_and_under_xdist_the_controller_
     assert confirmed.ret == pytest.ExitCode.TESTS_FAILED
     confirmed.stdout.fnmatch_lines(
         [
-            "m cpu fp32 1 - -: suspected +50.0%, confirmed: failed alone in 2 of 2 re-runs; "
+            "m cpu fp32 batch 1*: suspected +50.0%, confirmed: failed alone in 2 of 2 re-runs; "
             "judged on 3 sessions*",
             "confirmation: 1 test re-run 2 times in fresh processes, * s",
             "*regression above 5% (confirmed by re-measuring): failing the session*",

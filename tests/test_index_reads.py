@@ -53,6 +53,7 @@ def entry(i: int, *, created: int | None = None, run_id: str | None = None) -> d
         "outcome": [None, "passed", "failed"][i % 3],
         "repeat": None,
         "latency_p99_ms": None,
+        "cpu_model": None,
     }
 
 

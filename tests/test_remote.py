@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas  # noqa: F401  (loaded before pytester runs: numpy cannot be imported twice)
 import pyarrow.compute
-import pyarrow.parquet  # noqa: F401
+import pyarrow.parquet
 import pytest
 
 from neurolens.storage.store import write_run
@@ -305,6 +305,31 @@ def test_a_local_delta_table_is_a_remote_too(tmp_path: Path, cli: Cli) -> None:
     assert cli("push", str(table), "--root", str(root))[0] == 0
     assert (table / "_delta_log").is_dir()
     assert cli("ls", "--root", str(table), "--json") == cli("ls", "--root", str(root), "--json")
+
+
+def test_a_table_made_before_cpu_model_reads_as_null_and_gains_the_column_on_push(
+    tmp_path: Path, cli: Cli
+) -> None:
+    import deltalake
+
+    root, current, earlier = tmp_path / "store", tmp_path / "current", tmp_path / "earlier"
+    local_store(root)
+    assert cli("push", str(current), "--root", str(root))[0] == 0
+    # the layout an earlier version wrote: every column but cpu_model
+    rows = (
+        deltalake.QueryBuilder().register("t", deltalake.DeltaTable(str(current))).execute("SELECT * FROM t")
+    )
+    old = pyarrow.table(rows)
+    old = old.drop_columns(["cpu_model"])
+    deltalake.write_deltalake(str(earlier), old, partition_by=["day"])
+    code, out = cli("ls", "--root", str(earlier), "--json")
+    assert code == 0
+    assert len(json.loads(out)) == 4 and all(r["cpu_model"] is None for r in json.loads(out))
+    newer = tmp_path / "newer"
+    write_run(newer, make_run(hardware={"gpu_name": None, "cpu_model": "AMD EPYC 7B13"}))
+    assert cli("push", str(earlier), "--root", str(newer))[0] == 0
+    listed = json.loads(cli("ls", "--root", str(earlier), "--json")[1])
+    assert sorted(str(r["cpu_model"]) for r in listed) == ["AMD EPYC 7B13", *["None"] * 4]
 
 
 # --- the plugin ---------------------------------------------------------------------------

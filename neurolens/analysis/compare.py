@@ -29,7 +29,14 @@ from neurolens.analysis.metrics import (
     resolve_metric,
 )
 from neurolens.analysis.run_values import Documents, side_samples
-from neurolens.analysis.samples import SideGroup, arrow_samples
+from neurolens.analysis.samples import (
+    CPU_COLUMN,
+    GPU_COLUMN,
+    SideGroup,
+    arrow_cpu_class,
+    arrow_samples,
+    cpu_class,
+)
 from neurolens.analysis.verdicts import (
     COMPARED,
     VERDICT_ORDER,
@@ -53,7 +60,9 @@ if TYPE_CHECKING:
 
 Root = RunSource | StrPath | None
 
-DEFAULT_GROUP_BY = ("model", "backend", "precision", "batch_size", "seq_len", "gpu_name")
+# the hardware class: the GPU, or for a run without one the CPU model (``samples.cpu_class``)
+DEFAULT_GROUP_BY = ("model", "backend", "precision", "batch_size", "seq_len", "gpu_name", "cpu_model")
+_HARDWARE_COLUMNS = (GPU_COLUMN, CPU_COLUMN, "driver_version", "cuda_version", "fingerprint_hash")
 
 
 def compare(
@@ -157,10 +166,11 @@ def _compare_sides(
     docs = Documents(sources)
     tables = [r.arrow() for r in rows]
     if indexed and tables[0] is not None and tables[1] is not None:
-        by_side = [arrow_samples(table, group_by, metric) for table in tables]
+        by_side = [arrow_samples(arrow_cpu_class(table), group_by, metric) for table in tables]
     else:
-        data = [r.columns(needed) for r in rows]
+        data = [cpu_class(r.columns(needed)) for r in rows]
         by_side = [side_samples(docs, metric, i, data[i], group_by, result.warnings) for i in (0, 1)]
+    _join_unknown_cpu(by_side, group_by)
     for key in sorted(set(by_side[0]) | set(by_side[1]), key=repr):
         group = dict(zip(group_by, key, strict=True))
         base, cand = by_side[0].get(key, SideGroup()), by_side[1].get(key, SideGroup())
@@ -169,6 +179,7 @@ def _compare_sides(
         _too_few(result, out, base, cand)
         result.groups.append(out)
         _warn_mixed_hardware(result, group, base.hardware | cand.hardware)
+    elsewhere = _other_hardware(result, group_by)
     settle(result, result.groups)  # the suite's groups decided together (Holm)
     sized = [g for g in result.groups if g.verdict != "insufficient"]
     if sized and all(g.baseline is None and g.candidate is None for g in sized):
@@ -181,6 +192,7 @@ def _compare_sides(
             and all(g.verdict in ("insufficient", "new", "missing") for g in result.groups)
             and any(g.verdict == "insufficient" for g in result.groups)
             else "no group has runs on both sides"
+            + ("; the baseline ran on other hardware (see each group)" if elsewhere else "")
         )
     # compared groups worst first, then new, then missing
     compared_rank = VERDICT_ORDER["unchanged"]
@@ -217,6 +229,68 @@ def _badness(result: Comparison, g: GroupResult) -> float:
     if g.change_pct is None:
         return -math.inf
     return -g.change_pct if result.higher_is_better else g.change_pct
+
+
+def _join_unknown_cpu(by_side: list[dict[Any, SideGroup]], group_by: Sequence[str]) -> None:
+    """Runs without a GPU whose CPU model is not recorded (written before neurolens recorded
+    it, or without hardware) join the group of the one CPU model the group's other runs, on
+    either side, ran on; with several they stay apart (never compared across machines).
+    Their samples count as the older ones."""
+    if GPU_COLUMN not in group_by or CPU_COLUMN not in group_by:
+        return
+    gpu, cpu = group_by.index(GPU_COLUMN), group_by.index(CPU_COLUMN)
+
+    def rest(key: tuple[Any, ...]) -> tuple[Any, ...]:
+        return tuple(v for i, v in enumerate(key) if i != cpu)
+
+    known: dict[tuple[Any, ...], set[Any]] = {}
+    for side in by_side:
+        for key in side:
+            if key[gpu] is None and key[cpu] is not None:
+                known.setdefault(rest(key), set()).add(key[cpu])
+    for side in by_side:
+        for key in [k for k in side if k[gpu] is None and k[cpu] is None]:
+            models = known.get(rest(key), set())
+            if len(models) != 1:
+                continue
+            target = tuple(next(iter(models)) if i == cpu else v for i, v in enumerate(key))
+            unknown, joined = side.pop(key), side.setdefault(target, SideGroup())
+            joined.samples[:0] = unknown.samples
+            joined.runs += unknown.runs
+            joined.hardware |= unknown.hardware
+            joined.too_few += unknown.too_few
+
+
+def _other_hardware(result: Comparison, group_by: Sequence[str]) -> bool:
+    """A candidate group with no baseline on its hardware class but some on another: said
+    in the group's note, never compared across machines. Whether there was one."""
+    hardware = [k for k in group_by if k in _HARDWARE_COLUMNS]
+    if not hardware:
+        return False
+    found = False
+    rest = [k for k in group_by if k not in hardware]
+    baseline_only: dict[tuple[Any, ...], list[GroupResult]] = {}
+    for g in result.groups:
+        if g.verdict == "missing":
+            baseline_only.setdefault(tuple(g.group[k] for k in rest), []).append(g)
+    for g in result.groups:
+        others = baseline_only.get(tuple(g.group[k] for k in rest)) if g.verdict == "new" else None
+        if others:
+            found = True
+            shown = "; ".join(_hardware_text(o.group, hardware) for o in others)
+            g.note = (
+                f"no baseline runs on this hardware ({_hardware_text(g.group, hardware)}), only on "
+                f"{shown}: not compared across machines (record a baseline on this hardware, or "
+                f"--group-by {','.join('-' + k for k in hardware)} to compare anyway)"
+            )
+    return found
+
+
+def _hardware_text(group: Mapping[str, Any], hardware: Sequence[str]) -> str:
+    shown = [f"{k} {group[k]}" for k in hardware if group[k] is not None]
+    if group.get(GPU_COLUMN) is None and CPU_COLUMN in hardware and group.get(CPU_COLUMN) is None:
+        shown.append("CPU model not recorded")
+    return ", ".join(shown) or "unknown"
 
 
 def _warn_mixed_hardware(result: Comparison, group: dict[str, Any], kinds: set[tuple[str, str]]) -> None:

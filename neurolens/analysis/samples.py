@@ -33,6 +33,34 @@ from neurolens.storage.index.arrow_kernels import (
 
 GroupKey = tuple[Any, ...]
 
+# A run with a GPU is compared by its GPU; one without, by its CPU model: the CPU leaves the
+# group key (null) of a run that has a GPU.
+GPU_COLUMN, CPU_COLUMN = "gpu_name", "cpu_model"
+
+
+def cpu_class(data: dict[str, list[Any]]) -> dict[str, list[Any]]:
+    """Columns as lists with the CPU model of GPU runs nulled (``hardware class``)."""
+    if CPU_COLUMN in data and GPU_COLUMN in data:
+        data[CPU_COLUMN] = [
+            None if gpu is not None else cpu
+            for gpu, cpu in zip(data[GPU_COLUMN], data[CPU_COLUMN], strict=True)
+        ]
+    return data
+
+
+def arrow_cpu_class(table: Any) -> Any:
+    """:func:`cpu_class` over an Arrow table."""
+    import pyarrow as pa
+
+    if CPU_COLUMN not in table.column_names or GPU_COLUMN not in table.column_names:
+        return table
+    cpu = table.column(CPU_COLUMN).combine_chunks()
+    if pa.types.is_dictionary(cpu.type):
+        cpu = cast(cpu, cpu.type.value_type)
+    has_gpu = call("is_valid", table.column(GPU_COLUMN).combine_chunks())
+    masked = call("if_else", has_gpu, pa.nulls(len(cpu), cpu.type), cpu)  # pa.scalar imports pandas
+    return table.set_column(table.schema.get_field_index(CPU_COLUMN), CPU_COLUMN, masked)
+
 
 class SampleRun(NamedTuple):
     """What the rule needs of one run."""

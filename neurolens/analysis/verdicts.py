@@ -70,9 +70,21 @@ VERDICT_ORDER = {
 COMPARED = ("regressed", "improved", "noise", "unchanged")
 
 
+# how a group's fields read in its label; model, backend and precision read as they are
+_FIELD_NAMES = {"batch_size": "batch", "seq_len": "seq", "gpu_name": "GPU", "cpu_model": "CPU"}
+_UNNAMED = frozenset({"model", "backend", "precision"})
+_SAID_WHEN_SET = frozenset({"seq_len", "gpu_name", "cpu_model"})  # absent: nothing to say
+
+
 def group_label(group: Mapping[str, Any]) -> str:
-    """A group's values in a line, "-" for none."""
-    return " ".join("-" if v is None else str(v) for v in group.values())
+    """A group's values in a line, each field named ("mlp onnxrt fp32 batch 64 CPU ...")."""
+    parts = []
+    for name, value in group.items():
+        if value is None and name in _SAID_WHEN_SET:
+            continue
+        shown = "-" if value is None else str(value)
+        parts.append(shown if name in _UNNAMED else f"{_FIELD_NAMES.get(name, name)} {shown}")
+    return " ".join(parts)
 
 
 _THRESHOLD = re.compile(r"((?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:e[-+]?[0-9]+)?)\s*(%|us|µs|ms|s)")

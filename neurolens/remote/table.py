@@ -35,6 +35,9 @@ COMMIT_ATTEMPTS = 30
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 _SCHEMES = ("s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "azure", "file")
 # Statistics only where they prune (a document's min/max is waste)
+# Columns later versions added: a table made before them lacks them until the next push adds
+# them (reads see null meanwhile).
+LATER_COLUMNS = ("cpu_model",)
 _STATS_COLUMNS = "day,created_at,run_id,model,backend,precision,session_id,outcome"
 
 
@@ -121,7 +124,7 @@ class RemoteTable:
         except (OSError, deltalake.exceptions.DeltaError) as exc:
             raise StoreError(f"cannot open the remote table {self.url}: {_first_line(exc)}") from None
         names = {f.name for f in table.schema().fields}
-        missing = [name for name in (*COLUMNS, "document") if name not in names]
+        missing = [name for name in (*COLUMNS, "document") if name not in names and name not in LATER_COLUMNS]
         if missing:
             raise StoreError(
                 f"{self.url} holds a Delta table of another schema (it lacks {', '.join(missing[:4])}"
@@ -152,12 +155,13 @@ class RemoteTable:
 
     # --- reading ----------------------------------------------------------------------------
 
-    def query(self, statement: str) -> Any:
-        """A SQL query over the table (as ``runs``), as a pyarrow Table."""
+    def query(self, statement: str, table: Any = None) -> Any:
+        """A SQL query over the table (as ``runs``, or the version ``table`` opened), as a
+        pyarrow Table."""
         import pyarrow as pa
 
         deltalake = _deltalake()
-        table = self._open()
+        table = table or self._open()
         try:
             reader = deltalake.QueryBuilder().register(sql.TABLE, table).execute(statement)
             return pa.table(reader)
@@ -169,8 +173,8 @@ class RemoteTable:
         and the limit are pushed into the scan."""
         from neurolens.storage.index.rows_arrow import ArrowRows
 
-        table = self.query(sql.select(flt, list(COLUMNS)))
-        rows = ArrowRows(_as_index(table))
+        table = self._open()
+        rows = ArrowRows(_as_index(self.query(sql.select(flt, _column_list(table)), table)))
         # exact tag matching (escaped quotes) and the same outcome rule as local reads
         return rows.filter(replace(flt, session_id=None, limit=None))
 
@@ -195,11 +199,12 @@ class RemoteTable:
 
     def find_run(self, prefix: str) -> list[dict[str, Any]]:
         """Index rows whose run id starts with ``prefix`` (at most 6: enough to say ambiguous)."""
+        table = self._open()
         statement = (
-            f"SELECT {', '.join(COLUMNS)} FROM {sql.TABLE} "
+            f"SELECT {', '.join(_column_list(table))} FROM {sql.TABLE} "
             f"WHERE starts_with(run_id, {sql.literal(prefix)}) ORDER BY run_id LIMIT 6"
         )
-        records: list[dict[str, Any]] = _as_index(self.query(statement)).to_pylist()
+        records: list[dict[str, Any]] = _as_index(self.query(statement, table)).to_pylist()
         return records
 
     # --- writing ----------------------------------------------------------------------------
@@ -213,6 +218,9 @@ class RemoteTable:
         for attempt in _attempts():
             table = self._open()
             try:
+                if _lacking(table):
+                    table.alter.add_columns([deltalake.Field(name, "string") for name in _lacking(table)])
+                    table = self._open()
                 metrics = (
                     table.merge(
                         rows,
@@ -250,6 +258,18 @@ class RemoteTable:
             "vacuumed": len(removed),
             "version": table.version(),
         }
+
+
+def _lacking(table: Any) -> list[str]:
+    """The later columns a table made by an earlier version lacks."""
+    names = {f.name for f in table.schema().fields}
+    return [name for name in LATER_COLUMNS if name not in names]
+
+
+def _column_list(table: Any) -> list[str]:
+    """The index columns as SQL select items: a later column the table lacks reads as null."""
+    lacking = _lacking(table)
+    return [f"CAST(NULL AS VARCHAR) AS {name}" if name in lacking else name for name in COLUMNS]
 
 
 def _as_index(table: Any) -> Any:

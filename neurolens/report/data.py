@@ -18,7 +18,7 @@ from typing import Any
 
 from neurolens.analysis.changepoints import change_points
 from neurolens.analysis.compare import DEFAULT_GROUP_BY
-from neurolens.analysis.samples import SampleRun, samples
+from neurolens.analysis.samples import SampleRun, cpu_class, samples
 from neurolens.analysis.verdicts import (
     VERDICT_ORDER,
     Comparison,
@@ -88,7 +88,7 @@ def build_report(
     per_run = ["run_id", "created_at", "session_id", "repeat", METRIC, "latency_p99_ms", "gpu_utilization",
                *_HARDWARE, "fingerprint_hash", "fp_json"]  # fmt: skip
     wanted = list(dict.fromkeys([*group_by, *per_run]))
-    data = source.select(flt, wanted).columns(wanted)
+    data = cpu_class(source.select(flt, wanted).columns(wanted))
     rules = Comparison(METRIC, False, threshold, gate=True, require_significance=False, alpha=0.05)
     groups: dict[tuple[Any, ...], list[int]] = {}
     for position, key in enumerate(zip(*(data[k] for k in group_by), strict=True)):

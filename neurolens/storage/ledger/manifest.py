@@ -44,11 +44,12 @@ COLUMNS: dict[str, tuple[type, bool]] = {
     "outcome": (str, True),  # the test's outcome; null for runs written outside pytest
     "repeat": (int, True),  # the round of a repeated measurement (a sample of its own)
     "latency_p99_ms": (float, True),  # the tail, for trends without reading run files
+    "cpu_model": (str, True),  # the host's CPU: a run without a GPU is compared on its own CPU
 }
 
 # Columns later versions added: lines written before them lack the key (read as null), and
 # a null there is "not recorded", not a disagreement with the run file.
-ADDED_COLUMNS = frozenset({"outcome", "repeat", "latency_p99_ms"})
+ADDED_COLUMNS = frozenset({"outcome", "repeat", "latency_p99_ms", "cpu_model"})
 
 # progress(bytes_done, bytes_total) while a long read goes on
 Progress = Callable[[int, int], None]
@@ -91,6 +92,7 @@ def entry_for(document: Mapping[str, Any], run_json: str, fp_json: str | None, s
         "outcome": test.get("outcome"),
         "repeat": test.get("repeat"),
         "latency_p99_ms": _float_or_none(metrics.get("latency_p99_ms")),
+        "cpu_model": _str_or_none(hardware.get("cpu_model")),
     }
 
 
