@@ -26,7 +26,7 @@ from neurolens.storage.index.reading import has_run, opened_index
 from neurolens.storage.ledger.canonical import canonical_bytes
 from neurolens.storage.ledger.creating import create_file_atomically
 from neurolens.storage.ledger.document import PreparedRun, check_json_value, prepare_run, run_relpaths
-from neurolens.storage.ledger.files import append_lines_durably, fsync_dir, open_dir
+from neurolens.storage.ledger.files import append_lines_durably, fsync_dir, open_dir, writing
 from neurolens.storage.ledger.manifest import MANIFEST_NAME, Progress, encode_entry, entry_for, manifest_size
 from neurolens.storage.ledger.root import StrPath, default_root, ensure_root, require_store, resolve_root
 from neurolens.storage.ledger.run_ids import take_minted
@@ -98,6 +98,33 @@ def _store(
     if look_up and has_run(root, document["run_id"]):
         raise RunExistsError(f"run {document['run_id']} is already in the store; runs are never overwritten")
 
+    with writing(root):  # verify --fix never takes these files for a killed writer's
+        manifest_bytes, line = _store_files(root, folder, run_name, run_bytes, fp_rel, fp_bytes, entry)
+    try:
+        if needs_compaction(root, manifest_bytes - len(line), manifest_bytes):
+            compact(root, blocking=False)
+    except (OSError, StoreError) as exc:  # the run is stored; readers fall back to the manifest
+        warnings.warn(f"run stored, but the index was not updated: {exc}", IndexWarning, stacklevel=3)
+    return {
+        "run_id": document["run_id"],
+        "run_json": str(root / run_rel),
+        "fp_json": str(root / fp_rel) if fp_rel else None,
+        "created_at": document["created_at"],
+        "day": entry["day"],
+        "entry": entry,
+    }
+
+
+def _store_files(
+    root: Path,
+    folder: str,
+    run_name: str,
+    run_bytes: bytes,
+    fp_rel: str | None,
+    fp_bytes: bytes | None,
+    entry: dict[str, Any],
+) -> tuple[int, bytes]:
+    """The run's files, then its manifest line; the manifest's new size and the line."""
     dir_fd = open_dir(root, folder, create=True)
     created: list[str] = []
     try:
@@ -117,20 +144,7 @@ def _store(
         raise
     finally:
         os.close(dir_fd)
-
-    try:
-        if needs_compaction(root, manifest_bytes - len(line), manifest_bytes):
-            compact(root, blocking=False)
-    except (OSError, StoreError) as exc:  # the run is stored; readers fall back to the manifest
-        warnings.warn(f"run stored, but the index was not updated: {exc}", IndexWarning, stacklevel=3)
-    return {
-        "run_id": document["run_id"],
-        "run_json": str(root / run_rel),
-        "fp_json": str(root / fp_rel) if fp_rel else None,
-        "created_at": document["created_at"],
-        "day": entry["day"],
-        "entry": entry,
-    }
+    return manifest_bytes, line
 
 
 def compact_index(root: StrPath | None = None) -> Path:

@@ -9,6 +9,7 @@ interrupted import leaves nothing half-stored and a re-run completes it without 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -21,7 +22,7 @@ from neurolens.storage.index import reading as _index
 from neurolens.storage.ledger.canonical import canonical_bytes
 from neurolens.storage.ledger.creating import create_file_atomically
 from neurolens.storage.ledger.document import prepare_run, run_relpaths
-from neurolens.storage.ledger.files import Folders, append_lines_durably
+from neurolens.storage.ledger.files import Folders, append_lines_durably, writing
 from neurolens.storage.ledger.manifest import (
     MANIFEST_NAME,
     encode_entry,
@@ -126,11 +127,15 @@ class Importer:
         self.known = known_runs(dest)
         self._pending: list[bytes] = []
         self.folders = Folders(dest, create=True)
+        # files copied in but not yet in the manifest are a live writer's (verify --fix)
+        self._writing = contextlib.ExitStack()
+        self._writing.enter_context(writing(dest))
 
     def __enter__(self) -> Importer:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self._writing.close()
         self.folders.close()
 
     def add(self, label: str, entry: dict[str, Any], run_bytes: bytes, fp_bytes: bytes | None) -> None:

@@ -8,7 +8,8 @@ Problem kinds: manifest_line (torn, unparsable or invalid), duplicate_run_id,
 missing_run_file, unreadable_run_file, hash_mismatch, invalid_run, entry_mismatch,
 missing_fingerprint, symlink, orphan_file (a file that is not part of the layout), index.
 Run files no manifest line names (a writer killed between its file and its line) and
-temporary files are ``leftovers``: reported apart, harmless, removed by ``remove_leftovers``.
+temporary files are ``leftovers``: reported apart, harmless, removed by ``repair.repair``;
+such a file whose run a damaged line names is ``restorable`` (its line restored from it).
 """
 
 from __future__ import annotations
@@ -28,13 +29,15 @@ from neurolens.storage.exchange.workers import entries_of, parts_of, process_poo
 from neurolens.storage.index import reading as _index
 from neurolens.storage.index.rows import Rows
 from neurolens.storage.ledger.document import prepare_run, run_relpaths
-from neurolens.storage.ledger.files import Folders, check_run_path, open_dir, read_store_file
+from neurolens.storage.ledger.files import Folders, check_run_path, read_store_file
 from neurolens.storage.ledger.manifest import (
     MANIFEST_NAME,
     Progress,
     entry_differences,
     entry_for,
     manifest_size,
+    mentioned_ids,
+    run_id_of,
 )
 from neurolens.storage.ledger.root import require_store
 
@@ -54,6 +57,9 @@ class VerifyReport:
     problems: list[Problem] = field(default_factory=list)
     # harmless litter of killed writers: temporary files, run files without a manifest line
     leftovers: list[str] = field(default_factory=list)
+    # run files (and fingerprints) without a sound line whose run id a damaged line names:
+    # never leftovers, the way to restore the line (``repair``)
+    restorable: list[str] = field(default_factory=list)
 
     @property
     def clean(self) -> bool:
@@ -74,6 +80,7 @@ class VerifyReport:
             "counts": self.counts(),
             "problems": [asdict(p) for p in self.problems],
             "leftovers": self.leftovers,
+            "restorable": self.restorable,
         }
 
 
@@ -117,6 +124,9 @@ def verify_store(
         report.problems.extend(entry_problems())
     report.problems.extend(later.problems)
     report.files, report.leftovers = later.files, later.leftovers
+    named_again = mentioned_ids(root_path, {i for i in map(run_id_of, report.leftovers) if i is not None})
+    report.restorable = [f for f in report.leftovers if run_id_of(f) in named_again]
+    report.leftovers = [f for f in report.leftovers if run_id_of(f) not in named_again]
     return report
 
 
@@ -279,22 +289,6 @@ def _written_by_a_killed_writer(root: Path, relative: str) -> bool:
 
 def _names(entry: dict[str, Any]) -> list[str]:
     return [entry["run_json"], *([entry["fp_json"]] if entry["fp_json"] else [])]
-
-
-def remove_leftovers(report: VerifyReport) -> list[str]:
-    """Delete the leftovers ``verify_store`` found (``neurolens verify --fix``); return them."""
-    removed = []
-    for relative in report.leftovers:
-        folder, _, name = relative.rpartition("/")
-        dir_fd = open_dir(report.root, folder)
-        try:
-            os.unlink(name, dir_fd=dir_fd)
-            removed.append(relative)
-        except FileNotFoundError:
-            continue
-        finally:
-            os.close(dir_fd)
-    return removed
 
 
 def _check_index(root: Path, report: VerifyReport, unique: Rows, end: int) -> None:

@@ -235,6 +235,23 @@ def locked(fd: int, *, blocking: bool = True, shared: bool = False) -> Iterator[
         fcntl.flock(fd, fcntl.LOCK_UN)
 
 
+# Held shared by every writer from its first file to its manifest line, exclusively by
+# ``verify --fix``: a run file without a line is a killed writer's only while nobody holds it.
+WRITERS_LOCK = "_writers.lock"
+
+
+@contextlib.contextmanager
+def writing(root: Path, *, alone: bool = False) -> Iterator[bool]:
+    """Hold the store's writers lock: shared (a writer; blocks only while a fix runs), or
+    ``alone`` (exclusive, not waiting: yields False while any writer is at work)."""
+    fd = open_in_store(root, WRITERS_LOCK, os.O_RDWR | os.O_CREAT)
+    try:
+        with locked(fd, shared=not alone, blocking=not alone) as held:
+            yield held
+    finally:
+        os.close(fd)
+
+
 def append_lines_durably(root: Path, name: str, lines: list[bytes]) -> int:
     """Append newline-terminated lines to ``root/name`` in one write under an exclusive
     lock; fsync; return the new size. A line torn by a writer killed mid-append is closed

@@ -9,8 +9,9 @@ import hashlib
 import json
 import math
 import os
+import re
 import stat
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -292,3 +293,37 @@ def last_line_sha256_before(root: Path, end: int) -> str | None:
             if newline >= 0 or begin == 0:
                 return hashlib.sha256(body[newline + 1 :]).hexdigest()
             window *= 4
+
+
+_RUN_FILE = re.compile(r"(?P<id>[0-9a-fA-F-]{36})(?:\.fp)?\.json")
+
+
+def run_id_of(relative: str) -> str | None:
+    """The run id a run or fingerprint file's name gives."""
+    found = _RUN_FILE.fullmatch(relative.rpartition("/")[2])
+    return found["id"] if found else None
+
+
+def mentioned_ids(root: Path, run_ids: Iterable[str]) -> set[str]:
+    """Those of ``run_ids`` whose text occurs anywhere in the manifest, damaged lines too
+    (read in slices: memory stays bounded)."""
+    wanted = sorted(set(run_ids))
+    if not wanted:
+        return set()
+    pattern = re.compile(b"|".join(re.escape(i.encode()) for i in wanted))
+    found: set[str] = set()
+    overlap = max(len(i) for i in wanted) - 1
+    try:
+        fd = open_in_store(root, MANIFEST_NAME, os.O_RDONLY)
+    except FileNotFoundError:
+        return found
+    try:
+        carry, offset = b"", 0
+        while chunk := os.pread(fd, _READ_CHUNK, offset):
+            offset += len(chunk)
+            window = carry + chunk
+            found.update(m.decode() for m in pattern.findall(window))
+            carry = window[-overlap:]
+    finally:
+        os.close(fd)
+    return found
