@@ -262,6 +262,72 @@ def test_the_page_opens_offline_with_every_chart_and_shows_run_ids_on_hover(
     assert requests == [] and errors == []
 
 
+HOSTILE = [
+    '<span style="cursor:url(https://evil.example/cursor)">x</span>',
+    '<span style="background-image:url(https://evil.example/bg)">x</span>',
+    '<span style="mask-image:url(https://evil.example/mask);border-image:url(https://evil.example/b) 1">x</span>',
+    '<a href="https://evil.example/link">click me</a>',
+    '<img src="https://evil.example/img">',
+    "&lt;a href=https://evil.example/entity&gt;",
+]
+
+
+def test_hostile_strings_reach_the_charts_as_text_and_the_page_makes_no_request(
+    tmp_path: Path, cli: Cli, browser_page: Any
+) -> None:
+    root = tmp_path / "store"
+    for s in range(6):
+        evil = HOSTILE[s % len(HOSTILE)]
+        # one GPU (a group), the driver changing half way (an annotation)
+        hardware = {"gpu_name": HOSTILE[1], "driver_version": HOSTILE[3] if s >= 3 else HOSTILE[0],
+                    "cuda_version": HOSTILE[5]}  # fmt: skip
+        run = make_run(
+            model=HOSTILE[3], backend="b", precision="p", fingerprint_hash="f" * 16,
+            session_id=f"{evil} {s}", created_at=f"2026-10-{1 + s:02d}T12:00:00Z", hardware=hardware,
+            metrics={"total_latency_ms": 10.0 + s, "latency_p99_ms": 12.0, "gpu_utilization": 50.0},
+            tags={evil: evil},
+        )  # fmt: skip
+        write_run(root, run, fingerprint={"git_commit": HOSTILE[0]})
+    out = tmp_path / "report.html"
+    assert cli("report", "--root", str(root), "--out", str(out))[0] == 0
+    assert 'http-equiv="Content-Security-Policy"' in out.read_text()
+    page = browser_page
+    requests: list[str] = []
+    errors: list[str] = []
+    page.on("request", lambda request: requests.append(request.url))
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto(out.as_uri())
+    page.evaluate("window.neurolensRenderAll()")
+    page.wait_for_function("document.querySelectorAll('.chart .main-svg').length >= 1")
+    # every point hovered, every annotation and link-like text clicked
+    points = page.locator('.chart[data-group="0"] .scatterlayer .trace').nth(1).locator("path.point")
+    hovers = []
+    for i in range(points.count()):
+        box = points.nth(i).bounding_box()
+        page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+        page.wait_for_function(  # this point's label, not the last one's
+            "t => (document.querySelector('.hoverlayer .hovertext') || {}).textContent?.includes(t)",
+            arg=f"p50 {10 + i}.00 ms",
+        )
+        hovers.append(page.locator(".hoverlayer .hovertext").first.text_content())
+        page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    for note in page.locator(".annotation-text").all():
+        note.click(force=True)
+    assert len(hovers) == 6
+    assert all(f"commit {HOSTILE[0]}" in hover for hover in hovers)  # shown as the text it is
+    assert all(HOSTILE[1] in hover for hover in hovers)
+    assert any(f"driver {HOSTILE[3]}" in hover for hover in hovers)
+    assert all(any(f"session {HOSTILE[s]} {s}" in hover for hover in hovers) for s in range(6))
+    annotations = page.locator(".annotation-text").all_text_contents()
+    assert annotations and all("\u2192" in a for a in annotations) and any(HOSTILE[3] in a for a in annotations)
+    # no element of the charts links anywhere, nor carries a stored style
+    assert page.evaluate(
+        "document.querySelectorAll('.chart a, .chart [*|href^=\"http\"], .chart [style*=\"evil\"]').length"
+    ) == 0
+    assert page.url == out.as_uri()
+    assert [u for u in requests if not u.startswith(("file://", "data:"))] == [] and errors == []
+
+
 def test_the_overview_sorts_by_a_column(tmp_path: Path, cli: Cli, browser_page: Any) -> None:
     history(tmp_path / "store")
     out = tmp_path / "report.html"

@@ -195,7 +195,7 @@ def _commits(source: RunSource, data: dict[str, list[Any]]) -> dict[str, str | N
                 text = source.fingerprint({"run_id": run_id, "fp_json": fp_json})
                 commit = json.loads(text).get("git_commit") if text else None
                 by_hash[digest] = commit if isinstance(commit, str) else None
-            except (ValueError, AttributeError, StoreError):
+            except (ValueError, AttributeError, RecursionError, StoreError):
                 pass
         commits[session] = by_hash[digest]
     return commits

@@ -7,6 +7,12 @@
 
   function iso(seconds) { return new Date(seconds * 1000).toISOString(); }
 
+  // plotly reads hover and annotation text as its own HTML subset (<a href>, <span style>):
+  // a stored string reaches it only as text
+  function plain(value) {
+    return String(value).replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;");
+  }
+
   function draw(index) {
     if (drawn[index]) return;
     drawn[index] = true;
@@ -16,7 +22,7 @@
     var hover = group.run.map(function (run, i) {
       var session = report.sessions[group.s[i]];
       var hw = report.hardware[group.hw[i]];
-      return [run, session[0], session[1] || "-", hw[0] || "-", hw[1] || "-"];
+      return [run, session[0], session[1] || "-", hw[0] || "-", hw[1] || "-"].map(plain);
     });
     var traces = [
       {
@@ -49,7 +55,7 @@
       traces.push({
         name: "regressed", x: [x[last]], y: [group.y[last]], mode: "markers",
         marker: { symbol: "x", size: 14, color: "#cf222e" },
-        hovertemplate: "regressed " + group.change + " (threshold " + report.threshold + ")<extra></extra>"
+        hovertemplate: "regressed " + plain(group.change) + " (threshold " + plain(report.threshold) + ")<extra></extra>"
       });
     }
     var shapes = group.hwchange.map(function (i) {
@@ -59,7 +65,8 @@
     var notes = group.hwchange.map(function (i) {
       var before = report.hardware[group.hw[i - 1]], after = report.hardware[group.hw[i]];
       return { x: x[i], y: 1, xref: "x", yref: "paper", showarrow: false, yanchor: "bottom",
-               text: "driver " + (before[1] || "-") + " \u2192 " + (after[1] || "-"), font: { size: 10, color: "#cf222e" } };
+               text: "driver " + plain(before[1] || "-") + " \u2192 " + plain(after[1] || "-"),
+               font: { size: 10, color: "#cf222e" } };
     });
     var layout = {
       margin: { l: 60, r: 60, t: 24, b: 40 }, hovermode: "closest", legend: { orientation: "h" },
@@ -73,6 +80,8 @@
   window.neurolensRenderAll = function () {
     report.groups.forEach(function (_, i) { draw(i); });
   };
+  // a printed page (or a full-page capture) holds every chart, not only those scrolled to
+  window.addEventListener("beforeprint", window.neurolensRenderAll);
 
   var charts = document.querySelectorAll(".chart");
   if ("IntersectionObserver" in window) {

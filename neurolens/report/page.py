@@ -23,6 +23,13 @@ from neurolens.tables import milliseconds
 INSTALL_HINT = "the report needs the 'report' extra: pip install 'pytest-neurolens[report]'"
 
 
+# The page makes no request: scripts and styles inline only, images as data: URLs at most.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+    "img-src data:; font-src data:; connect-src 'none'; form-action 'none'; base-uri 'none'"
+)
+
+
 def _plotly_js() -> str:
     try:
         from plotly.offline import get_plotlyjs
@@ -155,6 +162,7 @@ def render(report: Report) -> str:
     sections = "".join(_group_section(i, s) for i, s in enumerate(report.series))
     return (
         '<!doctype html><html lang="en"><head><meta charset="utf-8">'
+        f'<meta http-equiv="Content-Security-Policy" content="{CONTENT_SECURITY_POLICY}">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>neurolens report</title><style>{_asset('page.css')}</style>"
         f"<script>{_plotly_js()}</script></head><body>"
