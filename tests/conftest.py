@@ -47,3 +47,18 @@ def cli() -> Cli:
         return main(list(argv), out=out), out.getvalue()
 
     return run
+
+
+@pytest.fixture
+def browser_page() -> Any:
+    """A page of Debian's chromium driven by Playwright (what a browser shows is tested in one)."""
+    from playwright.sync_api import sync_playwright
+
+    from tests.browser import BROWSER_ARGS, CHROMIUM
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
+        try:
+            yield browser.new_page(viewport={"width": 1200, "height": 900})
+        finally:
+            browser.close()

@@ -341,7 +341,9 @@ HOSTILE = [
 ]
 
 
-def test_markdown_keeps_hostile_stored_strings_inert_in_a_gfm_renderer(tmp_path: Path, cli: Cli) -> None:
+def test_markdown_keeps_hostile_stored_strings_inert_in_a_gfm_renderer(
+    tmp_path: Path, cli: Cli, browser_page: Any
+) -> None:
     """Rendered as GitHub renders a step summary (tables, autolinks, raw HTML allowed): no
     image, no link, no heading; every row stays in the table, the regression first."""
     from markdown_it import MarkdownIt
@@ -366,6 +368,14 @@ def test_markdown_keeps_hostile_stored_strings_inert_in_a_gfm_renderer(tmp_path:
     first_row = body.split("</tr>")[0]
     assert "<strong>REGRESSED</strong>" in first_row and "evil.example/x.png" in first_row
     assert "</table>" not in body
+    # and shown in a browser: no request, no link, no image, one table
+    requests: list[str] = []
+    browser_page.on("request", lambda request: requests.append(request.url))
+    browser_page.set_content(f"<!doctype html><html><body>{page}</body></html>")
+    counts = browser_page.evaluate(
+        "['a', 'img', 'h1', 'table', 'tbody tr'].map(s => document.querySelectorAll(s).length)"
+    )
+    assert counts == [0, 0, 0, 1, len(HOSTILE)] and requests == []
 
 
 @pytest.mark.parametrize(

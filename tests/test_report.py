@@ -24,7 +24,6 @@ from neurolens.report.page import page_data, render
 from neurolens.sources import query
 from neurolens.storage.index.filters import RunFilter
 from neurolens.storage.store import write_run
-from tests.browser import BROWSER_ARGS, CHROMIUM
 from tests.factories import Cli, make_run
 
 H100 = {"gpu_name": "NVIDIA H100 80GB HBM3", "driver_version": "550.54.15", "cuda_version": "12.4"}
@@ -199,18 +198,6 @@ def test_the_command_writes_the_page_and_says_what_is_in_it(tmp_path: Path, cli:
 # --- the page in a browser ------------------------------------------------------------------
 
 
-@pytest.fixture
-def browser_page() -> Any:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
-        try:
-            yield browser.new_page(viewport={"width": 1200, "height": 900})
-        finally:
-            browser.close()
-
-
 def test_the_page_opens_offline_with_every_chart_and_shows_run_ids_on_hover(
     tmp_path: Path, cli: Cli, browser_page: Any
 ) -> None:
@@ -265,7 +252,7 @@ def test_the_page_opens_offline_with_every_chart_and_shows_run_ids_on_hover(
 HOSTILE = [
     '<span style="cursor:url(https://evil.example/cursor)">x</span>',
     '<span style="background-image:url(https://evil.example/bg)">x</span>',
-    '<span style="mask-image:url(https://evil.example/mask);border-image:url(https://evil.example/b) 1">x</span>',
+    '<span style="mask-image:url(https://evil.example/m);border-image:url(https://evil.example/b) 1">x</span>',
     '<a href="https://evil.example/link">click me</a>',
     '<img src="https://evil.example/img">',
     "&lt;a href=https://evil.example/entity&gt;",
@@ -319,11 +306,16 @@ def test_hostile_strings_reach_the_charts_as_text_and_the_page_makes_no_request(
     assert any(f"driver {HOSTILE[3]}" in hover for hover in hovers)
     assert all(any(f"session {HOSTILE[s]} {s}" in hover for hover in hovers) for s in range(6))
     annotations = page.locator(".annotation-text").all_text_contents()
-    assert annotations and all("\u2192" in a for a in annotations) and any(HOSTILE[3] in a for a in annotations)
+    assert (
+        annotations and all("\u2192" in a for a in annotations) and any(HOSTILE[3] in a for a in annotations)
+    )
     # no element of the charts links anywhere, nor carries a stored style
-    assert page.evaluate(
-        "document.querySelectorAll('.chart a, .chart [*|href^=\"http\"], .chart [style*=\"evil\"]').length"
-    ) == 0
+    assert (
+        page.evaluate(
+            'document.querySelectorAll(\'.chart a, .chart [*|href^="http"], .chart [style*="evil"]\').length'
+        )
+        == 0
+    )
     assert page.url == out.as_uri()
     assert [u for u in requests if not u.startswith(("file://", "data:"))] == [] and errors == []
 
