@@ -252,7 +252,7 @@ def test_the_page_opens_offline_with_every_chart_and_shows_run_ids_on_hover(
 HOSTILE = [
     '<span style="cursor:url(https://evil.example/cursor)">x</span>',
     '<span style="background-image:url(https://evil.example/bg)">x</span>',
-    '<span style="mask-image:url(https://evil.example/m);border-image:url(https://evil.example/b) 1">x</span>',
+    '<span style="mask-image:url(https://evil.example/m);border-image:url(https://ev.il/b) 1">x</span>',
     '<a href="https://evil.example/link">click me</a>',
     '<img src="https://evil.example/img">',
     "&lt;a href=https://evil.example/entity&gt;",
