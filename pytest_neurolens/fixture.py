@@ -67,6 +67,7 @@ class NeurolensFixture:
         The cost is ``repeats`` times the calls. With rounds, the measurement returned
         pools every round's latencies and lists the rounds in ``rounds``.
         """
+        __tracebackhide__ = True  # a refused run shows the test's line and the error
         if not callable(fn):
             raise TypeError(f"measure() needs a callable, got {type(fn).__name__}")
         _check_count("warmup", warmup, 0)
@@ -81,7 +82,7 @@ class NeurolensFixture:
             for number, run in enumerate(runs):
                 run["test"].update(repeat=number, repeats=repeats)
         # each run validated once, here, before any call: a bad field fails before measuring
-        prepared = [_validate(run) for run in runs]
+        prepared = list(map(_validate, runs))  # no frame of its own in a traceback
         rounds = [
             self._measure_round(run, checked, fn, args, kwargs, budget, sync)
             for run, checked in zip(runs, prepared, strict=True)
@@ -121,6 +122,7 @@ class NeurolensFixture:
         self, *, total_latency_ms: float, gpu_utilization: float | None = None, **kwargs: Any
     ) -> Measurement:
         """Record a run from numbers the test measured itself; other keywords are metrics."""
+        __tracebackhide__ = True  # a refused run shows the test's line and the error
         overrides = {k: kwargs.pop(k) for k in (*CONTEXT_FIELDS, "tags") if k in kwargs}
         run = self._new_run(overrides)
         run["metrics"] = {"total_latency_ms": total_latency_ms, "gpu_utilization": gpu_utilization, **kwargs}
@@ -159,6 +161,12 @@ def _budget(
 
 
 def _validate(run: dict[str, Any]) -> PreparedRun:
+    from neurolens.errors import RunValidationError
     from neurolens.storage.ledger.document import PreparedRun
 
-    return PreparedRun(run)
+    __tracebackhide__ = True  # the test's own input: its line and the error, not our frames
+    try:
+        return PreparedRun(run)
+    except RunValidationError as exc:
+        problem = exc
+    raise RunValidationError(problem.field, problem.message) from None

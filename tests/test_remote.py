@@ -332,6 +332,57 @@ def test_a_table_made_before_cpu_model_reads_as_null_and_gains_the_column_on_pus
     assert sorted(str(r["cpu_model"]) for r in listed) == ["AMD EPYC 7B13", *["None"] * 4]
 
 
+def hostile_table(tmp_path: Path, cli: Cli) -> tuple[Path, list[str]]:
+    """A table of 4 runs: one row without a document, one whose tags are a JSON list, one
+    with tags nested 5,000 deep, one whose document is nested 100,000 deep."""
+    import deltalake
+
+    root, sound, table = tmp_path / "store", tmp_path / "sound", tmp_path / "hostile"
+    ids = [
+        write_run(root, make_run(seq_len=i, created_at=f"2026-11-0{1 + i}T10:00:00Z"))["run_id"]
+        for i in range(4)
+    ]
+    assert cli("push", str(sound), "--root", str(root))[0] == 0
+    rows = pyarrow.table(
+        deltalake.QueryBuilder()
+        .register("t", deltalake.DeltaTable(str(sound)))
+        .execute("SELECT * FROM t ORDER BY seq_len")
+    )
+    rows = rows.cast(
+        pyarrow.schema(
+            [
+                f.with_type(pyarrow.string()) if pyarrow.types.is_string_view(f.type) else f
+                for f in rows.schema
+            ]
+        )
+    )
+    documents, tags = rows.column("document").to_pylist(), rows.column("tags").to_pylist()
+    documents[0] = None
+    tags[1] = "[1]"
+    tags[2] = '{"a":' * 5000 + "1" + "}" * 5000
+    documents[3] = '{"a":' * 100_000 + "1" + "}" * 100_000
+    for name, values in (("document", documents), ("tags", tags)):
+        rows = rows.set_column(
+            rows.schema.get_field_index(name), name, pyarrow.array(values, pyarrow.string())
+        )
+    deltalake.write_deltalake(str(table), rows, partition_by=["day"])
+    return table, ids
+
+
+def test_a_hostile_table_is_read_with_warnings_and_one_line_errors(tmp_path: Path, cli: Cli) -> None:
+    table, ids = hostile_table(tmp_path, cli)
+    listed = command("ls", "--root", str(table), "--json")
+    assert listed.returncode == 0 and "Traceback" not in listed.stderr
+    assert sorted(r["seq_len"] for r in json.loads(listed.stdout)) == [0, 3]
+    assert "2 row(s) skipped: their tags are not a JSON object of strings" in listed.stderr
+    pulled = command("pull", str(table), "--root", str(tmp_path / "pulled"))
+    assert pulled.returncode == 1 and "Traceback" not in pulled.stderr + pulled.stdout
+    assert f"run {ids[0]}: its row has no document" in pulled.stdout + pulled.stderr
+    shown = command("show", "--root", str(table), ids[3])
+    assert shown.returncode == 1 and "Traceback" not in shown.stderr
+    assert len(shown.stderr.strip().splitlines()) == 1
+
+
 # --- the plugin ---------------------------------------------------------------------------
 
 RECORDING = textwrap.dedent(

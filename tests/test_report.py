@@ -356,3 +356,30 @@ def test_the_plugin_writes_a_report_of_the_groups_the_session_touched(pytester: 
     page = (pytester.path / "out" / "report.html").read_text()
     data = json.loads(page.split('id="report-data">', 1)[1].split("</script>", 1)[0])
     assert [g["label"].split()[0] for g in data["groups"]] == ["m"]
+
+
+def test_a_fingerprint_nested_too_deeply_leaves_its_commit_unknown(
+    pytester: pytest.Pytester, cli: Cli
+) -> None:
+    root = pytester.path / "runs"
+    stored = write_run(
+        root, make_run(model="m", backend="cpu", fingerprint_hash="f" * 16), fingerprint={"a": 1}
+    )
+    Path(stored["fp_json"]).write_text('{"a":' * 100_000 + "1" + "}" * 100_000)
+    status, text = cli("report", "--root", str(root), "--out", str(pytester.path / "r.html"))
+    assert status == 0 and "1 run in 1 group, 0 regressed" in text
+    pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.neurolens(model="m", backend="cpu", precision="fp32", batch_size=1)
+        def test_record(neurolens):
+            neurolens.record(total_latency_ms=1.0)
+        """
+    )
+    result = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", "--neurolens-store=runs", "--neurolens-report=out/report.html"
+    )
+    result.assert_outcomes(passed=1)
+    assert result.ret == 0 and "Traceback" not in result.stdout.str() + result.stderr.str()
+    result.stdout.fnmatch_lines(["report: *out/report.html (* MB, * groups)"])

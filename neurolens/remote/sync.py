@@ -113,12 +113,15 @@ def pull(remote: RemoteTable, root: Path, flt: RunFilter | None = None) -> Merge
                 ids[start : start + _BATCH], ["run_id", "document", "fingerprint"]
             ):
                 entry = by_id[payload["run_id"]]
-                fingerprint = payload["fingerprint"]
+                document, fingerprint = payload["document"], payload["fingerprint"]
+                if not isinstance(document, str):
+                    report.damaged.append(f"{remote.url}: run {entry['run_id']}: its row has no document")
+                    continue
                 importer.add(
                     remote.url,
                     entry,
-                    payload["document"].encode("utf-8"),
-                    None if fingerprint is None else fingerprint.encode("utf-8"),
+                    document.encode("utf-8"),
+                    fingerprint.encode("utf-8") if isinstance(fingerprint, str) else None,
                 )
             importer.flush()
     compact(root, warn=False)

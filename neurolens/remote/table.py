@@ -174,7 +174,9 @@ class RemoteTable:
         from neurolens.storage.index.rows_arrow import ArrowRows
 
         table = self._open()
-        rows = ArrowRows(_as_index(self.query(sql.select(flt, _column_list(table)), table)))
+        rows = ArrowRows(
+            _sound_rows(self.url, _as_index(self.query(sql.select(flt, _column_list(table)), table)))
+        )
         # exact tag matching (escaped quotes) and the same outcome rule as local reads
         return rows.filter(replace(flt, session_id=None, limit=None))
 
@@ -258,6 +260,28 @@ class RemoteTable:
             "vacuumed": len(removed),
             "version": table.version(),
         }
+
+
+def _sound_rows(url: str, table: Any) -> Any:
+    """The rows whose tags are a JSON object of strings, as ``write_run`` writes them; the
+    others (a table written by another tool, or by hand) skipped with a warning, as local
+    readers skip such manifest lines."""
+    import warnings
+
+    from neurolens.errors import ManifestWarning
+    from neurolens.storage.index.arrow_backend import TAGS_PATTERN
+    from neurolens.storage.index.arrow_kernels import filter_rows, match_substring
+
+    sound = match_substring(table.column("tags"), TAGS_PATTERN, regex=True)  # null: dropped too
+    kept = filter_rows(table, sound)
+    if kept.num_rows < table.num_rows:
+        warnings.warn(
+            f"{url}: {table.num_rows - kept.num_rows} row(s) skipped: "
+            "their tags are not a JSON object of strings",
+            ManifestWarning,
+            stacklevel=2,
+        )
+    return kept
 
 
 def _lacking(table: Any) -> list[str]:

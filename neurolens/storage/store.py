@@ -23,9 +23,9 @@ from typing import Any
 from neurolens.errors import IndexWarning, RunExistsError, RunValidationError, StoreError
 from neurolens.storage.index.compaction import IndexReport, compact, needs_compaction
 from neurolens.storage.index.reading import has_run, opened_index
-from neurolens.storage.ledger.canonical import canonical_bytes
+from neurolens.storage.ledger.canonical import canonical_bytes, check_json_value
 from neurolens.storage.ledger.creating import create_file_atomically
-from neurolens.storage.ledger.document import PreparedRun, check_json_value, prepare_run, run_relpaths
+from neurolens.storage.ledger.document import PreparedRun, prepare_run, run_relpaths
 from neurolens.storage.ledger.files import append_lines_durably, fsync_dir, open_dir, writing
 from neurolens.storage.ledger.manifest import MANIFEST_NAME, Progress, encode_entry, entry_for, manifest_size
 from neurolens.storage.ledger.root import StrPath, default_root, ensure_root, require_store, resolve_root

@@ -48,7 +48,7 @@ _STATISTICS_COLUMNS = (
 # The canonical encoding of a JSON object of strings to strings (what ``encode_tags``
 # writes): a block whose tags all match it needs no per-row JSON parse.
 _JSON_STRING = r'"(?:[^"\\\x00-\x1f]|\\(?:["\\/bfnrt]|u[0-9a-fA-F]{4}))*"'
-_TAGS_PATTERN = rf"^\{{(?:{_JSON_STRING}:{_JSON_STRING}(?:,{_JSON_STRING}:{_JSON_STRING})*)?\}}$"
+TAGS_PATTERN = rf"^\{{(?:{_JSON_STRING}:{_JSON_STRING}(?:,{_JSON_STRING}:{_JSON_STRING})*)?\}}$"
 
 
 class ArrowBackend(Backend):
@@ -111,7 +111,7 @@ class ArrowBackend(Backend):
                     for name, (kind, _) in COLUMNS.items()
                     if kind is float
                 )
-                and call("all", match_substring(table.column("tags"), _TAGS_PATTERN, regex=True)).as_py()
+                and call("all", match_substring(table.column("tags"), TAGS_PATTERN, regex=True)).as_py()
                 is not False
             )
         except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):

@@ -15,7 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from neurolens.errors import RunValidationError
-from neurolens.storage.ledger.canonical import MAX_DEPTH, canonical_bytes
+from neurolens.storage.ledger.canonical import (
+    INT_MAX,
+    SEGMENT_MAX_BYTES,
+    canonical_bytes,
+    check_json_value,
+    field_path,
+)
 from neurolens.storage.ledger.run_ids import generate_run_id
 
 SCHEMA_VERSION = 1
@@ -72,53 +78,6 @@ def schema_problems(document: Mapping[str, Any]) -> list[tuple[str, str]]:
         except failure:
             pass  # jsonschema decides, and says where
     return sorted(_describe(e) for e in _validator().iter_errors(document))
-
-
-def _field_path(parts: Any) -> str:
-    return ".".join(str(p) for p in parts)
-
-
-# Integers fit the index's int64 columns (and any JSON parser); MAX_DEPTH bounds nesting.
-INT_MIN, INT_MAX = -(2**63), 2**63 - 1
-
-
-def _find_non_json(value: Any, path: list[str | int]) -> tuple[str, str] | None:
-    """First value that JSON cannot hold faithfully (NaN, infinities, huge integers, odd
-    types, nesting deeper than MAX_DEPTH)."""
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            return _field_path(path), f"{value!r} is not allowed (NaN and infinities are rejected)"
-        return None
-    if isinstance(value, int) and not isinstance(value, bool):
-        if not INT_MIN <= value <= INT_MAX:
-            return _field_path(path), "integers must fit in 64 bits (-2**63 to 2**63-1)"
-        return None
-    if value is None or isinstance(value, (str, bool)):
-        return None
-    if len(path) > MAX_DEPTH:
-        return _field_path(path[:MAX_DEPTH]), f"is nested deeper than {MAX_DEPTH} levels"
-    if isinstance(value, Mapping):
-        for key, item in value.items():
-            if not isinstance(key, str):
-                return _field_path([*path, repr(key)]), "keys must be strings"
-            found = _find_non_json(item, [*path, key])
-            if found:
-                return found
-        return None
-    if isinstance(value, (list, tuple)):
-        for i, item in enumerate(value):
-            found = _find_non_json(item, [*path, i])
-            if found:
-                return found
-        return None
-    return _field_path(path), f"{type(value).__name__} is not a JSON value"
-
-
-def check_json_value(value: Any, where: str) -> None:
-    """Raise RunValidationError naming the field if ``value`` is not plain, finite JSON."""
-    found = _find_non_json(value, [where] if where else [])
-    if found:
-        raise RunValidationError(*found)
 
 
 # The normalised form itself (years 1000-9999): returned as it is once it names a real
@@ -199,6 +158,13 @@ def prepare_run(run: Mapping[str, Any], *, parsed: bool = False) -> dict[str, An
         field, message = problems[0]
         more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
         raise RunValidationError(field, message + more)
+    for name in ("backend", "run_id"):  # folder and file names
+        size = len(document[name].encode("utf-8"))
+        if size > SEGMENT_MAX_BYTES:
+            raise RunValidationError(
+                name,
+                f"is {size} bytes in UTF-8; as a file or folder name it may have {SEGMENT_MAX_BYTES} at most",
+            )
     return document
 
 
@@ -295,22 +261,22 @@ def _describe(error: Any) -> tuple[str, str]:
     path = list(error.absolute_path)
     if error.validator == "required":
         missing = [k for k in error.validator_value if k not in error.instance]
-        return _field_path([*path, missing[0]]), "is missing (required)"
+        return field_path([*path, missing[0]]), "is missing (required)"
     if error.validator == "additionalProperties" and error.validator_value is False:
         known = error.schema.get("properties", {})
         unknown = sorted(k for k in error.instance if k not in known)
-        return _field_path([*path, unknown[0]]), "is not a known field"
+        return field_path([*path, unknown[0]]), "is not a known field"
     if error.validator == "pattern" and path == ["run_id"]:
         return "run_id", (
             f"{error.instance!r} is not a safe id "
             "(1-128 letters, digits, '-' or '_', starting with a letter or digit)"
         )
     if error.validator == "pattern":
-        return _field_path(path), (
+        return field_path(path), (
             f"{error.instance!r} is not a safe directory name "
             "(1-100 characters, no '/', '\\' or control characters, not '.' or '..')"
         )
-    return _field_path(path), str(error.message)
+    return field_path(path), str(error.message)
 
 
 def day_of(created_at: str) -> str:
