@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -119,13 +119,22 @@ class NeurolensFixture:
         return keep(self._item, Measurement(run=run, latency=stats, prepared=measured), self._recorder)
 
     def record(
-        self, *, total_latency_ms: float, gpu_utilization: float | None = None, **kwargs: Any
+        self,
+        *,
+        total_latency_ms: float,
+        gpu_utilization: float | None = None,
+        higher_is_better: Mapping[str, bool] | None = None,
+        **kwargs: Any,
     ) -> Measurement:
-        """Record a run from numbers the test measured itself; other keywords are metrics."""
+        """Record a run from numbers the test measured itself; other keywords are metrics.
+        ``higher_is_better`` states which way is better for metrics whose names do not say
+        (``{"speedup": True}``); ``compare`` reads it from the runs."""
         __tracebackhide__ = True  # a refused run shows the test's line and the error
         overrides = {k: kwargs.pop(k) for k in (*CONTEXT_FIELDS, "tags") if k in kwargs}
         run = self._new_run(overrides)
         run["metrics"] = {"total_latency_ms": total_latency_ms, "gpu_utilization": gpu_utilization, **kwargs}
+        if higher_is_better:
+            run["higher_is_better"] = dict(higher_is_better)
         prepared = _validate(run)  # once, with the real metrics
         return keep(self._item, Measurement(run=run, prepared=prepared), self._recorder)
 

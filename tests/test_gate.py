@@ -330,3 +330,33 @@ def test_a_metric_of_unknown_direction_is_a_usage_error_until_stated(
     with pytest.raises(SystemExit) as excinfo:
         cli(*args, "--lower-is-better", "--higher-is-better")
     assert excinfo.value.code == 2
+
+
+def test_a_direction_recorded_with_the_metric_is_what_compare_uses(
+    pytester: pytest.Pytester, cli: Cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytester.makepyfile(
+        """
+        import os
+        import pytest
+
+        @pytest.mark.neurolens(model="m", backend="cpu", precision="fp32", batch_size=1)
+        def test_speedup(neurolens):
+            speedup = float(os.environ["SPEEDUP"])
+            neurolens.record(total_latency_ms=1.0, speedup=speedup, higher_is_better={"speedup": True})
+        """
+    )
+    for branch, speedup in (("main", "2.0"), ("pr", "1.0")):  # the speedup halved: worse
+        for _ in range(2):
+            monkeypatch.setenv("SPEEDUP", speedup)
+            result = pytester.runpytest_subprocess(
+                "-p", "no:cacheprovider", "--neurolens-store=runs", f"--neurolens-tag=branch={branch}"
+            )
+            result.assert_outcomes(passed=1)
+    sides = ("--baseline-tag", "branch=main", "--candidate-tag", "branch=pr")
+    root = str(pytester.path / "runs")
+    args = ("compare", "--root", root, *sides, "--metric", "speedup", "--fail-above", "5%", "--json")
+    status, out = cli(*args)
+    data = json.loads(out)
+    assert status == 1 and data["higher_is_better"] is True and data["groups"][0]["verdict"] == "regressed"
+    assert cli(*args, "--lower-is-better")[0] == 0  # said on the command line, it wins

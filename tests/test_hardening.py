@@ -282,6 +282,15 @@ def _archive(path: Path, members: list[tuple[str, bytes]]) -> Path:
     return path
 
 
+def test_merging_an_archive_of_an_empty_store_makes_an_empty_store(cli: Cli, tmp_path: Path) -> None:
+    empty = _archive(tmp_path / "empty.tar.gz", [("_manifest.jsonl", b"")])
+    dest = tmp_path / "dest"
+    assert cli("merge", str(empty), "--root", str(dest))[0] == 0
+    assert (dest / "_manifest.jsonl").read_bytes() == b""
+    assert cli("ls", "--root", str(dest), "--json") == (0, "[]\n")
+    assert cli("verify", "--root", str(dest))[0] == 0
+
+
 def test_archive_extraction_is_bounded_and_refuses_duplicates(
     tmp_path: Path, make_run: Callable[..., dict[str, Any]]
 ) -> None:

@@ -383,6 +383,23 @@ def test_a_hostile_table_is_read_with_warnings_and_one_line_errors(tmp_path: Pat
     assert len(shown.stderr.strip().splitlines()) == 1
 
 
+def test_a_damaged_fingerprint_is_damage_to_verify_merge_and_push_alike(tmp_path: Path, cli: Cli) -> None:
+    root = tmp_path / "store"
+    bad = write_run(root, make_run(seq_len=1), fingerprint={"python": "3.11"})
+    write_run(root, make_run(seq_len=2), fingerprint={"python": "3.11"})
+    Path(bad["fp_json"]).write_text("{not json")
+    verified = command("verify", "--root", str(root), "--json")
+    assert verified.returncode == 1
+    assert json.loads(verified.stdout)["counts"] == {"invalid_fingerprint": 1}
+    merged = command("merge", str(root), "--root", str(tmp_path / "merged"), "--json")
+    assert merged.returncode == 1 and len(json.loads(merged.stdout)["damaged"]) == 1
+    pushed = command("push", str(tmp_path / "table"), "--root", str(root))
+    assert pushed.returncode == 1 and f"run {bad['run_id']}: fingerprint" in pushed.stdout + pushed.stderr
+    listed = json.loads(command("ls", "--root", str(tmp_path / "table"), "--json").stdout)
+    assert [r["seq_len"] for r in listed] == [2]  # the table holds only runs that can come back
+    assert command("pull", str(tmp_path / "table"), "--root", str(tmp_path / "pulled")).returncode == 0
+
+
 # --- the plugin ---------------------------------------------------------------------------
 
 RECORDING = textwrap.dedent(

@@ -127,9 +127,7 @@ def compare(
     )
     sources = [open_source(baseline_root if baseline_root is not None else root), open_source(root)]
     try:
-        _compare_sides(result, sources, sides, group_by)
-        if unknown_direction is not None:
-            raise unknown_direction
+        _compare_sides(result, sources, sides, group_by, unknown_direction)
     finally:
         for source, given in zip(
             sources, (baseline_root if baseline_root is not None else root, root), strict=True
@@ -140,7 +138,11 @@ def compare(
 
 
 def _compare_sides(
-    result: Comparison, sources: list[RunSource], sides: list[RunFilter], group_by: Sequence[str]
+    result: Comparison,
+    sources: list[RunSource],
+    sides: list[RunFilter],
+    group_by: Sequence[str],
+    unknown_direction: UnknownDirectionError | None,
 ) -> None:
     metric = result.metric
     per_run = ["run_id", "gpu_name", "driver_version", "session_id", "repeat", "created_at"]
@@ -170,6 +172,8 @@ def _compare_sides(
     else:
         data = [cpu_class(r.columns(needed)) for r in rows]
         by_side = [side_samples(docs, metric, i, data[i], group_by, result.warnings) for i in (0, 1)]
+    if unknown_direction is not None:  # what the runs say (record(higher_is_better=...)), else the error
+        result.higher_is_better = _stated_direction(docs, result.metric, unknown_direction)
     _join_unknown_cpu(by_side, group_by)
     for key in sorted(set(by_side[0]) | set(by_side[1]), key=repr):
         group = dict(zip(group_by, key, strict=True))
@@ -229,6 +233,20 @@ def _badness(result: Comparison, g: GroupResult) -> float:
     if g.change_pct is None:
         return -math.inf
     return -g.change_pct if result.higher_is_better else g.change_pct
+
+
+def _stated_direction(docs: Documents, metric: str, unknown: UnknownDirectionError) -> bool:
+    stated = docs.directions.get(metric, set())
+    if len(stated) == 1:
+        return next(iter(stated))
+    if stated:
+        raise InvalidArgumentError(
+            f"the runs disagree on which way is better for {metric!r}: "
+            "say --higher-is-better or --lower-is-better"
+        )
+    if not docs.metrics_seen or metric in docs.metrics_seen:
+        raise unknown
+    raise UnknownMetricError(metric, sorted(docs.metrics_seen | set(METRIC_COLUMNS)))
 
 
 def _join_unknown_cpu(by_side: list[dict[Any, SideGroup]], group_by: Sequence[str]) -> None:

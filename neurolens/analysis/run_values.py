@@ -29,6 +29,7 @@ class Documents:
     def __init__(self, sources: list[RunSource]) -> None:
         self.sources = sources
         self.metrics_seen: set[str] = set()
+        self.directions: dict[str, set[bool]] = {}  # metric -> what runs said of it (higher is better)
 
     def read(self, side: int, entry: Mapping[str, Any]) -> dict[str, Any] | None:
         try:
@@ -37,6 +38,11 @@ class Documents:
             return None
         if not isinstance(document, dict):
             return None
+        stated = document.get("higher_is_better")
+        if isinstance(stated, dict):
+            for name, higher in stated.items():
+                if isinstance(higher, bool):
+                    self.directions.setdefault(name, set()).add(higher)
         metrics = document.get("metrics")
         if isinstance(metrics, dict):
             self.metrics_seen.update(k for k, v in metrics.items() if _is_number(v))  # not the flags

@@ -7,14 +7,13 @@ outcome (readers leave failed runs out; history keeps them).
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from neurolens.errors import StoreError
 from neurolens.remote.table import PAYLOAD_COLUMNS, RemoteTable, now, schema
-from neurolens.storage.exchange.importer import Importer, MergeReport, reason
+from neurolens.storage.exchange.importer import Importer, MergeReport, check_run_bytes, reason
 from neurolens.storage.index.filters import RunFilter
 from neurolens.storage.index.query import select
 from neurolens.storage.ledger.files import Folders, check_run_path
@@ -84,8 +83,9 @@ def _payload(folders: Folders, records: list[dict[str, Any]], report: PushReport
         except (OSError, ValueError, StoreError) as exc:  # a missing, linked or odd file
             report.damaged.append(f"run {record['run_id']}: a file cannot be read ({reason(exc)})")
             continue
-        if hashlib.sha256(run_bytes).hexdigest() != record["sha256"]:
-            report.damaged.append(f"run {record['run_id']}: its file does not match the manifest's hash")
+        checked = check_run_bytes(record, run_bytes, fp_bytes)  # what pull will check again
+        if isinstance(checked, str):
+            report.damaged.append(f"run {record['run_id']}: {checked}")
             continue
         for name in COLUMNS:
             columns[name].append(record[name])

@@ -22,7 +22,7 @@ from neurolens.storage.index import reading as _index
 from neurolens.storage.ledger.canonical import canonical_bytes
 from neurolens.storage.ledger.creating import create_file_atomically
 from neurolens.storage.ledger.document import prepare_run, run_relpaths
-from neurolens.storage.ledger.files import Folders, append_lines_durably, writing
+from neurolens.storage.ledger.files import Folders, append_lines_durably, open_in_store, writing
 from neurolens.storage.ledger.manifest import (
     MANIFEST_NAME,
     encode_entry,
@@ -53,9 +53,20 @@ class MergeReport:
         return {**asdict(self), "complete": self.complete}
 
 
+def fingerprint_problem(fp_bytes: bytes) -> str | None:
+    """What makes a fingerprint file unreadable to every reader (verify, merge, push, pull
+    and the report alike), or None: it must be a JSON object."""
+    try:
+        fingerprint = json.loads(fp_bytes)
+    except (ValueError, RecursionError) as exc:
+        return f"cannot be read ({'nested too deeply' if isinstance(exc, RecursionError) else exc})"
+    return None if isinstance(fingerprint, dict) else "is not a JSON object"
+
+
 def check_run_bytes(entry: dict[str, Any], run_bytes: bytes, fp_bytes: bytes | None) -> dict[str, Any] | str:
     """The manifest entry a sound run's files give (equal to ``entry`` but for columns
-    ``entry`` predates), or what is wrong with the run."""
+    ``entry`` predates), or what is wrong with the run: the one check of a run and its
+    fingerprint that merge, push and pull share (verify checks the same, hash first)."""
     if hashlib.sha256(run_bytes).hexdigest() != entry["sha256"]:
         return f"run file {entry['run_json']} does not match its manifest hash"
     try:
@@ -64,11 +75,8 @@ def check_run_bytes(entry: dict[str, Any], run_bytes: bytes, fp_bytes: bytes | N
         return f"run file {entry['run_json']} is not a valid run ({exc})"
     if canonical_bytes(canonical) != run_bytes:  # also catches a document prepare_run filled in
         return f"run file {entry['run_json']} is not in canonical form"
-    if fp_bytes is not None:
-        try:
-            json.loads(fp_bytes)
-        except (ValueError, RecursionError) as exc:
-            return f"fingerprint {entry['fp_json']} cannot be read ({exc})"
+    if fp_bytes is not None and (problem := fingerprint_problem(fp_bytes)) is not None:
+        return f"fingerprint {entry['fp_json']} {problem}"
     run_rel, fp_rel = run_relpaths(canonical, with_fingerprint=fp_bytes is not None)
     if (run_rel, fp_rel) != (entry["run_json"], entry["fp_json"]):
         return f"manifest entry of {entry['run_id']} names {entry['run_json']}, expected {run_rel}"
@@ -130,6 +138,9 @@ class Importer:
         # files copied in but not yet in the manifest are a live writer's (verify --fix)
         self._writing = contextlib.ExitStack()
         self._writing.enter_context(writing(dest))
+        # a destination is a store even when nothing comes in (an empty source, an archive
+        # whose manifest is empty): its index is never alone
+        os.close(open_in_store(dest, MANIFEST_NAME, os.O_WRONLY | os.O_APPEND | os.O_CREAT))
 
     def __enter__(self) -> Importer:
         return self

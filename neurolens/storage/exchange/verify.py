@@ -6,7 +6,7 @@ does not match (to say how they are wrong) or with ``full=True``.
 
 Problem kinds: manifest_line (torn, unparsable or invalid), duplicate_run_id,
 missing_run_file, unreadable_run_file, hash_mismatch, invalid_run, entry_mismatch,
-missing_fingerprint, symlink, orphan_file (a file that is not part of the layout), index.
+missing_fingerprint, invalid_fingerprint, symlink, orphan_file (a file that is not part of the layout), index.
 Run files no manifest line names (a writer killed between its file and its line) and
 temporary files are ``leftovers``: reported apart, harmless, removed by ``repair.repair``;
 such a file whose run a damaged line names is ``restorable`` (its line restored from it).
@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from neurolens.errors import NeurolensError, StoreError
+from neurolens.storage.exchange.importer import fingerprint_problem
 from neurolens.storage.exchange.workers import entries_of, parts_of, process_pool, worker_count
 from neurolens.storage.index import reading as _index
 from neurolens.storage.index.rows import Rows
@@ -219,10 +220,15 @@ def _check_entry(folders: Folders, entry: dict[str, Any], full: bool, report: Ve
         )
     if entry["fp_json"]:
         try:
-            folders.read(check_run_path(entry["fp_json"]))
+            problem = fingerprint_problem(folders.read(check_run_path(entry["fp_json"])))
         except (OSError, StoreError):
             report.add(
                 "missing_fingerprint", entry["fp_json"], f"run {entry['run_id']}: its fingerprint is missing"
+            )
+            return
+        if problem is not None:
+            report.add(
+                "invalid_fingerprint", entry["fp_json"], f"run {entry['run_id']}: its fingerprint {problem}"
             )
 
 
