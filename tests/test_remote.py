@@ -400,6 +400,32 @@ def test_a_damaged_fingerprint_is_damage_to_verify_merge_and_push_alike(tmp_path
     assert command("pull", str(tmp_path / "table"), "--root", str(tmp_path / "pulled")).returncode == 0
 
 
+@pytest.mark.parametrize("where", ["../victim/victim.parquet", "absolute", "..%2Fvictim%2Fvictim.parquet"])
+def test_a_log_naming_a_file_outside_the_table_is_refused(tmp_path: Path, cli: Cli, where: str) -> None:
+    root, victim_table, table = tmp_path / "store", tmp_path / "victim_table", tmp_path / "table"
+    write_run(root, make_run(model="mine"))
+    assert cli("push", str(table), "--root", str(root))[0] == 0
+    # a file of someone else's runs beside the table, and a commit whose add names it
+    other = tmp_path / "other"
+    write_run(other, make_run(model="theirs"))
+    assert cli("push", str(victim_table), "--root", str(other))[0] == 0
+    (victim,) = victim_table.rglob("*.parquet")
+    (tmp_path / "victim").mkdir()
+    target = tmp_path / "victim" / "victim.parquet"
+    target.write_bytes(victim.read_bytes())
+    path = target.as_uri() if where == "absolute" else where
+    day = json.loads(command("ls", "--root", str(table), "--json").stdout)[0]["day"]
+    add = {"add": {"path": path, "partitionValues": {"day": day}, "size": target.stat().st_size,
+                   "modificationTime": 1, "dataChange": True}}  # fmt: skip
+    versions = sorted((table / "_delta_log").glob("*.json"))
+    (table / "_delta_log" / f"{len(versions):020d}.json").write_text(json.dumps(add) + "\n")
+    for argv in (["ls", "--root", str(table)], ["pull", str(table), "--root", str(tmp_path / "p")]):
+        done = command(*argv)
+        assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+        assert "names a data file outside the table" in done.stderr and "theirs" not in done.stdout
+        assert len(done.stderr.strip().splitlines()) == 1
+
+
 # --- the plugin ---------------------------------------------------------------------------
 
 RECORDING = textwrap.dedent(

@@ -123,6 +123,7 @@ class RemoteTable:
             raise StoreError(f"no remote table at {self.url} (push to it first)") from None
         except (OSError, deltalake.exceptions.DeltaError) as exc:
             raise StoreError(f"cannot open the remote table {self.url}: {_first_line(exc)}") from None
+        _check_file_paths(self.url, table)
         names = {f.name for f in table.schema().fields}
         missing = [name for name in (*COLUMNS, "document") if name not in names and name not in LATER_COLUMNS]
         if missing:
@@ -260,6 +261,26 @@ class RemoteTable:
             "vacuumed": len(removed),
             "version": table.version(),
         }
+
+
+def _check_file_paths(url: str, table: Any) -> None:
+    """Refuse a table whose log names a data file outside the table's root (``../x``, an
+    absolute path or another URL): delta-rs would read it (another prefix of the bucket,
+    a file anywhere on disk)."""
+    from pathlib import PurePosixPath
+    from urllib.parse import unquote
+
+    for path in table.get_add_actions(flatten=False).column("path").to_pylist():
+        decoded = unquote(str(path))
+        if (
+            "://" in decoded
+            or decoded.startswith(("/", "\\"))
+            or ".." in PurePosixPath(decoded.replace("\\", "/")).parts
+        ):
+            raise StoreError(
+                f"{url}: the table's log names a data file outside the table ({str(path)[:200]!r}); "
+                "it is not read (a table written by another tool, or tampered with)"
+            )
 
 
 def _sound_rows(url: str, table: Any) -> Any:
