@@ -103,12 +103,12 @@ class LocalSource(RunSource):
         return find_run(self.root, prefix)
 
     def _read(self, relative: str) -> bytes:
-        from neurolens.storage.ledger.files import Folders, check_run_path
+        from neurolens.storage.ledger.files import Folders
 
         if self._folders is None:
             self._folders = Folders(self.root)
         try:
-            return self._folders.read(check_run_path(relative))
+            return self._folders.read_run_file(relative)
         except OSError as exc:
             raise StoreError(f"cannot read {relative!r} in {self.root}: {exc.strerror or exc}") from None
 

@@ -278,3 +278,59 @@ def test_rebuild_and_verify_import_no_pandas(tmp_path: Path) -> None:
         [sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, check=True
     )
     assert done.stdout.split() == ["False"]
+
+
+def test_a_manifest_written_by_hand_or_another_tool_reads_as_the_canonical_one(tmp_path: Path) -> None:
+    # spaces after separators (json.dumps' default), tags spaced and unsorted, ASCII escapes:
+    # the same rows, the same tag filters
+    entries = [entry(i) for i in range(300)]
+    write_manifest(tmp_path / "canonical", entries)
+    spaced = tmp_path / "spaced"
+    spaced.mkdir()
+    with open(spaced / "_manifest.jsonl", "w") as handle:
+        for e in entries:
+            tags = json.loads(e["tags"])
+            other = dict(reversed(list(tags.items())))
+            handle.write(json.dumps({**e, "tags": json.dumps(other)}) + "\n")
+    for root in (tmp_path / "canonical", spaced):
+        rebuild_index_from_manifest(root)
+    rows = [select(root, RunFilter()).records() for root in (tmp_path / "canonical", spaced)]
+    assert [{**r, "tags": json.loads(r["tags"])} for r in rows[0]] == [
+        {**r, "tags": json.loads(r["tags"])} for r in rows[1]
+    ]
+    for flt in (RunFilter(tags={"branch": "b3"}), RunFilter(tags={"q": 'say "hi"', "branch": "b0"})):
+        found = [
+            [r["run_id"] for r in select(root, flt).records()] for root in (tmp_path / "canonical", spaced)
+        ]
+        assert found[0] == found[1] and found[0]
+
+
+def test_an_index_of_a_shape_no_writer_makes_is_not_read(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    import pyarrow as pa
+
+    write_manifest(tmp_path, [entry(i) for i in range(6)])
+    rebuild_index_from_manifest(tmp_path)
+    index = tmp_path / "_index.parquet"
+    rows, claims = pq.read_table(index), pq.ParquetFile(index).metadata.metadata  # what it covers
+    neurolens = str(Path(sys.executable).with_name("neurolens"))
+
+    def listed() -> tuple[int, str]:
+        done = subprocess.run([neurolens, "ls", "--root", str(tmp_path), "--json", "--include-failed"],
+                              capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert done.returncode == 0
+        return len(json.loads(done.stdout)), done.stderr
+
+    # 6,000 one-row row groups, claiming to cover the same 6-line manifest
+    with pq.ParquetWriter(index, rows.schema) as writer:
+        writer.write_table(pa.concat_tables([rows] * 1_000), row_group_size=1)
+        writer.add_key_value_metadata({k.decode(): v.decode() for k, v in claims.items()})
+    assert pq.ParquetFile(index).metadata.num_row_groups == 6_000
+    count, warned = listed()
+    assert count == 6 and "claims 6,000 runs in 6,000 row groups for a manifest of" in warned
+    # a footer bigger than any index of ours: not even parsed
+    index.write_bytes(b"PAR1" + b"\0" * 64 + (200 * 1024 * 1024).to_bytes(4, "little") + b"PAR1")
+    count, warned = listed()
+    assert count == 6 and "has a 209,715,200-byte footer" in warned

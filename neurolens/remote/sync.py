@@ -16,7 +16,7 @@ from neurolens.remote.table import PAYLOAD_COLUMNS, RemoteTable, now, schema
 from neurolens.storage.exchange.importer import Importer, MergeReport, check_run_bytes, reason
 from neurolens.storage.index.filters import RunFilter
 from neurolens.storage.index.query import select
-from neurolens.storage.ledger.files import Folders, check_run_path
+from neurolens.storage.ledger.files import Folders
 from neurolens.storage.ledger.manifest import COLUMNS
 from neurolens.storage.ledger.root import ensure_root
 
@@ -77,9 +77,9 @@ def _payload(folders: Folders, records: list[dict[str, Any]], report: PushReport
     columns: dict[str, list[Any]] = {name: [] for name in (*COLUMNS, *PAYLOAD_COLUMNS)}
     for record in records:
         try:
-            run_bytes = folders.read(check_run_path(record["run_json"]))
+            run_bytes = folders.read_run_file(record["run_json"])
             fp = record["fp_json"]
-            fp_bytes = folders.read(check_run_path(fp)) if fp else None
+            fp_bytes = folders.read_run_file(fp) if fp else None
         except (OSError, ValueError, StoreError) as exc:  # a missing, linked or odd file
             report.damaged.append(f"run {record['run_id']}: a file cannot be read ({reason(exc)})")
             continue

@@ -25,6 +25,7 @@ from typing import Any
 
 from neurolens.errors import InvalidArgumentError, MissingExtraError, StoreError
 from neurolens.remote import sql
+from neurolens.remote.checks import check_file_paths, sound_rows
 from neurolens.storage.index.filters import RunFilter
 from neurolens.storage.index.rows import Rows
 from neurolens.storage.ledger.manifest import COLUMNS
@@ -123,7 +124,7 @@ class RemoteTable:
             raise StoreError(f"no remote table at {self.url} (push to it first)") from None
         except (OSError, deltalake.exceptions.DeltaError) as exc:
             raise StoreError(f"cannot open the remote table {self.url}: {_first_line(exc)}") from None
-        _check_file_paths(self.url, table)
+        check_file_paths(self.url, table)
         names = {f.name for f in table.schema().fields}
         missing = [name for name in (*COLUMNS, "document") if name not in names and name not in LATER_COLUMNS]
         if missing:
@@ -176,7 +177,7 @@ class RemoteTable:
 
         table = self._open()
         rows = ArrowRows(
-            _sound_rows(self.url, _as_index(self.query(sql.select(flt, _column_list(table)), table)))
+            sound_rows(self.url, _as_index(self.query(sql.select(flt, _column_list(table)), table)))
         )
         # exact tag matching (escaped quotes) and the same outcome rule as local reads
         return rows.filter(replace(flt, session_id=None, limit=None))
@@ -261,48 +262,6 @@ class RemoteTable:
             "vacuumed": len(removed),
             "version": table.version(),
         }
-
-
-def _check_file_paths(url: str, table: Any) -> None:
-    """Refuse a table whose log names a data file outside the table's root (``../x``, an
-    absolute path or another URL): delta-rs would read it (another prefix of the bucket,
-    a file anywhere on disk)."""
-    from pathlib import PurePosixPath
-    from urllib.parse import unquote
-
-    for path in table.get_add_actions(flatten=False).column("path").to_pylist():
-        decoded = unquote(str(path))
-        if (
-            "://" in decoded
-            or decoded.startswith(("/", "\\"))
-            or ".." in PurePosixPath(decoded.replace("\\", "/")).parts
-        ):
-            raise StoreError(
-                f"{url}: the table's log names a data file outside the table ({str(path)[:200]!r}); "
-                "it is not read (a table written by another tool, or tampered with)"
-            )
-
-
-def _sound_rows(url: str, table: Any) -> Any:
-    """The rows whose tags are a JSON object of strings, as ``write_run`` writes them; the
-    others (a table written by another tool, or by hand) skipped with a warning, as local
-    readers skip such manifest lines."""
-    import warnings
-
-    from neurolens.errors import ManifestWarning
-    from neurolens.storage.index.arrow_backend import TAGS_PATTERN
-    from neurolens.storage.index.arrow_kernels import filter_rows, match_substring
-
-    sound = match_substring(table.column("tags"), TAGS_PATTERN, regex=True)  # null: dropped too
-    kept = filter_rows(table, sound)
-    if kept.num_rows < table.num_rows:
-        warnings.warn(
-            f"{url}: {table.num_rows - kept.num_rows} row(s) skipped: "
-            "their tags are not a JSON object of strings",
-            ManifestWarning,
-            stacklevel=2,
-        )
-    return kept
 
 
 def _lacking(table: Any) -> list[str]:

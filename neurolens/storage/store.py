@@ -26,7 +26,14 @@ from neurolens.storage.index.reading import has_run, opened_index
 from neurolens.storage.ledger.canonical import canonical_bytes, check_json_value
 from neurolens.storage.ledger.creating import create_file_atomically
 from neurolens.storage.ledger.document import PreparedRun, prepare_run, run_relpaths
-from neurolens.storage.ledger.files import append_lines_durably, fsync_dir, open_dir, writing
+from neurolens.storage.ledger.files import (
+    MAX_LINE_BYTES,
+    MAX_RUN_FILE_BYTES,
+    append_lines_durably,
+    fsync_dir,
+    open_dir,
+    writing,
+)
 from neurolens.storage.ledger.manifest import MANIFEST_NAME, Progress, encode_entry, entry_for, manifest_size
 from neurolens.storage.ledger.root import StrPath, default_root, ensure_root, require_store, resolve_root
 from neurolens.storage.ledger.run_ids import take_minted
@@ -95,11 +102,13 @@ def _store(
     run_rel, fp_rel = run_relpaths(document, with_fingerprint=fp_bytes is not None)
     folder, _, run_name = run_rel.rpartition("/")
     entry = entry_for(document, run_rel, fp_rel, hashlib.sha256(run_bytes).hexdigest())
+    line = encode_entry(entry)
+    _check_sizes(run_bytes, fp_bytes, line)
     if look_up and has_run(root, document["run_id"]):
         raise RunExistsError(f"run {document['run_id']} is already in the store; runs are never overwritten")
 
     with writing(root):  # verify --fix never takes these files for a killed writer's
-        manifest_bytes, line = _store_files(root, folder, run_name, run_bytes, fp_rel, fp_bytes, entry)
+        manifest_bytes = _store_files(root, folder, run_name, run_bytes, fp_rel, fp_bytes, line)
     try:
         if needs_compaction(root, manifest_bytes - len(line), manifest_bytes):
             compact(root, blocking=False)
@@ -115,6 +124,22 @@ def _store(
     }
 
 
+def _check_sizes(run_bytes: bytes, fp_bytes: bytes | None, line: bytes) -> None:
+    """What every reader can hold (``MAX_RUN_FILE_BYTES``, ``MAX_LINE_BYTES``)."""
+    for field, data in (("", run_bytes), ("fingerprint", fp_bytes or b"")):
+        if len(data) > MAX_RUN_FILE_BYTES:
+            what = "the fingerprint" if field else "the run document"
+            raise RunValidationError(
+                field, f"{what} is {len(data):,} bytes; a store holds {MAX_RUN_FILE_BYTES:,} at most"
+            )
+    if len(line) > MAX_LINE_BYTES:
+        raise RunValidationError(
+            "tags",
+            f"the run's manifest line would be {len(line):,} bytes (its tags hold most); "
+            f"at most {MAX_LINE_BYTES:,}",
+        )
+
+
 def _store_files(
     root: Path,
     folder: str,
@@ -122,9 +147,9 @@ def _store_files(
     run_bytes: bytes,
     fp_rel: str | None,
     fp_bytes: bytes | None,
-    entry: dict[str, Any],
-) -> tuple[int, bytes]:
-    """The run's files, then its manifest line; the manifest's new size and the line."""
+    line: bytes,
+) -> int:
+    """The run's files, then its manifest line; the manifest's new size."""
     dir_fd = open_dir(root, folder, create=True)
     created: list[str] = []
     try:
@@ -134,7 +159,6 @@ def _store_files(
             create_file_atomically(dir_fd, fp_rel.rpartition("/")[2], fp_bytes)
             created.append(fp_rel.rpartition("/")[2])
         fsync_dir(dir_fd)
-        line = encode_entry(entry)
         manifest_bytes = append_lines_durably(root, MANIFEST_NAME, [line])
     except BaseException:
         # Nothing half-stored: a run is in the store only once its manifest line is.
@@ -144,7 +168,7 @@ def _store_files(
         raise
     finally:
         os.close(dir_fd)
-    return manifest_bytes, line
+    return manifest_bytes
 
 
 def compact_index(root: StrPath | None = None) -> Path:

@@ -22,7 +22,13 @@ from neurolens.storage.index import reading as _index
 from neurolens.storage.ledger.canonical import canonical_bytes
 from neurolens.storage.ledger.creating import create_file_atomically
 from neurolens.storage.ledger.document import prepare_run, run_relpaths
-from neurolens.storage.ledger.files import Folders, append_lines_durably, open_in_store, writing
+from neurolens.storage.ledger.files import (
+    MAX_RUN_FILE_BYTES,
+    Folders,
+    append_lines_durably,
+    open_in_store,
+    writing,
+)
 from neurolens.storage.ledger.manifest import (
     MANIFEST_NAME,
     encode_entry,
@@ -67,6 +73,10 @@ def check_run_bytes(entry: dict[str, Any], run_bytes: bytes, fp_bytes: bytes | N
     """The manifest entry a sound run's files give (equal to ``entry`` but for columns
     ``entry`` predates), or what is wrong with the run: the one check of a run and its
     fingerprint that merge, push and pull share (verify checks the same, hash first)."""
+    for what, data in (("run file", run_bytes), ("fingerprint", fp_bytes or b"")):
+        if len(data) > MAX_RUN_FILE_BYTES:
+            size, most = len(data), MAX_RUN_FILE_BYTES
+            return f"{what} of {entry['run_id']} is {size:,} bytes; a store holds {most:,} at most"
     if hashlib.sha256(run_bytes).hexdigest() != entry["sha256"]:
         return f"run file {entry['run_json']} does not match its manifest hash"
     try:

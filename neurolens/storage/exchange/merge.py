@@ -26,7 +26,7 @@ from neurolens.storage.exchange.workers import entries_of, parts_of, process_poo
 from neurolens.storage.index.compaction import compact
 from neurolens.storage.index.reading import read_tail
 from neurolens.storage.index.rows import Rows
-from neurolens.storage.ledger.files import Folders, check_run_path
+from neurolens.storage.ledger.files import MAX_RUN_FILE_BYTES, Folders
 from neurolens.storage.ledger.manifest import manifest_path
 from neurolens.storage.ledger.root import ensure_root, require_store
 
@@ -111,6 +111,12 @@ def _unpack(source: Path, scratch: Path, report: MergeReport, limits: ArchiveLim
                 target.mkdir(parents=True, exist_ok=True)
                 continue
             size = member.size if linked is None else files[linked]  # a link unpacks to a copy
+            if name.endswith(".json") and size > MAX_RUN_FILE_BYTES:  # never unpacked, never read
+                report.refused.append(
+                    f"{source}: member {member.name!r} refused ({size:,} bytes; a run file holds "
+                    f"{MAX_RUN_FILE_BYTES:,} at most)"
+                )
+                continue
             total += size
             if total > limits.max_bytes:
                 raise StoreError(
@@ -238,7 +244,7 @@ def _import_entry(source: Folders, dest: Folders, entry: dict[str, Any]) -> Outc
     files: list[bytes | None] = []
     for kind, relative in (("run file", entry["run_json"]), ("fingerprint", entry["fp_json"])):
         try:
-            files.append(source.read(check_run_path(relative)) if relative else None)
+            files.append(source.read_run_file(relative) if relative else None)
         except (OSError, StoreError) as exc:
             problem = f"{kind} {relative} cannot be read ({reason(exc)})"
             return Outcome(entry["run_id"], entry["sha256"], problem=problem)

@@ -25,12 +25,12 @@ from neurolens.storage.ledger.canonical import canonical_bytes
 from neurolens.storage.ledger.document import prepare_run, run_relpaths
 from neurolens.storage.ledger.files import (
     append_lines_durably,
-    check_run_path,
     open_dir,
-    read_store_file,
+    read_run_file,
     writing,
 )
-from neurolens.storage.ledger.manifest import MANIFEST_NAME, encode_entry, entry_for, mentioned_ids, run_id_of
+from neurolens.storage.ledger.manifest import MANIFEST_NAME, encode_entry, entry_for
+from neurolens.storage.ledger.mentions import mentioned_ids, run_id_of
 
 
 @dataclass
@@ -80,7 +80,7 @@ def _line_from_file(root: Path, relative: str) -> bytes | None:
     """The manifest line ``write_run`` gave this run file (and its fingerprint, if sound),
     or None unless the file is a canonical run at the path its own fields give."""
     try:
-        data = read_store_file(root, check_run_path(relative))
+        data = read_run_file(root, relative)
         document = prepare_run(json.loads(data), parsed=True)
         if canonical_bytes(document) != data:
             return None
@@ -88,7 +88,7 @@ def _line_from_file(root: Path, relative: str) -> bytes | None:
         if run_rel != relative:
             return None
         try:
-            fingerprint = json.loads(read_store_file(root, check_run_path(fp_rel or "")))
+            fingerprint = json.loads(read_run_file(root, fp_rel or ""))
             if not isinstance(fingerprint, dict):
                 fp_rel = None
         except (OSError, ValueError, RecursionError, NeurolensError):

@@ -30,16 +30,15 @@ from neurolens.storage.exchange.workers import entries_of, parts_of, process_poo
 from neurolens.storage.index import reading as _index
 from neurolens.storage.index.rows import Rows
 from neurolens.storage.ledger.document import prepare_run, run_relpaths
-from neurolens.storage.ledger.files import Folders, check_run_path, read_store_file
+from neurolens.storage.ledger.files import Folders, read_run_file
 from neurolens.storage.ledger.manifest import (
     MANIFEST_NAME,
     Progress,
     entry_differences,
     entry_for,
     manifest_size,
-    mentioned_ids,
-    run_id_of,
 )
+from neurolens.storage.ledger.mentions import mentioned_ids, run_id_of
 from neurolens.storage.ledger.root import require_store
 
 
@@ -186,7 +185,7 @@ def _check_part(root: Path, part: Any, full: bool) -> list[Problem]:
 def _check_entry(folders: Folders, entry: dict[str, Any], full: bool, report: VerifyReport) -> None:
     where = entry["run_json"]
     try:
-        data = folders.read(check_run_path(where))
+        data = folders.read_run_file(where)
     except FileNotFoundError:
         report.add("missing_run_file", where, f"run {entry['run_id']}: its run file is missing")
         return
@@ -220,7 +219,7 @@ def _check_entry(folders: Folders, entry: dict[str, Any], full: bool, report: Ve
         )
     if entry["fp_json"]:
         try:
-            problem = fingerprint_problem(folders.read(check_run_path(entry["fp_json"])))
+            problem = fingerprint_problem(folders.read_run_file(entry["fp_json"]))
         except (OSError, StoreError):
             report.add(
                 "missing_fingerprint", entry["fp_json"], f"run {entry['run_id']}: its fingerprint is missing"
@@ -285,7 +284,7 @@ def _written_by_a_killed_writer(root: Path, relative: str) -> bool:
     """A sound run file (or fingerprint) at the path its own id, day and backend give:
     what ``write_run`` leaves when it is killed between the file and the manifest line."""
     try:
-        document = json.loads(read_store_file(root, check_run_path(relative)))
+        document = json.loads(read_run_file(root, relative))
         if relative.endswith(".fp.json"):
             return isinstance(document, dict)
         return run_relpaths(prepare_run(document), with_fingerprint=False)[0] == relative

@@ -4,15 +4,17 @@
 from __future__ import annotations
 
 import contextlib
+import operator
 import os
 import re
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from neurolens.storage.index.arrow_filters import int64_array
+from neurolens.errors import StoreError
+from neurolens.storage.index.arrow_filters import int64_array, string_array
 from neurolens.storage.index.arrow_io import arrow_copy, arrow_file
-from neurolens.storage.index.arrow_kernels import any_true, call, cast_table, match_substring
+from neurolens.storage.index.arrow_kernels import any_true, call, cast_table, match_substring, replace_regex
 from neurolens.storage.index.parquet import ParquetIndex
 from neurolens.storage.index.rows import (
     ARROW_INDEX_NAME,
@@ -25,8 +27,8 @@ from neurolens.storage.index.rows import (
     parse_lines,
 )
 from neurolens.storage.index.rows_arrow import DICTIONARY_COLUMNS, ArrowRows
-from neurolens.storage.ledger.files import open_in_store, replacing
-from neurolens.storage.ledger.manifest import COLUMNS
+from neurolens.storage.ledger.files import MAX_LINE_BYTES, open_in_store, replacing
+from neurolens.storage.ledger.manifest import COLUMNS, decode_tags, encode_tags
 
 # Rows per Parquet row group, fixed: the same rows always give the same bytes.
 _ROW_GROUP_SIZE = 64 * 1024
@@ -49,6 +51,63 @@ _STATISTICS_COLUMNS = (
 # writes): a block whose tags all match it needs no per-row JSON parse.
 _JSON_STRING = r'"(?:[^"\\\x00-\x1f]|\\(?:["\\/bfnrt]|u[0-9a-fA-F]{4}))*"'
 TAGS_PATTERN = rf"^\{{(?:{_JSON_STRING}:{_JSON_STRING}(?:,{_JSON_STRING}:{_JSON_STRING})*)?\}}$"
+
+
+_SPACED_STRING = rf"\s*({_JSON_STRING})\s*"
+
+
+def _canonical_tags(table: Any) -> Any:
+    """``table`` with every row's tags in the canonical form ``write_run`` writes (a hand
+    edit or another tool may space them out: only those rows are decoded in Python, so a
+    block of them stays on Arrow's path), or None if a row's tags are not a JSON object of
+    strings (the block is then read line by line, each problem named)."""
+    tags = table.column("tags").combine_chunks()
+    canonical = match_substring(tags, TAGS_PATTERN, regex=True)
+    if call("all", canonical).as_py() is not False:
+        return table
+    tags = replace_regex(tags, _SPACED_STRING, r"\1")  # spaces around the strings, in C++
+    canonical = match_substring(tags, TAGS_PATTERN, regex=True)
+    values: list[str] | None = None
+    if call("all", canonical).as_py() is False:  # what is left: decoded and encoded again
+        values, again = tags.to_pylist(), {}
+        for i, sound in enumerate(canonical.to_pylist()):
+            if not sound:
+                if values[i] not in again:
+                    decoded = decode_tags(values[i]) if values[i] is not None else None
+                    if decoded is None:
+                        return None
+                    again[values[i]] = encode_tags(decoded)
+                values[i] = again[values[i]]
+    index = table.schema.get_field_index("tags")
+    return table.set_column(
+        index, table.schema.field(index), tags if values is None else string_array(values)
+    )
+
+
+# What an index this store wrote can look like; anything else is not read (the manifest
+# answers, with a warning), so a file's shape cannot cost more than the store's size.
+_MAX_FOOTER_BYTES = 16 * 1024 * 1024  # 1M runs take about 100 KB
+_MIN_LINE_BYTES = 200  # a manifest line (every column named) is longer
+
+
+def _check_footer(fd: int, name: str) -> None:
+    size = os.fstat(fd).st_size
+    tail = os.pread(fd, 8, max(0, size - 8))
+    if len(tail) == 8 and tail[4:] == b"PAR1":
+        footer = int.from_bytes(tail[:4], "little")
+        if footer > _MAX_FOOTER_BYTES:
+            raise StoreError(f"index {name} has a {footer:,}-byte footer, more than an index of ours holds")
+
+
+def _check_shape(name: str, metadata: Any, meta: IndexMeta) -> None:
+    rows, groups = metadata.num_rows, metadata.num_row_groups
+    most_rows = meta.manifest_bytes // _MIN_LINE_BYTES
+    most_groups = max(1, -(-rows // _ROW_GROUP_SIZE))
+    if rows > most_rows or groups > most_groups:
+        raise StoreError(
+            f"index {name} claims {rows:,} runs in {groups:,} row groups for a manifest of "
+            f"{meta.manifest_bytes:,} bytes; one of ours has at most {most_rows:,} runs in {most_groups:,}"
+        )
 
 
 class ArrowBackend(Backend):
@@ -91,6 +150,12 @@ class ArrowBackend(Backend):
         import pyarrow.json as pa_json
 
         line_ends = list(map(re.Match.end, _NEWLINE.finditer(block)))
+        if (
+            len(block) > MAX_LINE_BYTES
+            and max(map(operator.sub, line_ends, [0, *line_ends])) > MAX_LINE_BYTES
+        ):
+            entries, offsets, problems = parse_lines(offset, block)  # skips the long line, saying so
+            return self.from_entries(entries, offsets), problems
         try:
             table = pa_json.read_json(
                 pa.BufferReader(arrow_copy(block)),
@@ -99,9 +164,10 @@ class ArrowBackend(Backend):
                     explicit_schema=self.schema, unexpected_field_behavior="ignore"
                 ),
             )
-            table = cast_table(table.select(list(COLUMNS)), self.schema)
+            table = _canonical_tags(cast_table(table.select(list(COLUMNS)), self.schema))
             sound = (
-                table.num_rows == len(line_ends)
+                table is not None
+                and table.num_rows == len(line_ends)
                 and all(
                     nullable or table.column(name).null_count == 0 for name, (_, nullable) in COLUMNS.items()
                 )
@@ -111,8 +177,6 @@ class ArrowBackend(Backend):
                     for name, (kind, _) in COLUMNS.items()
                     if kind is float
                 )
-                and call("all", match_substring(table.column("tags"), TAGS_PATTERN, regex=True)).as_py()
-                is not False
             )
         except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
             sound = False
@@ -182,12 +246,20 @@ class ArrowBackend(Backend):
     def open_index(self, root: Path) -> IndexFile | None:
         import pyarrow.parquet as pq
 
-        handle = arrow_file(open_in_store(root, self.index_name, os.O_RDONLY))
+        fd = open_in_store(root, self.index_name, os.O_RDONLY)
+        try:
+            _check_footer(fd, self.index_name)
+        except BaseException:
+            os.close(fd)
+            raise
+        handle = arrow_file(fd)
         try:
             file = pq.ParquetFile(handle)
             meta = self._meta(file)
             if meta is not None and not file.schema_arrow.remove_metadata().equals(self.index_schema):
                 raise ValueError("unexpected index columns")
+            if meta is not None:
+                _check_shape(self.index_name, file.metadata, meta)
         except BaseException:
             handle.close()
             raise

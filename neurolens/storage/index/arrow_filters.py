@@ -31,6 +31,21 @@ def float64_array(values: Sequence[float]) -> Any:
     return pa.Array.from_buffers(pa.float64(), len(values), [None, pa.py_buffer(array.array("d", values))])
 
 
+def string_array(values: Sequence[str]) -> Any:
+    """A string array built from buffers (no pandas import; see ``literal``)."""
+    import pyarrow as pa
+
+    encoded = [v.encode("utf-8") for v in values]
+    offsets = array.array("i", [0])
+    total = 0
+    for item in encoded:
+        total += len(item)
+        offsets.append(total)
+    return pa.Array.from_buffers(
+        pa.string(), len(values), [None, pa.py_buffer(offsets), pa.py_buffer(b"".join(encoded))]
+    )
+
+
 def literal(text: str) -> Any:
     """A string scalar built from buffers. pyarrow imports pandas (0.3 s) on its first
     conversion of a Python value; a reader that only filters needs none."""

@@ -66,6 +66,12 @@ def match_substring(data: Any, pattern: str, *, regex: bool = False) -> Any:
     return call(name, data, options=_kernels().MatchSubstringOptions(pattern))
 
 
+def replace_regex(data: Any, pattern: str, replacement: str) -> Any:
+    return call(
+        "replace_substring_regex", data, options=_kernels().ReplaceSubstringOptions(pattern, replacement)
+    )
+
+
 def starts_with(data: Any, prefix: str) -> Any:
     return call("starts_with", data, options=_kernels().MatchSubstringOptions(prefix))
 

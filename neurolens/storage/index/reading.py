@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from neurolens.errors import IndexWarning, ManifestWarning
+from neurolens.errors import IndexWarning, ManifestWarning, StoreError
 from neurolens.storage.index.backend import backend, index_name, plain_rows
 from neurolens.storage.index.filters import RunFilter
 from neurolens.storage.index.rows import OFFSET_COLUMN, IndexFile, IndexMeta, Rows, parse_lines
@@ -119,6 +119,9 @@ def opened_index(root: Path) -> Iterator[tuple[IndexFile | None, str | None]]:
         return
     try:
         index = backend().open_index(root)
+    except StoreError as exc:  # a shape no index of ours has
+        yield None, f"{exc}: not used"
+        return
     except Exception as exc:  # any damage means "no usable index"; the manifest still answers
         yield None, f"index {name} is corrupt or unreadable ({type(exc).__name__})"
         return

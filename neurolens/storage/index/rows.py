@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from neurolens.storage.index.filters import RunFilter
+from neurolens.storage.ledger.files import MAX_LINE_BYTES
 from neurolens.storage.ledger.manifest import coerce_entry
 
 # Index-only column: where a row's line starts in the manifest, so a reader that found a
@@ -184,6 +185,9 @@ class Backend(ABC):
         return self.from_entries(entries, offsets), problems
 
 
+_LONG = f"a manifest line holds {MAX_LINE_BYTES:,} bytes at most"
+
+
 def parse_lines(offset: int, block: bytes | memoryview) -> tuple[list[dict[str, Any]], list[int], list[str]]:
     """Manifest lines one by one: valid entries, the byte offset of each one's line, and a
     problem per skipped line."""
@@ -192,7 +196,9 @@ def parse_lines(offset: int, block: bytes | memoryview) -> tuple[list[dict[str, 
     problems: list[str] = []
     position = offset
     for line in bytes(block).split(b"\n")[:-1]:
-        if not line.strip():
+        if len(line) > MAX_LINE_BYTES:
+            problems.append(f"manifest byte {position}: line of {len(line):,} bytes skipped ({_LONG})")
+        elif not line.strip():
             problems.append(f"manifest byte {position}: empty line skipped")
         else:
             try:

@@ -35,6 +35,13 @@ _RUN_FILE = re.compile(
 )
 
 
+# What a store holds, so that every reader works in bounded memory: a run file (or its
+# fingerprint) of at most 16 MiB, a manifest line of at most 1 MiB. Writers, merge and pull
+# refuse more; readers skip it, saying where.
+MAX_RUN_FILE_BYTES = 16 * 1024 * 1024
+MAX_LINE_BYTES = 1024 * 1024
+
+
 def check_run_path(relative: str) -> str:
     """``relative`` if it has the layout of a run file under a root, else StoreError."""
     if not isinstance(relative, str) or not _RUN_FILE.fullmatch(relative):
@@ -130,6 +137,12 @@ def read_store_file(root: Path, relative: str) -> bytes:
         return folders.read(relative)
 
 
+def read_run_file(root: Path, relative: str) -> bytes:
+    """``Folders.read_run_file`` for one file."""
+    with Folders(root) as folders:
+        return folders.read_run_file(relative)
+
+
 class Folders:
     """Folders under a root, each opened once (a component at a time, without following
     links, as ``open_dir`` does) and kept open: reading or writing a batch of run files in
@@ -151,11 +164,14 @@ class Folders:
         self._open[folder] = fd
         return fd
 
-    def read(self, relative: str) -> bytes:
-        """The bytes of the regular file ``relative`` inside the root, never through a link."""
+    def read(self, relative: str, *, limit: int | None = None) -> bytes:
+        """The bytes of the regular file ``relative`` inside the root, never through a link;
+        StoreError for a file of more than ``limit`` bytes (nothing of it read)."""
         folder = self.fd(relative.rpartition("/")[0])
         fd, status = _open_regular(folder, self.root, relative, os.O_RDONLY, reading=True)
         try:
+            if limit is not None and status.st_size > limit:
+                raise StoreError(f"{relative} is {status.st_size:,} bytes; a store holds {limit:,} at most")
             # one read of the size the file had (one more byte asks whether it grew since)
             data = os.read(fd, status.st_size + 1)
             if len(data) <= status.st_size:
@@ -163,9 +179,16 @@ class Folders:
             chunks = [data]
             while chunk := os.read(fd, 1 << 20):
                 chunks.append(chunk)
+                if limit is not None and sum(map(len, chunks)) > limit:  # it grew since
+                    raise StoreError(f"{relative} is over {limit:,} bytes; a store holds {limit:,} at most")
             return b"".join(chunks)
         finally:
             os.close(fd)
+
+    def read_run_file(self, relative: str) -> bytes:
+        """A run file or fingerprint (its path checked against the layout, its size against
+        ``MAX_RUN_FILE_BYTES``)."""
+        return self.read(check_run_path(relative), limit=MAX_RUN_FILE_BYTES)
 
     def close(self) -> None:
         for fd in self._open.values():

@@ -9,15 +9,14 @@ import hashlib
 import json
 import math
 import os
-import re
 import stat
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from neurolens.errors import StoreError
-from neurolens.storage.ledger.files import locked, open_in_store
+from neurolens.storage.ledger.files import MAX_LINE_BYTES, locked, open_in_store
 
 MANIFEST_NAME = "_manifest.jsonl"
 
@@ -156,14 +155,14 @@ def coerce_entry(raw: Any) -> dict[str, Any] | str:
         elif not isinstance(value, str):
             return f"'{name}' is not a string"
         entry[name] = value
-    tags = _decode_tags(entry["tags"])
+    tags = decode_tags(entry["tags"])
     if tags is None:
         return "'tags' is not a JSON object of strings"
     entry["tags"] = encode_tags(tags)  # canonical, so tag filters can match its text
     return entry
 
 
-def _decode_tags(text: str) -> dict[str, str] | None:
+def decode_tags(text: str) -> dict[str, str] | None:
     try:
         tags = json.loads(text)
     except (ValueError, RecursionError):
@@ -228,8 +227,8 @@ def read_blocks(
         return
     total = manifest_size(root) if stop is None else stop
     position = start  # the start of the line a slice begins with
-    want = _READ_CHUNK
     leftover = 0  # bytes of an unterminated last line
+    want = _READ_CHUNK
     with handle:
         while True:
             size = want if stop is None else min(want, stop - position)
@@ -237,11 +236,22 @@ def read_blocks(
             if not data:
                 break
             cut = data.rfind(b"\n") + 1
-            if cut == 0:
-                if len(data) < size:  # the file ends inside this line
-                    leftover = len(data)
-                    break
+            if cut == 0 and len(data) == size and want <= MAX_LINE_BYTES:
                 want *= 2  # a line longer than a slice: read more at once
+                continue
+            if cut == 0:
+                end = _line_end(handle.fileno(), position + len(data), stop) if len(data) == size else None
+                if end is None:  # the file ends inside this line
+                    leftover = (stop if stop is not None else os.fstat(handle.fileno()).st_size) - position
+                    break
+                # a line longer than a slice, so longer than any a store holds: skipped
+                # without ever being held whole
+                read.problems.append(
+                    f"manifest byte {position}: line of {end - position:,} bytes skipped "
+                    f"(a manifest line holds {MAX_LINE_BYTES:,} bytes at most)"
+                )
+                position = read.end = end
+                want = _READ_CHUNK
                 continue
             if progress is not None:
                 progress(position + cut - start, total - start)
@@ -253,6 +263,20 @@ def read_blocks(
             want = _READ_CHUNK
         if leftover and _torn_line_at(handle.fileno(), position):
             read.problems.append(f"manifest byte {position}: incomplete last line ({leftover} bytes) ignored")
+
+
+def _line_end(fd: int, offset: int, stop: int | None) -> int | None:
+    """The offset just past the next newline from ``offset`` (read a slice at a time), or
+    None if the file (or ``stop``) ends first."""
+    while stop is None or offset < stop:
+        data = os.pread(fd, _READ_CHUNK if stop is None else min(_READ_CHUNK, stop - offset), offset)
+        if not data:
+            return None
+        found = data.find(b"\n")
+        if found >= 0:
+            return offset + found + 1
+        offset += len(data)
+    return None
 
 
 def _torn_line_at(fd: int, position: int) -> bool:
@@ -293,37 +317,3 @@ def last_line_sha256_before(root: Path, end: int) -> str | None:
             if newline >= 0 or begin == 0:
                 return hashlib.sha256(body[newline + 1 :]).hexdigest()
             window *= 4
-
-
-_RUN_FILE = re.compile(r"(?P<id>[0-9a-fA-F-]{36})(?:\.fp)?\.json")
-
-
-def run_id_of(relative: str) -> str | None:
-    """The run id a run or fingerprint file's name gives."""
-    found = _RUN_FILE.fullmatch(relative.rpartition("/")[2])
-    return found["id"] if found else None
-
-
-def mentioned_ids(root: Path, run_ids: Iterable[str]) -> set[str]:
-    """Those of ``run_ids`` whose text occurs anywhere in the manifest, damaged lines too
-    (read in slices: memory stays bounded)."""
-    wanted = sorted(set(run_ids))
-    if not wanted:
-        return set()
-    pattern = re.compile(b"|".join(re.escape(i.encode()) for i in wanted))
-    found: set[str] = set()
-    overlap = max(len(i) for i in wanted) - 1
-    try:
-        fd = open_in_store(root, MANIFEST_NAME, os.O_RDONLY)
-    except FileNotFoundError:
-        return found
-    try:
-        carry, offset = b"", 0
-        while chunk := os.pread(fd, _READ_CHUNK, offset):
-            offset += len(chunk)
-            window = carry + chunk
-            found.update(m.decode() for m in pattern.findall(window))
-            carry = window[-overlap:]
-    finally:
-        os.close(fd)
-    return found
