@@ -27,10 +27,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from store_bench import make_store, synthetic_entry  # noqa: E402
+from store_bench import make_store, synthetic_entry
 
-from neurolens.storage.ledger.manifest import COLUMNS  # noqa: E402
-from neurolens.storage.store import write_run  # noqa: E402
+from neurolens.storage.ledger.manifest import COLUMNS
+from neurolens.storage.store import write_run
 
 NEUROLENS = str(Path(sys.executable).with_name("neurolens"))
 # the command in a child of a fresh process, which reports its child's peak RSS
@@ -80,10 +80,16 @@ def big_document(work: Path, document_mb: int) -> None:
                              "metrics": {"total_latency_ms": 1.0}})  # fmt: skip
     relative = str(Path(stored["run_json"]).relative_to(src))
     archives = {}
-    for name, body in (("honest", Path(stored["run_json"]).read_bytes()), ("big", b" " * (document_mb << 20))):
+    for name, body in (
+        ("honest", Path(stored["run_json"]).read_bytes()),
+        ("big", b" " * (document_mb << 20)),
+    ):
         archives[name] = work / f"{name}.tar.gz"
         with tarfile.open(archives[name], "w:gz") as tar:
-            for member, data in (("_manifest.jsonl", (src / "_manifest.jsonl").read_bytes()), (relative, body)):
+            for member, data in (
+                ("_manifest.jsonl", (src / "_manifest.jsonl").read_bytes()),
+                (relative, body),
+            ):
                 info = tarfile.TarInfo(member)
                 info.size = len(data)
                 tar.addfile(info, io.BytesIO(data))
@@ -135,7 +141,9 @@ def spaced_manifest(work: Path, runs: int) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--runs", type=int, default=100_000)
     parser.add_argument("--line-mb", type=int, default=200)
     parser.add_argument("--document-mb", type=int, default=500)
