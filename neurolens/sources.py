@@ -21,8 +21,6 @@ from neurolens.storage.index.rows import Rows
 from neurolens.storage.ledger.root import StrPath, resolve_root
 
 if TYPE_CHECKING:
-    import pandas as pd
-
     from neurolens.remote.table import RemoteTable
     from neurolens.storage.ledger.files import Folders
 
@@ -212,19 +210,4 @@ def query(root: RunSource | StrPath | None = None, **filters: Any) -> list[dict[
     return to_records(open_source(root).select(RunFilter(**filters)))
 
 
-def load_runs(root: RunSource | StrPath | None = None, **filters: Any) -> pd.DataFrame:
-    """Matching runs as a pandas DataFrame, newest first, without reading run JSON files.
-
-    Filters: ``model``, ``backend``, ``precision``, ``day`` (``YYYY-MM-DD``),
-    ``session_id`` (an id, a unique prefix or ``"latest"``), ``tags`` (a dict; every
-    pair must match) and ``limit``.
-    """
-    import pandas as pd
-
-    from neurolens.storage.ledger.manifest import COLUMNS
-
-    frame: pd.DataFrame = pd.DataFrame.from_records(query(root, **filters), columns=list(COLUMNS))
-    return frame
-
-
-__all__ = ["LocalSource", "RemoteSource", "RunSource", "load_runs", "open_source", "query"]
+__all__ = ["LocalSource", "RemoteSource", "RunSource", "open_source", "query"]

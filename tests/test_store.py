@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import errno
 import hashlib
 import json
@@ -378,7 +379,11 @@ def test_load_runs_filters(tmp_path: Path) -> None:
     assert list(load_runs(tmp_path, tags={"experiment": "smoke"})["precision"]) == ["int8"]
     assert load_runs(tmp_path, tags={"x": "1", "experiment": "smoke"}).empty
     assert load_runs(tmp_path, tags={"x": "3"}).empty
-    assert list(load_runs(tmp_path, limit=1)["day"]) == ["2025-01-03"]
+    newest = load_runs(tmp_path, limit=1)
+    assert list(newest["day"]) == [dt.date(2025, 1, 3)]  # typed: a date, a UTC timestamp, a dict
+    assert str(newest["created_at"].dt.tz) == "UTC"
+    assert newest["created_at"][0] == dt.datetime(2025, 1, 3, tzinfo=dt.timezone.utc)
+    assert newest["tags"][0] == {"experiment": "smoke"} and newest["total_latency_ms"][0] == 12.5
     assert load_runs(tmp_path, limit=0).empty
     with pytest.raises(StoreError, match="no store"):
         load_runs(tmp_path / "missing")

@@ -3,6 +3,7 @@
 Commands (each in its own module here, its options beside its handler):
   ls       list runs, newest first, with filters
   show     print one run (and its fingerprint) by id or unique prefix
+  export   write runs as typed columns to Parquet, CSV or JSON lines
   rebuild  regenerate the index from the manifest, byte for byte
   compare  compare two sets of runs; the CI regression gate
   report   write a self-contained HTML page of trends and regressions
@@ -29,7 +30,7 @@ from collections.abc import Sequence
 from typing import TextIO
 
 from neurolens import __version__
-from neurolens.cli import compare, ls, merge, pull, push, rebuild, remote, report, show, verify
+from neurolens.cli import compare, export, ls, merge, pull, push, rebuild, remote, report, show, verify
 from neurolens.cli.common import PROG, CommandError, UsageError, add_command
 
 MAIN_EPILOG = """\
@@ -47,7 +48,7 @@ exit codes: 0 ok, 1 runtime error, regression, incomplete merge or damaged store
 2 usage error, 3 nothing was compared (compare without --allow-empty)
 """
 
-COMMANDS = (ls, show, rebuild, compare, report, merge, verify, push, pull, remote)
+COMMANDS = (ls, show, export, rebuild, compare, report, merge, verify, push, pull, remote)
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:

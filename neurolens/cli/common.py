@@ -198,6 +198,18 @@ def byte_progress(stream: TextIO) -> Callable[[int, int], None]:
     return report
 
 
+def tty_progress(stream: TextIO, verb: str) -> Callable[[int], None]:
+    """A live count of runs done on a terminal's stderr; nothing in a CI log (not a TTY)."""
+    live = stream.isatty()
+
+    def report(done: int) -> None:
+        if live:
+            stream.write(f"\r{verb} {done:,} runs")
+            stream.flush()
+
+    return report
+
+
 def count_progress(stream: TextIO) -> Callable[[int, int], None]:
     """Progress of a long per-run check on stderr (large stores only)."""
 

@@ -1,0 +1,89 @@
+"""``neurolens export`` and ``load_runs``: typed columns an analyst reads with their own tools
+(Polars here), without parsing JSON; through the real command."""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import json
+from pathlib import Path
+
+import pytest
+
+from neurolens.storage.store import write_run
+from tests.factories import Cli, make_run
+
+
+def week(root: Path) -> None:
+    """Two groups over a week, on two branches; p50, p90, samples and throughput per run."""
+    for day in range(1, 8):
+        for branch in ("main", "pr"):
+            for batch, level in ((1, 2.0), (8, 9.0)):
+                p50 = level * (1 + day / 100) * (1.5 if branch == "pr" else 1.0)
+                metrics = {
+                    "total_latency_ms": p50, "latency_p50_ms": p50, "latency_p90_ms": p50 * 1.2,
+                    "latency_samples": 1000, "throughput_per_s": batch * 1000 / p50, "stable": True,
+                }  # fmt: skip
+                run = make_run(batch_size=batch, created_at=f"2026-11-0{day}T12:00:00Z",
+                               tags={"branch": branch}, metrics=metrics)  # fmt: skip
+                write_run(root, run)
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".csv", ".jsonl"])
+def test_export_writes_typed_columns_a_polars_user_reads_without_json(
+    tmp_path: Path, cli: Cli, suffix: str
+) -> None:
+    import polars as pl
+
+    week(tmp_path / "store")
+    out = tmp_path / "out" / f"runs{suffix}"
+    if suffix == ".parquet":  # every run; the tag filtered by the analyst
+        status, said = cli("export", "--root", str(tmp_path / "store"), "--out", str(out))
+        assert status == 0 and said == f"wrote 28 runs to {out} (parquet)\n"
+        frame = pl.read_parquet(out)
+        assert frame.schema["created_at"] == pl.Datetime("us", "UTC") and frame.schema["day"] == pl.Date
+        assert frame.schema["tags"] == pl.Map(pl.String, pl.String)
+        assert frame.schema["latency_samples"] == pl.Int64 and frame.schema["stable"] == pl.Boolean
+        # the analyst's question: per group, the median p50 over the week, on one branch
+        weekly = (
+            frame.filter(pl.col("day") >= dt.date(2026, 11, 1), pl.col("tags").map.get("branch") == "main")
+            .group_by("model", "backend", "batch_size")
+            .agg(pl.col("latency_p50_ms").median().alias("p50"), pl.len().alias("runs"))
+            .sort("batch_size")
+        )
+        assert weekly["runs"].to_list() == [7, 7]
+        assert weekly["p50"].to_list() == pytest.approx([2.0 * 1.04, 9.0 * 1.04])
+        return
+    status, said = cli("export", "--root", str(tmp_path / "store"), "--out", str(out), "--tag", "branch=main")
+    assert status == 0 and said == f"wrote 14 runs to {out} ({suffix[1:]})\n"
+    if suffix == ".csv":
+        with out.open() as handle:
+            rows = list(csv.DictReader(handle))
+        assert len(rows) == 14 and json.loads(rows[0]["tags"]) == {"branch": "main"}
+        assert rows[0]["created_at"] == "2026-11-07 12:00:00.000000Z" and rows[0]["latency_samples"] == "1000"
+    else:
+        frame = pl.read_ndjson(out)
+        assert (
+            frame["tags"].to_list()[0] == {"branch": "main"}
+            and frame["created_at"][0] == "2026-11-07T12:00:00.000000Z"
+        )
+        assert frame.height == 14 and frame["latency_p90_ms"].null_count() == 0
+
+
+def test_export_refuses_what_it_cannot_write_and_never_leaves_half_a_file(tmp_path: Path, cli: Cli) -> None:
+    week(tmp_path / "store")
+    assert cli("export", "--root", str(tmp_path / "store"), "--out", str(tmp_path / "runs.xlsx"))[0] == 2
+    status, _ = cli("export", "--root", str(tmp_path / "missing"), "--out", str(tmp_path / "runs.parquet"))
+    assert status == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["store"]  # no file, no temporary left
+
+
+def test_load_runs_returns_the_typed_columns(tmp_path: Path) -> None:
+    from neurolens import load_runs
+
+    week(tmp_path)
+    frame = load_runs(tmp_path, tags={"branch": "pr"}, limit=3)
+    assert len(frame) == 3 and frame["tags"][0] == {"branch": "pr"}
+    assert frame["day"][0] == dt.date(2026, 11, 7) and str(frame["created_at"].dt.tz) == "UTC"
+    assert frame["latency_samples"].tolist() == [1000] * 3 and frame["stable"].all()
+    assert frame["latency_p90_ms"][0] == pytest.approx(frame["latency_p50_ms"][0] * 1.2)
