@@ -42,7 +42,8 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, out: TextIO) -> int:
     from neurolens.storage.index.filters import filter_from_args
-    from neurolens.typed_runs import typed_batches, typed_schema
+    from neurolens.typed_columns import typed_schema
+    from neurolens.typed_runs import typed_batches
 
     target = Path(args.out)
     kind = FORMATS.get(target.suffix.lower())
