@@ -31,7 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a scri
 
 from benchmarks.merge_verify_bench import build_store
 from benchmarks.store_bench import make_store, synthetic_entry
-from neurolens.remote.table import RemoteTable, now, schema
+from neurolens.remote.layout import rows_for
+from neurolens.remote.table import RemoteTable, now
 from neurolens.storage.ledger.manifest import COLUMNS
 from tests.s3_server import running_s3_server
 
@@ -52,20 +53,19 @@ def timed(argv: list[str], repeat: int = 1) -> tuple[float, str]:
 
 
 def table_of(rows: int) -> Any:
-    import pyarrow as pa
-
-    columns: dict[str, list[object]] = {
-        name: [] for name in (*COLUMNS, "document", "fingerprint", "pushed_at")
-    }
+    """``rows`` synthetic runs in the typed layout (what push writes)."""
     pushed_at = now()
-    for i in range(rows):
-        entry = synthetic_entry(i)
-        for name in COLUMNS:
-            columns[name].append(entry.get(name))
-        columns["document"].append("{}")
-        columns["fingerprint"].append(None)
-        columns["pushed_at"].append(pushed_at)
-    return pa.table(columns, schema=schema())
+    records = [
+        {
+            **dict.fromkeys(COLUMNS),
+            **synthetic_entry(i),
+            "document": "{}",
+            "fingerprint": None,
+            "pushed_at": pushed_at,
+        }
+        for i in range(rows)
+    ]
+    return rows_for(records, typed=True)
 
 
 def fill_table(url: str, data: Any) -> float:

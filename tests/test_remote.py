@@ -7,15 +7,18 @@ import json
 import subprocess
 import sys
 import textwrap
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pandas  # noqa: F401  (loaded before pytester runs: numpy cannot be imported twice)
-import pyarrow.compute
+import pyarrow
 import pyarrow.parquet
 import pytest
 
+from neurolens.remote.layout import is_typed
 from neurolens.storage.store import write_run
 from tests.factories import Cli, make_run
 from tests.s3_server import running_s3_server
@@ -307,21 +310,39 @@ def test_a_local_delta_table_is_a_remote_too(tmp_path: Path, cli: Cli) -> None:
     assert cli("ls", "--root", str(table), "--json") == cli("ls", "--root", str(root), "--json")
 
 
+def plain_table(path: Path, root: Path, *, drop: tuple[str, ...] = (), edit: Any = None) -> None:
+    """The layout versions before 0.2 wrote (the manifest's columns as text), made from the
+    runs of ``root``; ``edit(rows)`` may change the row dicts first."""
+    import datetime as dt
+
+    import deltalake
+
+    from neurolens.remote.layout import rows_for
+    from neurolens.sources import query
+
+    records = []
+    for record in sorted(query(root, include_failed=True), key=lambda r: r["created_at"]):
+        fp = record["fp_json"]
+        records.append({**record, "tags": json.dumps(record["tags"], sort_keys=True, separators=(",", ":")),
+                        "document": (root / record["run_json"]).read_text(),
+                        "fingerprint": (root / fp).read_text() if fp else None,
+                        "pushed_at": dt.datetime.now(dt.timezone.utc)})  # fmt: skip
+    if edit is not None:
+        edit(records)
+    rows = rows_for(records, typed=False).drop_columns(list(drop))
+    rows = rows.cast(pyarrow.schema([f.with_nullable(True) for f in rows.schema]))  # a table by hand
+    deltalake.write_deltalake(str(path), rows, partition_by=["day"])
+
+
 def test_a_table_made_before_cpu_model_reads_as_null_and_gains_the_column_on_push(
     tmp_path: Path, cli: Cli
 ) -> None:
     import deltalake
 
-    root, current, earlier = tmp_path / "store", tmp_path / "current", tmp_path / "earlier"
+    root, earlier = tmp_path / "store", tmp_path / "earlier"
     local_store(root)
-    assert cli("push", str(current), "--root", str(root))[0] == 0
-    # the layout an earlier version wrote: every column but cpu_model
-    rows = (
-        deltalake.QueryBuilder().register("t", deltalake.DeltaTable(str(current))).execute("SELECT * FROM t")
-    )
-    old = pyarrow.table(rows)
-    old = old.drop_columns(["cpu_model"])
-    deltalake.write_deltalake(str(earlier), old, partition_by=["day"])
+    plain_table(earlier, root, drop=("cpu_model",))  # the layout of 0.1 before cpu_model
+    assert not is_typed(deltalake.DeltaTable(str(earlier)))
     code, out = cli("ls", "--root", str(earlier), "--json")
     assert code == 0
     assert len(json.loads(out)) == 4 and all(r["cpu_model"] is None for r in json.loads(out))
@@ -333,39 +354,21 @@ def test_a_table_made_before_cpu_model_reads_as_null_and_gains_the_column_on_pus
 
 
 def hostile_table(tmp_path: Path, cli: Cli) -> tuple[Path, list[str]]:
-    """A table of 4 runs: one row without a document, one whose tags are a JSON list, one
-    with tags nested 5,000 deep, one whose document is nested 100,000 deep."""
-    import deltalake
-
-    root, sound, table = tmp_path / "store", tmp_path / "sound", tmp_path / "hostile"
+    """A plain table of 4 runs: one row without a document, one whose tags are a JSON list,
+    one with tags nested 5,000 deep, one whose document is nested 100,000 deep."""
+    root, table = tmp_path / "store", tmp_path / "hostile"
     ids = [
         write_run(root, make_run(seq_len=i, created_at=f"2026-11-0{1 + i}T10:00:00Z"))["run_id"]
         for i in range(4)
     ]
-    assert cli("push", str(sound), "--root", str(root))[0] == 0
-    rows = pyarrow.table(
-        deltalake.QueryBuilder()
-        .register("t", deltalake.DeltaTable(str(sound)))
-        .execute("SELECT * FROM t ORDER BY seq_len")
-    )
-    rows = rows.cast(
-        pyarrow.schema(
-            [
-                f.with_type(pyarrow.string()) if pyarrow.types.is_string_view(f.type) else f
-                for f in rows.schema
-            ]
-        )
-    )
-    documents, tags = rows.column("document").to_pylist(), rows.column("tags").to_pylist()
-    documents[0] = None
-    tags[1] = "[1]"
-    tags[2] = '{"a":' * 5000 + "1" + "}" * 5000
-    documents[3] = '{"a":' * 100_000 + "1" + "}" * 100_000
-    for name, values in (("document", documents), ("tags", tags)):
-        rows = rows.set_column(
-            rows.schema.get_field_index(name), name, pyarrow.array(values, pyarrow.string())
-        )
-    deltalake.write_deltalake(str(table), rows, partition_by=["day"])
+
+    def damage(rows: list[dict[str, Any]]) -> None:  # in the plain layout, tags are text
+        rows[0]["document"] = None
+        rows[1]["tags"] = "[1]"
+        rows[2]["tags"] = '{"a":' * 5000 + "1" + "}" * 5000
+        rows[3]["document"] = '{"a":' * 100_000 + "1" + "}" * 100_000
+
+    plain_table(table, root, edit=damage)
     return table, ids
 
 
@@ -614,3 +617,112 @@ def test_a_local_run_whose_file_is_gone_is_reported_and_the_rest_pushed(
     report = json.loads(out)
     assert status == 1 and report["added"] == [kept] and not report["complete"]
     assert report["damaged"] == [f"run {lost['run_id']}: a file cannot be read (No such file or directory)"]
+
+
+# --- the typed layout ---------------------------------------------------------------------
+
+
+def test_a_plain_table_is_migrated_to_typed_columns_and_every_run_comes_back(
+    tmp_path: Path, cli: Cli
+) -> None:
+    import deltalake
+
+    root, table = tmp_path / "store", tmp_path / "table"
+    ids = local_store(root)
+    plain_table(table, root)
+    assert cli("ls", "--root", str(table), "--json") == cli("ls", "--root", str(root), "--json")
+    # a push to the plain table still works, in its layout
+    newer = tmp_path / "newer"
+    later = write_run(newer, make_run(model="later", created_at="2026-11-03T10:00:00Z"))["run_id"]
+    assert cli("push", str(table), "--root", str(newer))[0] == 0
+    assert not is_typed(deltalake.DeltaTable(str(table)))
+    done = command("remote", "migrate", str(table), "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["migrated"] == len(ids) + 1
+    migrated = deltalake.DeltaTable(str(table))
+    assert is_typed(migrated)
+    kinds = {f.name: str(f.type) for f in migrated.schema().fields}
+    assert "timestamp" in kinds["created_at"].lower() and "map" in kinds["tags"].lower()
+    assert kinds["latency_samples"].lower().startswith(("long", 'primitivetype("long'))
+    # read as before: the same rows, tag filters and all; pulled back byte for byte
+    write_run(root, make_run(model="later", created_at="2026-11-03T10:00:00Z", run_id=later))
+    assert cli("ls", "--root", str(table), "--json") == cli("ls", "--root", str(root), "--json")
+    assert cli("ls", "--root", str(table), "--tag", "q=it's", "--json")[1].count('"run_id"') == 1
+    pulled = tmp_path / "pulled"
+    assert cli("pull", str(table), "--root", str(pulled))[0] == 0
+    assert files(pulled) == files(root)
+    again = command("remote", "migrate", str(table))
+    assert again.returncode == 0 and "has the typed layout already" in again.stdout
+
+
+def test_polars_reads_the_typed_table_on_s3_without_parsing_json(
+    tmp_path: Path, bucket: str, cli: Cli
+) -> None:
+    import datetime as dt
+
+    import polars as pl
+
+    root = tmp_path / "store"
+    for day in range(1, 8):
+        for branch, slower in (("main", 1.0), ("pr", 1.5)):
+            for batch, level in ((1, 2.0), (8, 9.0)):
+                p50 = level * slower * (1 + day / 100)
+                metrics = {"total_latency_ms": p50, "latency_p50_ms": p50, "latency_samples": 500}
+                write_run(root, make_run(batch_size=batch, created_at=f"2026-11-0{day}T12:00:00Z",
+                                         tags={"branch": branch}, metrics=metrics))  # fmt: skip
+    assert cli("push", bucket, "--root", str(root))[0] == 0
+    frame = pl.scan_delta(bucket).filter(
+        pl.col("day").is_between(dt.date(2026, 11, 1), dt.date(2026, 11, 7)),
+        pl.col("tags").map.get("branch") == "main",
+    )
+    weekly = (
+        frame.group_by("model", "backend", "precision", "batch_size")
+        .agg(pl.col("latency_p50_ms").median().alias("p50"), pl.col("latency_samples").sum().alias("samples"))
+        .sort("batch_size")
+        .collect()
+    )
+    assert weekly["batch_size"].to_list() == [1, 8] and weekly["samples"].to_list() == [3500, 3500]
+    assert weekly["p50"].to_list() == pytest.approx([2.0 * 1.04, 9.0 * 1.04])
+    schema = pl.scan_delta(bucket).collect_schema()
+    assert schema["created_at"] == pl.Datetime("us", "UTC") and schema["day"] == pl.Date
+
+
+def test_migrating_beside_live_pushes_loses_no_run(tmp_path: Path) -> None:
+    root, table = tmp_path / "store", tmp_path / "table"
+    for i in range(300):
+        write_run(root, make_run(seq_len=i, created_at=f"2026-11-0{1 + i % 7}T10:00:00Z"))
+    plain_table(table, root)
+    # three runners, each pushing 8 runs of its own one push at a time, while the table migrates
+    pusher = textwrap.dedent(
+        """
+        import sys
+        from pathlib import Path
+        from neurolens.remote.sync import push
+        from neurolens.remote.table import RemoteTable
+        from neurolens.storage.index.filters import RunFilter
+        from neurolens.storage.store import write_run
+        root, table, me = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+        for i in range(8):
+            run = {"model": f"runner-{me}", "backend": "b", "precision": "p", "batch_size": 1 + i,
+                   "metrics": {"total_latency_ms": 1.0}, "tags": {"runner": me}}
+            write_run(root, run)
+            push(root, RemoteTable(table), RunFilter(model=f"runner-{me}"))
+        """
+    )
+    runners = [
+        subprocess.Popen([sys.executable, "-c", pusher, str(tmp_path / f"r{n}"), str(table), str(n)])
+        for n in range(3)
+    ]
+    import deltalake
+
+    start = deltalake.DeltaTable(str(table)).version()
+    while deltalake.DeltaTable(str(table)).version() == start:  # the runners are pushing
+        assert all(r.poll() is None for r in runners)
+        time.sleep(0.01)
+    migrated = command("remote", "migrate", str(table), "--json")
+    assert any(r.poll() is None for r in runners)  # and some still were when it ended
+    assert all(r.wait(timeout=120) == 0 for r in runners)
+    assert migrated.returncode == 0, migrated.stderr
+    assert is_typed(deltalake.DeltaTable(str(table)))
+    listed = json.loads(command("ls", "--root", str(table), "--json", "--include-failed").stdout)
+    assert len(listed) == 300 + 3 * 8 and len({r["run_id"] for r in listed}) == len(listed)

@@ -1,4 +1,5 @@
-"""``neurolens remote optimize``: Delta's own maintenance of a remote table."""
+"""``neurolens remote optimize`` (Delta's own maintenance) and ``remote migrate`` (a table of
+the plain layout before 0.2 made typed)."""
 
 from __future__ import annotations
 
@@ -10,21 +11,24 @@ from neurolens.cli.common import add_storage_options, integer_at_least, remote_o
 
 NAME = "remote"
 HAS_ROOT = False  # it works on the URL it is given, not on a local store
-SUMMARY = "maintain a remote table: compaction, checkpoint, vacuum"
+SUMMARY = "maintain a remote table: compaction, checkpoint, vacuum; migrate to typed columns"
 DESCRIPTION = (
     "optimize: compact the many small files that pushes leave (Z-ordered by model and backend, so "
     "filters skip files), write a checkpoint, and vacuum files no version newer than "
-    "--retention-hours needs. Run it from one place (a nightly job), not from every runner."
+    "--retention-hours needs. Run it from one place (a nightly job), not from every runner. "
+    "migrate: turn a table made before 0.2 (text columns) into the typed layout outside tools "
+    "read without parsing JSON, in one commit, safe beside pushes; a typed table is left as it is."
 )
 EPILOG = """\
 examples:
   neurolens remote optimize s3://ci-benchmarks/neurolens
   neurolens remote optimize s3://ci-benchmarks/neurolens --retention-hours 24 --json
+  neurolens remote migrate s3://ci-benchmarks/neurolens
 """
 
 
 def register(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("action", choices=("optimize",), help="what to do")
+    parser.add_argument("action", choices=("optimize", "migrate"), help="what to do")
     parser.add_argument("url", metavar="URL", help="the remote table")
     parser.add_argument(
         "--retention-hours",
@@ -38,6 +42,21 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, out: TextIO) -> int:
+    if args.action == "migrate":
+        from neurolens.remote.migrate import migrate
+
+        done = migrate(remote_of(args, args.url))
+        if args.json:
+            out.write(json.dumps(done) + "\n")
+        elif done["already_typed"]:
+            out.write(f"{args.url} has the typed layout already (version {done['version']})\n")
+        else:
+            again = f", {done['added']} pushed meanwhile added again" if done["added"] else ""
+            out.write(
+                f"migrated {args.url}: {done['migrated']} runs, typed{again}; "
+                f"now at version {done['version']}\n"
+            )
+        return 0
     outcome = remote_of(args, args.url).optimize(args.retention_hours)
     if args.json:
         out.write(json.dumps(outcome) + "\n")

@@ -26,21 +26,25 @@ def in_list(column: str, values: Iterable[str]) -> str:
     return f"{column} IN ({', '.join(literal(v) for v in values)})"
 
 
-def conditions(flt: RunFilter) -> list[str]:
+def conditions(flt: RunFilter, *, typed: bool = True) -> list[str]:
     """The filter's conditions but the session's (pushed down: partitions and file statistics
-    prune the scan). Tags match as text inside the canonical tags JSON; rows holding an
-    escaped quote are checked exactly afterwards (``Rows.filter``)."""
+    prune the scan). In a typed table tags are a map; in a plain one they match as text
+    inside the canonical tags JSON, and rows holding an escaped quote are checked exactly
+    afterwards (``Rows.filter``)."""
     where = [f"{name} = {literal(value)}" for name in ("model", "backend", "precision", "day")
              if (value := getattr(flt, name)) is not None]  # fmt: skip
-    where += [f"strpos(tags, {literal(encode_tags({k: v})[1:-1])}) > 0" for k, v in flt.tags.items()]
+    if typed:
+        where += [f"tags[{literal(k)}] = {literal(v)}" for k, v in flt.tags.items()]
+    else:
+        where += [f"strpos(tags, {literal(encode_tags({k: v})[1:-1])}) > 0" for k, v in flt.tags.items()]
     if not flt.include_failed:
         where.append(f"(outcome IS NULL OR outcome = {literal(PASSING_OUTCOME)})")
     return where
 
 
-def select(flt: RunFilter, columns: Sequence[str]) -> str:
-    """The query of the rows ``flt`` selects, newest first."""
-    where = conditions(flt)
+def select(flt: RunFilter, columns: Sequence[str], *, typed: bool = True) -> str:
+    """The query of the rows ``flt`` selects, newest first (``columns``: select items)."""
+    where = conditions(flt, typed=typed)
     wanted = flt.session_id
     if wanted == LATEST_SESSION:
         inner = " AND ".join([*where, "session_id IS NOT NULL"])

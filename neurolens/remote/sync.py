@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from neurolens.errors import StoreError
-from neurolens.remote.table import PAYLOAD_COLUMNS, RemoteTable, now, schema
+from neurolens.remote.table import RemoteTable, now
 from neurolens.storage.exchange.importer import Importer, MergeReport, check_run_bytes, reason
 from neurolens.storage.index.filters import RunFilter
 from neurolens.storage.index.query import select
@@ -57,10 +57,10 @@ def push(root: Path, remote: RemoteTable, flt: RunFilter | None = None) -> PushR
     return report
 
 
-def _send(remote: RemoteTable, batch: Any, pushed_at: Any, report: PushReport) -> None:
+def _send(remote: RemoteTable, batch: list[dict[str, Any]], pushed_at: Any, report: PushReport) -> None:
     """One MERGE of a batch; what it added is recorded in ``report``."""
     inserted = remote.insert_new(batch)
-    sent = batch.column("run_id").to_pylist()
+    sent = [r["run_id"] for r in batch]
     if inserted != len(sent):
         # another runner pushed some of the same runs at the same moment: ours carry our time
         rows = remote.with_ids(sent, ["run_id", "pushed_at"])
@@ -69,12 +69,12 @@ def _send(remote: RemoteTable, batch: Any, pushed_at: Any, report: PushReport) -
     report.already += len(batch) - len(sent)
 
 
-def _payload(folders: Folders, records: list[dict[str, Any]], report: PushReport, pushed_at: Any) -> Any:
-    """The rows to send: index columns, the run file's bytes (checked against the manifest's
-    hash) and the fingerprint's, and when they were pushed."""
-    import pyarrow as pa
-
-    columns: dict[str, list[Any]] = {name: [] for name in (*COLUMNS, *PAYLOAD_COLUMNS)}
+def _payload(
+    folders: Folders, records: list[dict[str, Any]], report: PushReport, pushed_at: Any
+) -> list[dict[str, Any]]:
+    """The runs to send: index columns, the run file's text (checked as pull will check it)
+    and the fingerprint's, and when they were pushed."""
+    payload = []
     for record in records:
         try:
             run_bytes = folders.read_run_file(record["run_json"])
@@ -87,12 +87,15 @@ def _payload(folders: Folders, records: list[dict[str, Any]], report: PushReport
         if isinstance(checked, str):
             report.damaged.append(f"run {record['run_id']}: {checked}")
             continue
-        for name in COLUMNS:
-            columns[name].append(record[name])
-        columns["document"].append(run_bytes.decode("utf-8"))
-        columns["fingerprint"].append(None if fp_bytes is None else fp_bytes.decode("utf-8"))
-        columns["pushed_at"].append(pushed_at)
-    return pa.table(columns, schema=schema())
+        payload.append(
+            {
+                **{name: record[name] for name in COLUMNS},
+                "document": run_bytes.decode("utf-8"),
+                "fingerprint": None if fp_bytes is None else fp_bytes.decode("utf-8"),
+                "pushed_at": pushed_at,
+            }
+        )
+    return payload
 
 
 def pull(remote: RemoteTable, root: Path, flt: RunFilter | None = None) -> MergeReport:

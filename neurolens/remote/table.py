@@ -26,19 +26,28 @@ from typing import Any
 from neurolens.errors import InvalidArgumentError, MissingExtraError, StoreError
 from neurolens.remote import sql
 from neurolens.remote.checks import check_file_paths, sound_rows
+from neurolens.remote.layout import (
+    LATER_COLUMNS,
+    PAYLOAD_COLUMNS,
+    STORE_COLUMNS,
+    as_index,
+    index_select_list,
+    is_migrating,
+    is_typed,
+    lacking,
+    rows_for,
+    schema,
+)
 from neurolens.storage.index.filters import RunFilter
 from neurolens.storage.index.rows import Rows
 from neurolens.storage.ledger.manifest import COLUMNS
 
 INSTALL_HINT = "remote tables need the 'remote' extra: pip install 'pytest-neurolens[remote]'"
-PAYLOAD_COLUMNS = ("document", "fingerprint", "pushed_at")
 COMMIT_ATTEMPTS = 30
+MIGRATION_WAIT = 90  # tries of a push while a migration runs (about 2.5 minutes)
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 _SCHEMES = ("s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "azure", "file")
 # Statistics only where they prune (a document's min/max is waste)
-# Columns later versions added: a table made before them lacks them until the next push adds
-# them (reads see null meanwhile).
-LATER_COLUMNS = ("cpu_model",)
 _STATS_COLUMNS = "day,created_at,run_id,model,backend,precision,session_id,outcome"
 
 
@@ -64,25 +73,12 @@ def parse_storage_options(pairs: Sequence[str], option: str = "--storage-option"
     return options
 
 
-def _deltalake() -> Any:
+def deltalake_module() -> Any:
     try:
         import deltalake
     except ImportError:
         raise MissingExtraError(INSTALL_HINT) from None
     return deltalake
-
-
-def schema() -> Any:
-    import pyarrow as pa
-
-    kinds = {str: pa.string(), int: pa.int64(), float: pa.float64()}
-    fields = [pa.field(name, kinds[kind], nullable) for name, (kind, nullable) in COLUMNS.items()]
-    fields += [
-        pa.field("document", pa.string(), False),
-        pa.field("fingerprint", pa.string(), True),
-        pa.field("pushed_at", pa.timestamp("us", tz="UTC"), False),
-    ]
-    return pa.schema(fields)
 
 
 @dataclass
@@ -116,17 +112,18 @@ class RemoteTable:
 
     # --- opening ----------------------------------------------------------------------------
 
-    def _open(self) -> Any:
-        deltalake = _deltalake()
+    def open(self) -> Any:
+        deltalake = deltalake_module()
         try:
             table = deltalake.DeltaTable(self.url, storage_options=dict(self.storage_options))
         except deltalake.exceptions.TableNotFoundError:
             raise StoreError(f"no remote table at {self.url} (push to it first)") from None
         except (OSError, deltalake.exceptions.DeltaError) as exc:
-            raise StoreError(f"cannot open the remote table {self.url}: {_first_line(exc)}") from None
+            raise StoreError(f"cannot open the remote table {self.url}: {first_line(exc)}") from None
         check_file_paths(self.url, table)
         names = {f.name for f in table.schema().fields}
-        missing = [name for name in (*COLUMNS, "document") if name not in names and name not in LATER_COLUMNS]
+        needed = (*COLUMNS, *STORE_COLUMNS, *PAYLOAD_COLUMNS) if is_typed(table) else (*COLUMNS, "document")
+        missing = [name for name in needed if name not in names and name not in LATER_COLUMNS]
         if missing:
             raise StoreError(
                 f"{self.url} holds a Delta table of another schema (it lacks {', '.join(missing[:4])}"
@@ -136,24 +133,24 @@ class RemoteTable:
 
     def create(self) -> None:
         """Create the table unless it exists; runners creating it at once retry."""
-        deltalake = _deltalake()
-        for attempt in _attempts():
+        deltalake = deltalake_module()
+        for attempt in attempts():
             try:
                 deltalake.DeltaTable.create(
                     self.url,
-                    schema=schema(),
+                    schema=schema(typed=True),
                     mode="ignore",
                     partition_by=["day"],
                     name="neurolens_runs",
                     configuration={"delta.dataSkippingStatsColumns": _STATS_COLUMNS},
                     storage_options=dict(self.storage_options),
                 )
-                self._open()  # a table that was there already must be a table of runs
+                self.open()  # a table that was there already must be a table of runs
                 return
             except deltalake.exceptions.CommitFailedError:
                 attempt.failed()
             except (OSError, deltalake.exceptions.DeltaError) as exc:
-                raise StoreError(f"cannot create the remote table {self.url}: {_first_line(exc)}") from None
+                raise StoreError(f"cannot create the remote table {self.url}: {first_line(exc)}") from None
 
     # --- reading ----------------------------------------------------------------------------
 
@@ -162,23 +159,22 @@ class RemoteTable:
         pyarrow Table."""
         import pyarrow as pa
 
-        deltalake = _deltalake()
-        table = table or self._open()
+        deltalake = deltalake_module()
+        table = table or self.open()
         try:
             reader = deltalake.QueryBuilder().register(sql.TABLE, table).execute(statement)
             return pa.table(reader)
         except Exception as exc:  # delta-rs raises plain Exception for object-store errors
-            raise StoreError(f"reading the remote table {self.url} failed: {_first_line(exc)}") from None
+            raise StoreError(f"reading the remote table {self.url} failed: {first_line(exc)}") from None
 
     def select(self, flt: RunFilter) -> Rows:
         """The index columns of the rows ``flt`` selects, newest first; filters, the session
         and the limit are pushed into the scan."""
         from neurolens.storage.index.rows_arrow import ArrowRows
 
-        table = self._open()
-        rows = ArrowRows(
-            sound_rows(self.url, _as_index(self.query(sql.select(flt, _column_list(table)), table)))
-        )
+        table = self.open()
+        statement = sql.select(flt, index_select_list(table), typed=is_typed(table))
+        rows = ArrowRows(sound_rows(self.url, as_index(self.query(statement, table))))
         # exact tag matching (escaped quotes) and the same outcome rule as local reads
         return rows.filter(replace(flt, session_id=None, limit=None))
 
@@ -203,28 +199,36 @@ class RemoteTable:
 
     def find_run(self, prefix: str) -> list[dict[str, Any]]:
         """Index rows whose run id starts with ``prefix`` (at most 6: enough to say ambiguous)."""
-        table = self._open()
+        table = self.open()
         statement = (
-            f"SELECT {', '.join(_column_list(table))} FROM {sql.TABLE} "
+            f"SELECT {', '.join(index_select_list(table))} FROM {sql.TABLE} "
             f"WHERE starts_with(run_id, {sql.literal(prefix)}) ORDER BY run_id LIMIT 6"
         )
-        records: list[dict[str, Any]] = _as_index(self.query(statement, table)).to_pylist()
+        records: list[dict[str, Any]] = as_index(self.query(statement, table)).to_pylist()
         return records
 
     # --- writing ----------------------------------------------------------------------------
 
-    def insert_new(self, rows: Any) -> int:
-        """MERGE ``rows`` (a pyarrow Table in ``schema()``) into the table, inserting only
-        run ids it lacks; retried on commit conflicts. Returns how many were inserted."""
-        deltalake = _deltalake()
-        if rows.num_rows == 0:
+    def insert_new(self, records: Sequence[dict[str, Any]]) -> int:
+        """MERGE runs (dicts of the index's columns and the payload) into the table in its
+        layout, inserting only run ids it lacks; retried on commit conflicts (a migration
+        meanwhile included). Returns how many were inserted."""
+        deltalake = deltalake_module()
+        if not records:
             return 0
-        for attempt in _attempts():
-            table = self._open()
+        for attempt in attempts(MIGRATION_WAIT):
+            table = self.open()
+            if is_migrating(table):  # wait for the typed layout rather than race the migration
+                attempt.failed(
+                    f"the remote table {self.url} is being migrated (remote migrate); push again later"
+                )
+                continue
             try:
-                if _lacking(table):
-                    table.alter.add_columns([deltalake.Field(name, "string") for name in _lacking(table)])
-                    table = self._open()
+                if not is_typed(table) and lacking(table):
+                    table.alter.add_columns([deltalake.Field(name, "string") for name in lacking(table)])
+                    table = self.open()
+                typed = is_typed(table)
+                rows = rows_for(records, typed=typed)
                 metrics = (
                     table.merge(
                         rows,
@@ -239,14 +243,17 @@ class RemoteTable:
             except deltalake.exceptions.CommitFailedError:
                 attempt.failed()
             except (OSError, deltalake.exceptions.DeltaError) as exc:
-                raise StoreError(f"writing the remote table {self.url} failed: {_first_line(exc)}") from None
+                if is_typed(self.open()) != typed:  # migrated meanwhile: again, in its new layout
+                    attempt.failed()
+                    continue
+                raise StoreError(f"writing the remote table {self.url} failed: {first_line(exc)}") from None
         raise AssertionError("unreachable")  # pragma: no cover
 
     def optimize(self, retention_hours: int) -> dict[str, Any]:
         """Delta's own maintenance: Z-order by model and backend (compacting small files),
         a checkpoint, then vacuum of files unreferenced for ``retention_hours``."""
-        deltalake = _deltalake()
-        table = self._open()
+        deltalake = deltalake_module()
+        table = self.open()
         try:
             compacted = table.optimize.z_order(["model", "backend"])
             table.create_checkpoint()
@@ -255,7 +262,7 @@ class RemoteTable:
                 retention_hours=retention_hours, dry_run=False, enforce_retention_duration=False
             )
         except (OSError, deltalake.exceptions.DeltaError) as exc:
-            raise StoreError(f"optimizing the remote table {self.url} failed: {_first_line(exc)}") from None
+            raise StoreError(f"optimizing the remote table {self.url} failed: {first_line(exc)}") from None
         return {
             "files_added": compacted.get("numFilesAdded", 0),
             "files_removed": compacted.get("numFilesRemoved", 0),
@@ -264,52 +271,30 @@ class RemoteTable:
         }
 
 
-def _lacking(table: Any) -> list[str]:
-    """The later columns a table made by an earlier version lacks."""
-    names = {f.name for f in table.schema().fields}
-    return [name for name in LATER_COLUMNS if name not in names]
-
-
-def _column_list(table: Any) -> list[str]:
-    """The index columns as SQL select items: a later column the table lacks reads as null."""
-    lacking = _lacking(table)
-    return [f"CAST(NULL AS VARCHAR) AS {name}" if name in lacking else name for name in COLUMNS]
-
-
-def _as_index(table: Any) -> Any:
-    """Query results (string views, reordered) as the index's own schema."""
-    import pyarrow as pa
-
-    index_schema = pa.schema([f for f in schema() if f.name in COLUMNS])
-    return table.select(list(COLUMNS)).cast(index_schema)
-
-
 def now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
 
 class _Attempt:
-    def __init__(self, number: int) -> None:
-        self.number = number
+    def __init__(self, number: int, limit: int) -> None:
+        self.number, self.limit = number, limit
 
-    def failed(self) -> None:
+    def failed(self, why: str | None = None) -> None:
         """Back off before the next try: exponential with jitter, capped at 2 s."""
-        if self.number + 1 >= COMMIT_ATTEMPTS:
-            raise StoreError(
-                f"the remote table kept changing: gave up after {COMMIT_ATTEMPTS} commit conflicts"
-            )
+        if self.number + 1 >= self.limit:
+            raise StoreError(why or f"the remote table kept changing: gave up after {self.limit} tries")
         time.sleep(min(2.0, 0.02 * 2**self.number) * (0.5 + random.random()))
 
 
-def _attempts() -> Any:
-    return (_Attempt(n) for n in range(COMMIT_ATTEMPTS))
+def attempts(limit: int = COMMIT_ATTEMPTS) -> Any:
+    return (_Attempt(n, limit) for n in range(limit))
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _S3_ERROR = re.compile(r"<Code>([^<]*)</Code>\s*<Message>([^<]*)</Message>")
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
     """delta-rs's chained error in one line: its kind and its innermost cause (the S3 error
     code and message, or the OS error), without terminal colours."""
     text = _ANSI.sub("", str(exc)).strip()
