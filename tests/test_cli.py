@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import subprocess
@@ -13,6 +14,7 @@ import pytest
 
 from neurolens import __version__
 from neurolens.cli import main
+from neurolens.sources import query
 from neurolens.storage.store import write_run
 from tests.factories import Cli, make_run
 
@@ -260,18 +262,34 @@ def test_python_dash_m_and_help_do_not_import_heavy_modules() -> None:
         assert "examples:" in help_text and "--root" in help_text
 
 
-def test_rebuild_shows_progress_on_a_large_store(
-    cli: Cli, store: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+class Terminal(io.StringIO):
+    """stderr as a terminal shows it."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def test_long_commands_show_progress_on_a_terminal_only(
+    cli: Cli, store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import neurolens.cli.common as common
     import neurolens.storage.ledger.manifest as manifest
 
     monkeypatch.setattr(common, "_PROGRESS_MIN_BYTES", 1)  # every store counts as large
+    monkeypatch.setattr(common, "_PROGRESS_MIN_RUNS", 1)
     monkeypatch.setattr(manifest, "_READ_CHUNK", 512)  # several slices to report
     assert cli("rebuild", "--root", str(store))[0] == 0
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.startswith("reading manifest:")]
-    assert len(lines) >= 2 and "100%" in lines[-1]
+    assert cli("merge", str(store), "--root", str(tmp_path / "m1"))[0] == 0
+    assert capsys.readouterr().err == ""  # a CI log: nothing
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    assert cli("rebuild", "--root", str(store))[0] == 0
+    assert cli("merge", str(store), "--root", str(tmp_path / "m2"))[0] == 0
+    assert cli("merge", str(store), "--root", str(tmp_path / "m3"), "--json")[0] == 0  # --json: quiet
+    lines = terminal.getvalue().split("\r")
+    assert any(line.startswith("reading manifest:") for line in lines) and "(100%)\n" in terminal.getvalue()
+    merged = [line for line in lines if line.startswith("merged:")]
+    assert merged and merged[-1].endswith("(100%)\n") and len(merged) == len(query(store))
 
 
 @pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="the native index file is reopened via /proc")

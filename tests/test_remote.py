@@ -275,6 +275,25 @@ def test_remote_failures_are_one_line(
     assert result.stderr.count("\n") == 1
 
 
+def test_without_credentials_one_line_names_what_to_set(tmp_path: Path) -> None:
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "RUST_LOG"))}
+    env["AWS_EC2_METADATA_SERVICE_ENDPOINT"] = "http://127.0.0.1:9"  # no instance metadata here
+    done = subprocess.run(
+        [SCRIPT, "ls", "--root", "s3://some-bucket/runs"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert done.returncode == 1 and done.stdout == ""
+    assert done.stderr.count("\n") == 1 and "WARN" not in done.stderr  # delta-rs' logs kept quiet
+    assert (
+        "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY" in done.stderr and "--storage-option" in done.stderr
+    )
+
+
 def test_without_deltalake_a_remote_command_says_what_to_install(tmp_path: Path, bucket: str) -> None:
     script = (
         "import sys; sys.modules['deltalake'] = None; "

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
@@ -174,48 +173,47 @@ def warn(message: str) -> None:
 
 
 _PROGRESS_MIN_BYTES = 64 * 1024 * 1024
-_PROGRESS_MIN_RUNS = 100_000
+_PROGRESS_MIN_RUNS = 10_000
 
 
-def byte_progress(stream: TextIO) -> Callable[[int, int], None]:
-    """Progress on stderr for large manifests: a live line on a terminal, else every ~10%."""
-    state = {"last": -1.0, "started": time.monotonic()}
+def progress(stream: TextIO, what: str, *, quiet: bool = False, minimum: int | None = None,
+             unit: str = "runs") -> Callable[[int, int], None]:  # fmt: skip
+    """``report(done, total)``: a live line on stderr while a long command works, on a
+    terminal only (a CI log, a pipe or ``--json`` get nothing); totals under ``minimum``
+    finish too soon to need one."""
+    if quiet or not stream.isatty():
+        return lambda done, total: None
+    scale, label = (2**20, "MiB") if unit == "bytes" else (1, unit)
+    least = _PROGRESS_MIN_RUNS if minimum is None else minimum
 
     def report(done: int, total: int) -> None:
-        if total < _PROGRESS_MIN_BYTES:
+        if total < least:
             return
-        share = done / total
-        if stream.isatty():
-            stream.write(f"\rreading manifest: {share:6.1%} of {total / 2**20:,.0f} MiB")
-            if done >= total:
-                stream.write("\n")
-        elif share - state["last"] >= 0.1 or done >= total:
-            elapsed = time.monotonic() - state["started"]
-            stream.write(f"reading manifest: {share:.0%} of {total / 2**20:,.0f} MiB ({elapsed:.1f}s)\n")
-            state["last"] = share
+        stream.write(f"\r{what}: {done / scale:,.0f} of {total / scale:,.0f} {label} ({done / total:.0%})")
+        if done >= total:
+            stream.write("\n")
         stream.flush()
 
     return report
 
 
+def byte_progress(stream: TextIO, *, quiet: bool = False) -> Callable[[int, int], None]:
+    """Progress of reading a large manifest (see ``progress``)."""
+    return progress(stream, "reading manifest", quiet=quiet, minimum=_PROGRESS_MIN_BYTES, unit="bytes")
+
+
 def tty_progress(stream: TextIO, verb: str) -> Callable[[int], None]:
-    """A live count of runs done on a terminal's stderr; nothing in a CI log (not a TTY)."""
+    """A live count of runs done, total unknown (see ``progress``)."""
     live = stream.isatty()
 
     def report(done: int) -> None:
-        if live:
+        if live and done >= _PROGRESS_MIN_RUNS:
             stream.write(f"\r{verb} {done:,} runs")
             stream.flush()
 
     return report
 
 
-def count_progress(stream: TextIO) -> Callable[[int, int], None]:
-    """Progress of a long per-run check on stderr (large stores only)."""
-
-    def report(done: int, total: int) -> None:
-        if total >= _PROGRESS_MIN_RUNS:
-            stream.write(f"checked {done:,} of {total:,} runs\n")
-            stream.flush()
-
-    return report
+def count_progress(stream: TextIO, *, quiet: bool = False) -> Callable[[int, int], None]:
+    """Progress of a long per-run check (see ``progress``)."""
+    return progress(stream, "checked", quiet=quiet)

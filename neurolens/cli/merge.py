@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import TextIO
 
-from neurolens.cli.common import integer_at_least, plural, root_of, warn
+from neurolens.cli.common import integer_at_least, plural, progress, root_of, warn
 
 NAME = "merge"
 SUMMARY = "copy the runs of other stores (folders or .tar.gz) into this one"
@@ -52,7 +53,8 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
 
     root = root_of(args)
     limits = ArchiveLimits(max_bytes=args.max_archive_bytes, max_members=args.max_archive_members)
-    report = merge_stores(root, [Path(s) for s in args.sources], limits)
+    shown = progress(sys.stderr, "merged", quiet=args.json)
+    report = merge_stores(root, [Path(s) for s in args.sources], limits, progress=shown)
     if args.json:
         out.write(json.dumps(report.to_dict(), ensure_ascii=False) + "\n")
     else:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from typing import TextIO
 
-from neurolens.cli.common import add_remote_arguments, plural, remote_of, root_of
+from neurolens.cli.common import add_remote_arguments, plural, progress, remote_of, root_of
 
 NAME = "pull"
 SUMMARY = "copy (a filtered part of) a remote table into the local store"
@@ -34,7 +35,8 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
     from neurolens.storage.index.filters import filter_from_args
 
     root = root_of(args)
-    report = pull(remote_of(args, args.url), root, filter_from_args(args))
+    shown = progress(sys.stderr, "pulled", quiet=args.json)
+    report = pull(remote_of(args, args.url), root, filter_from_args(args), progress=shown)
     if args.json:
         out.write(json.dumps(report.to_dict()) + "\n")
     else:

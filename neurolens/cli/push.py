@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from typing import TextIO
 
-from neurolens.cli.common import add_remote_arguments, plural, remote_of, root_of
+from neurolens.cli.common import add_remote_arguments, plural, progress, remote_of, root_of
 
 NAME = "push"
 SUMMARY = "add the local store's runs to a remote table (Delta Lake on S3, GCS, Azure or a path)"
@@ -34,7 +35,8 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
     from neurolens.remote.sync import push
     from neurolens.storage.index.filters import filter_from_args
 
-    report = push(root_of(args), remote_of(args, args.url), filter_from_args(args))
+    shown = progress(sys.stderr, "pushed", quiet=args.json)
+    report = push(root_of(args), remote_of(args, args.url), filter_from_args(args), progress=shown)
     if args.json:
         out.write(json.dumps(report.to_dict()) + "\n")
     else:

@@ -44,7 +44,7 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
     from neurolens.tables import escape
 
     root = root_of(args)
-    report = verify_store(root, full=args.full, progress=count_progress(sys.stderr))
+    report = verify_store(root, full=args.full, progress=count_progress(sys.stderr, quiet=args.json))
     fixed = repair(report) if args.fix else Repair()
     if args.fix and (fixed.restored or any(p.kind == "index" for p in report.problems)):
         from neurolens.storage.store import rebuild_index_from_manifest

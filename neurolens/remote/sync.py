@@ -17,7 +17,7 @@ from neurolens.storage.exchange.importer import Importer, MergeReport, check_run
 from neurolens.storage.index.filters import RunFilter
 from neurolens.storage.index.query import select
 from neurolens.storage.ledger.files import Folders
-from neurolens.storage.ledger.manifest import COLUMNS
+from neurolens.storage.ledger.manifest import COLUMNS, Progress
 from neurolens.storage.ledger.root import ensure_root
 
 _BATCH = 2000  # runs read and sent in one MERGE
@@ -38,8 +38,11 @@ class PushReport:
         return {**asdict(self), "complete": self.complete}
 
 
-def push(root: Path, remote: RemoteTable, flt: RunFilter | None = None) -> PushReport:
-    """Add the local runs ``flt`` selects that the remote table lacks."""
+def push(
+    root: Path, remote: RemoteTable, flt: RunFilter | None = None, progress: Progress | None = None
+) -> PushReport:
+    """Add the local runs ``flt`` selects that the remote table lacks (``progress(done, total)``
+    after each batch)."""
     flt = replace(flt or RunFilter(), include_failed=True, limit=None)
     records = select(root, flt).records()
     report = PushReport(remote=remote.url)
@@ -54,6 +57,8 @@ def push(root: Path, remote: RemoteTable, flt: RunFilter | None = None) -> PushR
             pushed_at = now()
             batch = _payload(folders, fresh[start : start + _BATCH], report, pushed_at)
             _send(remote, batch, pushed_at, report)
+            if progress is not None:
+                progress(min(start + _BATCH, len(fresh)), len(fresh))
     return report
 
 
@@ -98,7 +103,9 @@ def _payload(
     return payload
 
 
-def pull(remote: RemoteTable, root: Path, flt: RunFilter | None = None) -> MergeReport:
+def pull(
+    remote: RemoteTable, root: Path, flt: RunFilter | None = None, progress: Progress | None = None
+) -> MergeReport:
     """Copy the remote runs ``flt`` selects that the local store lacks, each checked like a
     merged run (hash, schema, canonical bytes, agreement with its row) before it is stored."""
     from neurolens.storage.index.compaction import compact
@@ -107,8 +114,9 @@ def pull(remote: RemoteTable, root: Path, flt: RunFilter | None = None) -> Merge
     rows = remote.select(flt).records()
     report = MergeReport()
     ensure_root(root)
-    with Importer(root, report) as importer:
+    with Importer(root, report, progress) as importer:
         wanted = [r for r in rows if not importer.skips(remote.url, r)]
+        importer.expected = len(wanted)
         by_id = {r["run_id"]: r for r in wanted}
         ids = list(by_id)
         for start in range(0, len(ids), _BATCH):

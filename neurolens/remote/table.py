@@ -15,6 +15,7 @@ even when runners push the same runs at the same moment.
 from __future__ import annotations
 
 import datetime as dt
+import os
 import random
 import re
 import time
@@ -74,6 +75,9 @@ def parse_storage_options(pairs: Sequence[str], option: str = "--storage-option"
 
 
 def deltalake_module() -> Any:
+    # delta-rs logs through Rust's env_logger: quiet but for errors unless RUST_LOG asks
+    # (its WARN lines, 700 characters each, would bury the one line that says what failed)
+    os.environ.setdefault("RUST_LOG", "error")
     try:
         import deltalake
     except ImportError:
@@ -119,7 +123,9 @@ class RemoteTable:
         except deltalake.exceptions.TableNotFoundError:
             raise StoreError(f"no remote table at {self.url} (push to it first)") from None
         except (OSError, deltalake.exceptions.DeltaError) as exc:
-            raise StoreError(f"cannot open the remote table {self.url}: {first_line(exc)}") from None
+            raise StoreError(
+                f"cannot open the remote table {self.url}: {first_line(exc)}{credentials_hint(self.url, exc)}"
+            ) from None
         check_file_paths(self.url, table)
         names = {f.name for f in table.schema().fields}
         needed = (*COLUMNS, *STORE_COLUMNS, *PAYLOAD_COLUMNS) if is_typed(table) else (*COLUMNS, "document")
@@ -292,6 +298,29 @@ def attempts(limit: int = COMMIT_ATTEMPTS) -> Any:
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _S3_ERROR = re.compile(r"<Code>([^<]*)</Code>\s*<Message>([^<]*)</Message>")
+
+
+_CREDENTIALS = re.compile(
+    r"IMDS|credential|InvalidAccessKeyId|SignatureDoesNotMatch|ExpiredToken|AccessDenied|metadata server",
+    re.I,
+)
+_VARIABLES = {
+    "s3": "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and AWS_REGION; AWS_ENDPOINT_URL for S3-compatible "
+    "stores)",
+    "gs": "GOOGLE_APPLICATION_CREDENTIALS (a service account file) or GOOGLE_SERVICE_ACCOUNT_KEY",
+    "az": "AZURE_STORAGE_ACCOUNT_NAME and AZURE_STORAGE_ACCOUNT_KEY (or AZURE_STORAGE_SAS_TOKEN)",
+}
+
+
+def credentials_hint(url: str, exc: BaseException) -> str:
+    """What to set when the failure is about credentials, for the URL's store."""
+    if not _CREDENTIALS.search(str(exc)):
+        return ""
+    scheme = url.partition("://")[0].lower()
+    kind = "s3" if scheme.startswith("s3") else "gs" if scheme in ("gs", "gcs") else "az"
+    if "://" not in url or scheme == "file":
+        return ""
+    return f" (no usable credentials: set {_VARIABLES[kind]}, or pass them as --storage-option KEY=VALUE)"
 
 
 def first_line(exc: BaseException) -> str:

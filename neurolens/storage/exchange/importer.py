@@ -31,6 +31,7 @@ from neurolens.storage.ledger.files import (
 )
 from neurolens.storage.ledger.manifest import (
     MANIFEST_NAME,
+    Progress,
     encode_entry,
     entry_differences,
     entry_for,
@@ -139,9 +140,11 @@ class Importer:
     """Copies checked runs into ``dest``: files now, manifest lines in batches. Use it in a
     ``with`` block: it keeps the destination's folders open."""
 
-    def __init__(self, dest: Path, report: MergeReport) -> None:
+    def __init__(self, dest: Path, report: MergeReport, progress: Progress | None = None) -> None:
         self.dest = dest
         self.report = report
+        self.progress = progress  # (runs done, runs expected)
+        self.done = self.expected = 0
         self.known = known_runs(dest)
         self._pending: list[bytes] = []
         self.folders = Folders(dest, create=True)
@@ -168,6 +171,9 @@ class Importer:
     def record(self, label: str, outcome: Outcome) -> None:
         """Take what importing a run did (here or in a worker process) into the report;
         its manifest line is appended with the batch."""
+        self.done += 1
+        if self.progress is not None:
+            self.progress(self.done, self.expected)
         if outcome.line is None:
             problems = self.report.conflicts if outcome.conflict else self.report.damaged
             problems.append(f"{label}: {outcome.problem}")

@@ -27,7 +27,7 @@ from neurolens.storage.index.compaction import compact
 from neurolens.storage.index.reading import read_tail
 from neurolens.storage.index.rows import Rows
 from neurolens.storage.ledger.files import MAX_RUN_FILE_BYTES, Folders
-from neurolens.storage.ledger.manifest import manifest_path
+from neurolens.storage.ledger.manifest import Progress, manifest_path
 from neurolens.storage.ledger.root import ensure_root, require_store
 
 # --- archives ----------------------------------------------------------------------------
@@ -150,6 +150,7 @@ def merge_stores(
     sources: Sequence[str | os.PathLike[str]],
     limits: ArchiveLimits | None = None,
     workers: int | None = None,
+    progress: Progress | None = None,
 ) -> MergeReport:
     """Copy every sound run of ``sources`` (store folders or ``.tar.gz`` archives) into ``dest``.
 
@@ -169,7 +170,7 @@ def merge_stores(
             for s in sources
         ]
         ensure_root(dest_root)
-        importer = stack.enter_context(Importer(dest_root, report))
+        importer = stack.enter_context(Importer(dest_root, report, progress))
         count = worker_count(workers)
         pool: list[ProcessPoolExecutor] = []  # started for the first large source, then shared
 
@@ -192,6 +193,7 @@ def _merge_one(
     rows, manifest = read_tail(src)
     importer.report.damaged.extend(f"{label}: {problem}" for problem in manifest.problems)
     fresh, again = _first_sightings(rows, str(label), importer)
+    importer.expected += len(fresh) + len(again)
     pool = workers_pool() if len(fresh) >= 2 * _RUNS_PER_MERGE_PART else None
     here = again  # a run id the source holds twice: its later entries, once the first is settled
     if pool is None:
