@@ -383,3 +383,37 @@ def test_a_fingerprint_nested_too_deeply_leaves_its_commit_unknown(
     result.assert_outcomes(passed=1)
     assert result.ret == 0 and "Traceback" not in result.stdout.str() + result.stderr.str()
     result.stdout.fnmatch_lines(["report: *out/report.html (* MB, * groups)"])
+
+
+def test_a_sparkline_shows_a_step_and_keeps_noise_flat() -> None:
+    from neurolens.report.page import _sparkline
+
+    def height(values: list[float]) -> float:
+        points = _sparkline(values).split('points="')[1].split('"')[0].split()
+        ys = [float(p.split(",")[1]) for p in points]
+        return max(ys) - min(ys)
+
+    noise = [10.0 * (1 + 0.01 * ((i * 7) % 3 - 1)) for i in range(20)]  # within 1%
+    step = [10.0] * 10 + [13.0] * 10  # +30%
+    assert height(noise) < 2.0 and height(step) > 12.0
+
+
+def test_a_chart_without_a_p99_has_no_p99_in_its_legend(tmp_path: Path, cli: Cli, browser_page: Any) -> None:
+    for s in range(4):
+        run = make_run(session_id=f"s{s}", created_at=f"2026-10-0{1 + s}T12:00:00Z",
+                       metrics={"total_latency_ms": 10.0 + s})  # fmt: skip
+        write_run(tmp_path / "store", run)
+    out = tmp_path / "report.html"
+    assert cli("report", "--root", str(tmp_path / "store"), "--out", str(out))[0] == 0
+    browser_page.goto(out.as_uri())
+    browser_page.evaluate("window.neurolensRenderAll()")
+    browser_page.wait_for_function("document.querySelectorAll('.chart .main-svg').length >= 1")
+    names = browser_page.evaluate("document.querySelector('.chart').data.map(t => t.name)")
+    assert names == ["median (p50)"]  # no p99, no GPU utilization: neither in the legend
+    # the x axis' labels (times and the date line under them) lie inside the chart
+    inside = browser_page.evaluate(
+        "(() => { const chart = document.querySelector('.chart').getBoundingClientRect();"
+        " return Array.from(document.querySelectorAll('.chart .xtick text')).every("
+        " t => t.getBoundingClientRect().bottom <= chart.bottom); })()"
+    )
+    assert inside

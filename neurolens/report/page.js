@@ -24,18 +24,21 @@
       var hw = report.hardware[group.hw[i]];
       return [run, session[0], session[1] || "-", hw[0] || "-", hw[1] || "-"].map(plain);
     });
-    var traces = [
-      {
+    var traces = [];
+    if (group.p99.some(function (v) { return v !== null; })) {  // no legend entry for a line not drawn
+      traces.push({
         name: "p99", x: x, y: group.p99, mode: "lines", line: { width: 1, dash: "dot", color: "#8c959f" },
         hovertemplate: "p99 %{y:.4g} ms<extra></extra>"
-      },
+      });
+    }
+    traces.push(
       {
         name: "median (p50)", x: x, y: group.y, mode: "lines+markers", customdata: hover,
         line: { color: "#0969da" }, marker: { size: 6 },
         hovertemplate: "run %{customdata[0]}<br>session %{customdata[1]}<br>%{x}<br>p50 %{y:.4g} ms" +
           "<br>commit %{customdata[2]}<br>%{customdata[3]} (driver %{customdata[4]})<extra></extra>"
       }
-    ];
+    );
     if (group.gpu.some(function (v) { return v !== null; })) {
       traces.push({
         name: "GPU utilization %", x: x, y: group.gpu, yaxis: "y2", mode: "lines",
@@ -69,7 +72,9 @@
                font: { size: 10, color: "#cf222e" } };
     });
     var layout = {
-      margin: { l: 60, r: 60, t: 24, b: 40 }, hovermode: "closest", legend: { orientation: "h" },
+      // the date line under the times needs room: the axis takes the margin it needs
+      margin: { l: 60, r: 60, t: 24, b: 64 }, hovermode: "closest", legend: { orientation: "h", y: -0.3 },
+      xaxis: { automargin: true },
       yaxis: { title: { text: "latency (ms)" }, rangemode: "tozero" },
       yaxis2: { title: { text: "GPU %" }, overlaying: "y", side: "right", range: [0, 100], showgrid: false },
       shapes: shapes, annotations: notes

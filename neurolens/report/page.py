@@ -90,8 +90,11 @@ def _sparkline(values: list[float]) -> str:
     recent = values[-30:]
     if len(recent) < 2:
         return ""
+    # scaled to at least 20% of the level, so 1% noise stays a flat line, not a cliff
     low, high = min(recent), max(recent)
-    span = (high - low) or 1.0
+    middle = (low + high) / 2
+    span = max(high - low, 0.2 * abs(middle)) or 1.0
+    low = middle - span / 2
     points = " ".join(
         f"{i * 80 / (len(recent) - 1):.1f},{18 - (v - low) / span * 16:.1f}" for i, v in enumerate(recent)
     )
