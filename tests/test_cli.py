@@ -277,6 +277,7 @@ def test_long_commands_show_progress_on_a_terminal_only(
 
     monkeypatch.setattr(common, "_PROGRESS_MIN_BYTES", 1)  # every store counts as large
     monkeypatch.setattr(common, "_PROGRESS_MIN_RUNS", 1)
+    monkeypatch.setattr(common, "_PROGRESS_MIN_GROUPS", 1)
     monkeypatch.setattr(manifest, "_READ_CHUNK", 512)  # several slices to report
     assert cli("rebuild", "--root", str(store))[0] == 0
     assert cli("merge", str(store), "--root", str(tmp_path / "m1"))[0] == 0
@@ -286,10 +287,12 @@ def test_long_commands_show_progress_on_a_terminal_only(
     assert cli("rebuild", "--root", str(store))[0] == 0
     assert cli("merge", str(store), "--root", str(tmp_path / "m2"))[0] == 0
     assert cli("merge", str(store), "--root", str(tmp_path / "m3"), "--json")[0] == 0  # --json: quiet
+    assert cli("report", "--root", str(store), "--out", str(tmp_path / "r.html"))[0] == 0
     lines = terminal.getvalue().split("\r")
     assert any(line.startswith("reading manifest:") for line in lines) and "(100%)\n" in terminal.getvalue()
     merged = [line for line in lines if line.startswith("merged:")]
     assert merged and merged[-1].endswith("(100%)\n") and len(merged) == len(query(store))
+    assert [line for line in lines if line.startswith("charted:")][-1].endswith("groups (100%)\n")
 
 
 @pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="the native index file is reopened via /proc")

@@ -174,6 +174,7 @@ def warn(message: str) -> None:
 
 _PROGRESS_MIN_BYTES = 64 * 1024 * 1024
 _PROGRESS_MIN_RUNS = 10_000
+_PROGRESS_MIN_GROUPS = 100
 
 
 def progress(stream: TextIO, what: str, *, quiet: bool = False, minimum: int | None = None,
@@ -184,7 +185,9 @@ def progress(stream: TextIO, what: str, *, quiet: bool = False, minimum: int | N
     if quiet or not stream.isatty():
         return lambda done, total: None
     scale, label = (2**20, "MiB") if unit == "bytes" else (1, unit)
-    least = _PROGRESS_MIN_RUNS if minimum is None else minimum
+    least = (
+        minimum if minimum is not None else _PROGRESS_MIN_GROUPS if unit == "groups" else _PROGRESS_MIN_RUNS
+    )
 
     def report(done: int, total: int) -> None:
         if total < least:

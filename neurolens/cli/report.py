@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import TextIO
 
-from neurolens.cli.common import location_of, plural, warn
+from neurolens.cli.common import location_of, plural, progress, warn
 
 NAME = "report"
 READS_REMOTE = True
@@ -62,6 +63,7 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
         group_by=args.group_by or DEFAULT_GROUP_BY,
         threshold=args.fail_above,
         max_points=args.max_points,
+        progress=progress(sys.stderr, "charted", unit="groups"),
     )
     size = write_report(report, Path(args.out))
     if not report.series:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -80,6 +80,7 @@ def build_report(
     threshold: Threshold | None = None,
     max_points: int = MAX_POINTS,
     only_session: str | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Report:
     """The report's data for the runs ``flt`` selects in ``root``; with ``only_session``,
     only the groups that session's runs belong to (their whole history)."""
@@ -99,10 +100,11 @@ def build_report(
         }
         groups = {key: rows for key, rows in groups.items() if key in touched}
     budget = max(MIN_POINTS, min(max_points, POINT_BUDGET // max(1, len(groups))))
-    series = [
-        _series(data, dict(zip(group_by, key, strict=True)), rows, rules, budget)
-        for key, rows in groups.items()
-    ]
+    series = []
+    for key, rows in groups.items():
+        series.append(_series(data, dict(zip(group_by, key, strict=True)), rows, rules, budget))
+        if progress is not None:  # (groups drawn, groups)
+            progress(len(series), len(groups))
     # the page's groups decided together, as compare decides a suite's
     settle(rules, [s.verdict for s in series if s.verdict is not None])
     series.sort(key=_worst_first)
