@@ -25,10 +25,9 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script: the repository
 
-from store_bench import make_store, synthetic_entry
-
+from benchmarks.store_bench import make_store, synthetic_entry
 from neurolens.storage.ledger.manifest import COLUMNS
 from neurolens.storage.store import write_run
 
@@ -129,7 +128,7 @@ def spaced_manifest(work: Path, runs: int) -> None:
             parsed = json.loads(line)
             parsed["tags"] = json.dumps(json.loads(parsed["tags"]))
             out.write(json.dumps(parsed) + "\n")
-    times = {}
+    times: dict[str, float] = {}
     for root in (canonical, spaced, canonical, spaced):  # twice each, the best kept
         start = time.perf_counter()
         subprocess.run([NEUROLENS, "rebuild", "--root", str(root)], capture_output=True, check=True)
