@@ -337,8 +337,8 @@ def test_the_overview_sorts_by_a_column(tmp_path: Path, cli: Cli, browser_page: 
 # --- from pytest ----------------------------------------------------------------------------
 
 
-def test_the_plugin_writes_a_report_of_the_groups_the_session_touched(pytester: pytest.Pytester) -> None:
-    write_run(pytester.path / "runs", make_run(model="other-model"))  # history the session never touches
+def session_with_report(pytester: pytest.Pytester) -> pytest.RunResult:
+    """A session recording one run of group ``m cpu fp32`` into ``runs``, with its report."""
     pytester.makepyfile(
         """
         import pytest
@@ -352,6 +352,12 @@ def test_the_plugin_writes_a_report_of_the_groups_the_session_touched(pytester: 
         "-p", "no:cacheprovider", "--neurolens-store=runs", "--neurolens-report=out/report.html"
     )
     result.assert_outcomes(passed=1)
+    return result
+
+
+def test_the_plugin_writes_a_report_of_the_groups_the_session_touched(pytester: pytest.Pytester) -> None:
+    write_run(pytester.path / "runs", make_run(model="other-model"))  # history the session never touches
+    result = session_with_report(pytester)
     result.stdout.fnmatch_lines(["report: *out/report.html (* MB, 1 groups)"])
     page = (pytester.path / "out" / "report.html").read_text()
     data = json.loads(page.split('id="report-data">', 1)[1].split("</script>", 1)[0])
@@ -368,19 +374,7 @@ def test_a_fingerprint_nested_too_deeply_leaves_its_commit_unknown(
     Path(stored["fp_json"]).write_text('{"a":' * 100_000 + "1" + "}" * 100_000)
     status, text = cli("report", "--root", str(root), "--out", str(pytester.path / "r.html"))
     assert status == 0 and "1 run in 1 group, 0 regressed" in text
-    pytester.makepyfile(
-        """
-        import pytest
-
-        @pytest.mark.neurolens(model="m", backend="cpu", precision="fp32", batch_size=1)
-        def test_record(neurolens):
-            neurolens.record(total_latency_ms=1.0)
-        """
-    )
-    result = pytester.runpytest_subprocess(
-        "-p", "no:cacheprovider", "--neurolens-store=runs", "--neurolens-report=out/report.html"
-    )
-    result.assert_outcomes(passed=1)
+    result = session_with_report(pytester)
     assert result.ret == 0 and "Traceback" not in result.stdout.str() + result.stderr.str()
     result.stdout.fnmatch_lines(["report: *out/report.html (* MB, * groups)"])
 
