@@ -37,8 +37,25 @@ def register(parser: argparse.ArgumentParser) -> None:
         metavar="H",
         help="keep files older versions need for this long (default 168: a week of time travel)",
     )
+    parser.add_argument(
+        "--orphan-grace",
+        type=_seconds,
+        default=60.0,
+        metavar="S",
+        help="when optimize fails, remove the files it wrote that no version references after S seconds (60)",
+    )
     add_storage_options(parser)
     parser.add_argument("--json", action="store_true", help="print the outcome as JSON")
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 3600:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds from 0 to 3600")
+    return value
 
 
 def run(args: argparse.Namespace, out: TextIO) -> int:
@@ -57,7 +74,7 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
                 f"now at version {done['version']}\n"
             )
         return 0
-    outcome = remote_of(args, args.url).optimize(args.retention_hours)
+    outcome = remote_of(args, args.url).optimize(args.retention_hours, args.orphan_grace)
     if args.json:
         out.write(json.dumps(outcome) + "\n")
     else:

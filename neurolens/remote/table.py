@@ -255,11 +255,15 @@ class RemoteTable:
                 raise StoreError(f"writing the remote table {self.url} failed: {first_line(exc)}") from None
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def optimize(self, retention_hours: int) -> dict[str, Any]:
+    def optimize(self, retention_hours: int, orphan_grace_s: float = 60.0) -> dict[str, Any]:
         """Delta's own maintenance: Z-order by model and backend (compacting small files),
-        a checkpoint, then vacuum of files unreferenced for ``retention_hours``."""
+        a checkpoint, then vacuum of files unreferenced for ``retention_hours``. When it
+        fails, the files it wrote are removed (``orphans``; after ``orphan_grace_s``)."""
+        from neurolens.remote.orphans import never_referenced, remove_orphans
+
         deltalake = deltalake_module()
         table = self.open()
+        started, before = now(), never_referenced(table)
         try:
             compacted = table.optimize.z_order(["model", "backend"])
             table.create_checkpoint()
@@ -268,7 +272,11 @@ class RemoteTable:
                 retention_hours=retention_hours, dry_run=False, enforce_retention_duration=False
             )
         except (OSError, deltalake.exceptions.DeltaError) as exc:
-            raise StoreError(f"optimizing the remote table {self.url} failed: {first_line(exc)}") from None
+            left = remove_orphans(self.url, self.storage_options, before, started, orphan_grace_s)
+            cleaned = f"; the {len(left)} file(s) it had written were removed" if left else ""
+            raise StoreError(
+                f"optimizing the remote table {self.url} failed: {first_line(exc)}{cleaned}"
+            ) from None
         return {
             "files_added": compacted.get("numFilesAdded", 0),
             "files_removed": compacted.get("numFilesRemoved", 0),
