@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -40,6 +40,12 @@ class RunSource(ABC):
         """Matching rows, newest first (``created_at``, then ``run_id``), at most
         ``flt.limit``; ``columns``, ``ordered`` and ``as_dictionary`` are hints a source
         may use to read less (see ``storage.index.query.select``)."""
+
+    def parts(self, flt: RunFilter) -> Iterator[Rows]:
+        """The rows ``flt`` selects, a part at a time (a source that can stream them holds
+        one part, in its own order, when ``flt`` has no session or limit); else all at once,
+        newest first."""
+        yield self.select(flt)
 
     @abstractmethod
     def find_run(self, prefix: str) -> dict[str, Any]:
@@ -94,6 +100,16 @@ class LocalSource(RunSource):
         from neurolens.storage.index.query import select
 
         return select(self.root, flt, columns, ordered=ordered, as_dictionary=as_dictionary)
+
+    def parts(self, flt: RunFilter) -> Iterator[Rows]:
+        from neurolens.storage.index.reading import stream_rows
+        from neurolens.storage.ledger.root import require_store
+
+        if flt.session_id is not None or flt.limit is not None:
+            yield self.select(flt)
+            return
+        require_store(self.root)
+        yield from stream_rows(self.root, flt)
 
     def find_run(self, prefix: str) -> dict[str, Any]:
         from neurolens.storage.index.query import find_run

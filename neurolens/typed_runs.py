@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from neurolens.errors import StoreError
 from neurolens.sources import RunSource, open_source
 from neurolens.storage.index.filters import RunFilter
+from neurolens.storage.index.rows import Rows
 from neurolens.storage.ledger.root import StrPath
 from neurolens.typed_columns import (
     BOOL_METRICS,
@@ -35,35 +36,48 @@ BATCH_RUNS = 10_000  # documents held at once
 
 
 def typed_batches(
-    source: RunSource, flt: RunFilter, *, tags_as_json: bool = False, unreadable: list[str] | None = None
+    source: RunSource,
+    flt: RunFilter,
+    *,
+    tags_as_json: bool = False,
+    unreadable: list[str] | None = None,
+    streamed: bool = False,
 ) -> Iterator[Any]:
-    """The selected runs as typed Arrow tables of at most ``BATCH_RUNS`` rows, newest first;
-    a run whose document cannot be read keeps its index columns (its other metrics null)
-    and its id goes to ``unreadable``."""
+    """The selected runs as typed Arrow tables of at most ``BATCH_RUNS`` rows, newest first
+    (``streamed``: in the store's order, a part of the store held at a time, when the filter
+    has no session or limit); a run whose document cannot be read keeps its index columns
+    (its other metrics null) and its id goes to ``unreadable``."""
     import pyarrow as pa
 
     schema = typed_schema(tags_as_json=tags_as_json)
     form = "json" if tags_as_json else "pairs"
-    for columns in typed_value_batches(source, flt, tags=form, unreadable=unreadable):
+    for columns in typed_value_batches(source, flt, tags=form, unreadable=unreadable, streamed=streamed):
         yield pa.Table.from_pydict(columns, schema=schema)
 
 
 def typed_value_batches(
-    source: RunSource, flt: RunFilter, *, tags: str = "pairs", unreadable: list[str] | None = None
+    source: RunSource,
+    flt: RunFilter,
+    *,
+    tags: str = "pairs",
+    unreadable: list[str] | None = None,
+    streamed: bool = False,
 ) -> Iterator[dict[str, list[Any]]]:
     """:func:`typed_batches` as Python lists (no pyarrow needed); ``tags`` as ``"pairs"``
     (for a map), ``"json"`` or ``"dict"``."""
-    rows = source.select(flt)
+    for rows in source.parts(flt) if streamed else [source.select(flt)]:
+        for batch in _slices(rows):
+            yield typed_values(batch, _documents(source, batch, unreadable), tags)
+
+
+def _slices(rows: Rows) -> Iterator[list[dict[str, Any]]]:
+    """``rows`` as lists of dicts of at most ``BATCH_RUNS``."""
     table = rows.arrow()
     if table is None:  # rows held without Arrow
         records = rows.records()
-        slices: Iterator[list[dict[str, Any]]] = (
-            records[i : i + BATCH_RUNS] for i in range(0, len(records), BATCH_RUNS)
-        )
+        yield from (records[i : i + BATCH_RUNS] for i in range(0, len(records), BATCH_RUNS))
     else:
-        slices = (table.slice(i, BATCH_RUNS).to_pylist() for i in range(0, table.num_rows, BATCH_RUNS))
-    for batch in slices:
-        yield typed_values(batch, _documents(source, batch, unreadable), tags)
+        yield from (table.slice(i, BATCH_RUNS).to_pylist() for i in range(0, table.num_rows, BATCH_RUNS))
 
 
 def typed_table(source: RunSource, flt: RunFilter) -> Any:

@@ -16,7 +16,8 @@ NAME = "export"
 READS_REMOTE = True
 SUMMARY = "write runs as typed columns to Parquet, CSV or JSON lines"
 DESCRIPTION = (
-    "Write the runs the filters select, newest first, to --out as typed columns: created_at a "
+    "Write the runs the filters select to --out as typed columns (in the store's order, read a "
+    "part of the store at a time; newest first with --session): created_at a "
     "UTC timestamp, day a date, tags a map (a JSON object in CSV), every latency statistic, "
     "throughput, GPU utilization, memory and energy, the sample count and the hardware as "
     "columns of their own. The format follows the file's extension: .parquet, .csv, .jsonl. "
@@ -53,7 +54,9 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
         raise UsageError(f"--out {args.out} is a folder; give a file name")
     source = location_of(args)
     unreadable: list[str] = []
-    batches = typed_batches(source, filter_from_args(args), tags_as_json=kind == "csv", unreadable=unreadable)
+    batches = typed_batches(
+        source, filter_from_args(args), tags_as_json=kind == "csv", unreadable=unreadable, streamed=True
+    )
     schema = typed_schema(tags_as_json=kind == "csv")
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")

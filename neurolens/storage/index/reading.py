@@ -190,6 +190,32 @@ def snapshot(root: Path, *, warn: bool = True) -> Rows:
     return rows
 
 
+def stream_rows(root: Path, flt: RunFilter) -> Iterator[Rows]:
+    """The rows meeting ``flt``'s conditions (not its session or limit), part by part in the
+    manifest's order: the index's row groups, then the tail it does not cover; without a
+    usable index, the manifest's blocks (duplicate ids dropped as they stream by). Holds a
+    part at a time, not the store: for readers that need no order (export)."""
+    conditions = replace(flt, session_id=None, limit=None)
+    with opened_index(root) as (index, problem):
+        if index is not None:
+            for part in index.parts():
+                yield part.filter(conditions)
+            covered = index.meta.manifest_bytes
+            if manifest_size(root) > covered:
+                extra, tail = _fresh_tail(root, covered, index.run_ids)
+                for message in tail.problems:
+                    warnings.warn(message, ManifestWarning, stacklevel=2)
+                yield extra.filter(conditions)
+            return
+    if problem and manifest_size(root):
+        warnings.warn(f"{problem}; answering from the manifest", IndexWarning, stacklevel=2)
+    read, first = ManifestRead(), FirstOfEachId()
+    for part in parsed_blocks(root, read, 0):
+        yield first(part).filter(conditions)
+    for message in read.problems:
+        warnings.warn(message, ManifestWarning, stacklevel=2)
+
+
 # A query with a limit up to this many rows reads its rows' lines from the manifest (one
 # small read each) instead of every column of the index.
 _LINES_AT_MOST = 1000
