@@ -129,7 +129,16 @@ def _rerun(
         command += [f"--neurolens-storage-option={k}={v}" for k, v in settings.storage_options.items()]
     for name in _OFF_IN_RERUNS:
         command += ["-o", f"{name}="]
-    done = subprocess.run(command, cwd=config.rootpath, capture_output=True, text=True, check=False)
+    try:
+        done = subprocess.run(
+            command, cwd=config.rootpath, capture_output=True, text=True, check=False,
+            timeout=settings.confirm_timeout_s,
+        )  # fmt: skip
+    except subprocess.TimeoutExpired:
+        return (
+            f"confirmation re-run {number} stopped after {settings.confirm_timeout_s:g} s "
+            "(--neurolens-confirm-timeout)"
+        )
     if done.returncode not in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED):
         tail = " ".join((done.stderr or done.stdout).strip().splitlines()[-3:])
         return f"confirmation re-run {number} failed (exit {done.returncode}): {tail}"

@@ -49,6 +49,11 @@ CONFIRM_HELP = (
     "(default: 3; 0 turns it off)"
 )
 DEFAULT_CONFIRM = 3
+CONFIRM_TIMEOUT_HELP = (
+    "with --neurolens-confirm: stop a confirmation re-run after SECONDS; the first verdict then "
+    "stands (default: 600; 0: no limit)"
+)
+DEFAULT_CONFIRM_TIMEOUT_S = 600.0
 REPORT_HELP = (
     "at session end, write an HTML report of the store's history for the groups this session "
     "recorded to PATH (needs the 'report' extra)"
@@ -85,6 +90,7 @@ def add_options(parser: pytest.Parser) -> None:
     option("compare", "neurolens_compare", "FILTER", COMPARE_HELP)
     option("fail-above", "neurolens_fail_above", "THRESHOLD", FAIL_ABOVE_HELP)
     option("confirm", "neurolens_confirm", "K", CONFIRM_HELP)
+    option("confirm-timeout", "neurolens_confirm_timeout", "SECONDS", CONFIRM_TIMEOUT_HELP)
     option("report", "neurolens_report", "PATH", REPORT_HELP)
     option("push", "neurolens_push", "URL", PUSH_HELP)
     option("baseline-root", "neurolens_baseline_root", "URL", BASELINE_ROOT_HELP)
@@ -109,6 +115,7 @@ class Settings:
     fail_above: Threshold | None = None
     allow_empty: bool = False
     confirm: int = 0  # re-runs of suspect tests at session end (0 without a gate)
+    confirm_timeout_s: float | None = DEFAULT_CONFIRM_TIMEOUT_S  # per re-run; None: no limit
     repeats: int = 1
     budget: Budget = field(default_factory=Budget)
     push: str | None = None
@@ -156,6 +163,16 @@ class Settings:
         confirm = _parse_number("--neurolens-confirm", confirm_text, int) if confirm_text else DEFAULT_CONFIRM
         if not 0 <= confirm <= 20:
             raise pytest.UsageError(f"--neurolens-confirm must be in 0..20, got {confirm_text!r}")
+        timeout_text = _value(config, "neurolens_confirm_timeout")
+        timeout = (
+            _parse_number("--neurolens-confirm-timeout", timeout_text, float)
+            if timeout_text
+            else DEFAULT_CONFIRM_TIMEOUT_S
+        )
+        if not 0 <= timeout <= 86_400:
+            raise pytest.UsageError(
+                f"--neurolens-confirm-timeout must be in 0..86400 s, got {timeout_text!r}"
+            )
         push, baseline_root, storage_options = _remote_settings(config, store_path, compare)
         report_text = _value(config, "neurolens_report") or None
         if report_text and store_path is None:
@@ -169,6 +186,7 @@ class Settings:
             compare=compare,
             fail_above=fail_above,
             confirm=confirm if fail_above is not None else 0,
+            confirm_timeout_s=timeout or None,
             repeats=repeats,
             budget=budget,
             push=push,

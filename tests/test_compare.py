@@ -8,6 +8,7 @@ import math
 import random
 import re
 import statistics
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -644,3 +645,23 @@ def test_confirm_needs_a_small_count(pytester: pytest.Pytester, value: str) -> N
     )  # fmt: skip
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     assert "--neurolens-confirm" in result.stderr.str()
+
+
+def test_a_confirmation_re_run_that_hangs_is_stopped_and_the_first_verdict_stands(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hanging = QUEUED.replace(
+        "    return float(values[0])",
+        "    if float(values[0]) < 0:  # this process hangs\n        import time; time.sleep(120)\n"
+        "    return float(values[0])",
+    )
+    pytester.makepyfile(hanging)
+    queued(pytester, monkeypatch, "10", "--neurolens-tag", "branch=main").assert_outcomes(passed=2)
+    started = time.monotonic()
+    result = queued(pytester, monkeypatch, "15 -1", *GATE_ARGS, "--neurolens-confirm-timeout=3")
+    assert time.monotonic() - started < 60
+    result.assert_outcomes(passed=2)
+    assert result.ret == pytest.ExitCode.TESTS_FAILED  # never passed by a broken re-run
+    result.stdout.fnmatch_lines(
+        ["*confirmation re-run 1 stopped after 3 s (--neurolens-confirm-timeout)*", "*failing the session*"]
+    )
