@@ -56,17 +56,25 @@ TAGS_PATTERN = rf"^\{{(?:{_JSON_STRING}:{_JSON_STRING}(?:,{_JSON_STRING}:{_JSON_
 _SPACED_STRING = rf"\s*({_JSON_STRING})\s*"
 
 
+def _plain_form(tags: Any) -> Any:
+    """Per row: the tags are one JSON object of strings with no space between tokens and
+    no ``\\u`` escape (``write_run`` writes characters as they are: a tag filter matches
+    their text), so only other rows need Python."""
+    escaped = match_substring(tags, "\\u")
+    return call("and", match_substring(tags, TAGS_PATTERN, regex=True), call("invert", escaped))
+
+
 def _canonical_tags(table: Any) -> Any:
     """``table`` with every row's tags in the canonical form ``write_run`` writes (a hand
     edit or another tool may space them out: only those rows are decoded in Python, so a
     block of them stays on Arrow's path), or None if a row's tags are not a JSON object of
     strings (the block is then read line by line, each problem named)."""
     tags = table.column("tags").combine_chunks()
-    canonical = match_substring(tags, TAGS_PATTERN, regex=True)
+    canonical = _plain_form(tags)
     if call("all", canonical).as_py() is not False:
         return table
     tags = replace_regex(tags, _SPACED_STRING, r"\1")  # spaces around the strings, in C++
-    canonical = match_substring(tags, TAGS_PATTERN, regex=True)
+    canonical = _plain_form(tags)
     values: list[str] | None = None
     if call("all", canonical).as_py() is False:  # what is left: decoded and encoded again
         values, again = tags.to_pylist(), {}
