@@ -747,39 +747,48 @@ def test_migrating_beside_live_pushes_loses_no_run(tmp_path: Path) -> None:
     assert len(listed) == 300 + 3 * 8 and len({r["run_id"] for r in listed}) == len(listed)
 
 
+@pytest.mark.parametrize("where", ["local", "s3"])
 def test_a_failed_optimize_removes_the_files_it_wrote_and_nothing_else(
-    tmp_path: Path, cli: Cli, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path,
+    cli: Cli,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    request: pytest.FixtureRequest,
+    where: str,
 ) -> None:
     import deltalake
 
     from neurolens.remote.orphans import never_referenced
     from neurolens.remote.table import RemoteTable
 
-    table = tmp_path / "table"
+    table = str(tmp_path / "table") if where == "local" else request.getfixturevalue("bucket")
+    options = {} if where == "local" else {"conditional_put": "etag"}
     for i in range(6):  # six pushes: six small files to compact
         write_run(tmp_path / f"s{i}", make_run(seq_len=i, created_at="2026-11-01T10:00:00Z"))
-        assert cli("push", str(table), "--root", str(tmp_path / f"s{i}"))[0] == 0
+        assert cli("push", table, "--root", str(tmp_path / f"s{i}"))[0] == 0
     opened = RemoteTable.open
 
     def open_then_delete_behind_its_back(self: RemoteTable) -> Any:
         stale = opened(self)
-        deltalake.DeltaTable(self.url).delete("seq_len = 3")  # a concurrent writer commits first
+        deltalake.DeltaTable(self.url, storage_options=options).delete("seq_len = 3")  # committed first
         monkeypatch.setattr(RemoteTable, "open", opened)
         return stale
 
     monkeypatch.setattr(RemoteTable, "open", open_then_delete_behind_its_back)
     tombstoned_before = set(
-        deltalake.DeltaTable(str(table)).vacuum(0, dry_run=True, enforce_retention_duration=False)
+        deltalake.DeltaTable(table, storage_options=options).vacuum(
+            0, dry_run=True, enforce_retention_duration=False
+        )
     )
-    status, _ = cli("remote", "optimize", str(table), "--orphan-grace", "0")
+    status, _ = cli("remote", "optimize", table, "--orphan-grace", "0")
     err = capsys.readouterr().err
     assert status == 1 and "optimizing the remote table" in err and "concurrent transaction" in err
     assert "the 1 file(s) it had written were removed" in err and err.count("\n") == 1
-    after = deltalake.DeltaTable(str(table))
+    after = deltalake.DeltaTable(table, storage_options=options)
     assert never_referenced(after) == set()  # no orphan left
     assert tombstoned_before <= set(
         after.vacuum(0, dry_run=True, enforce_retention_duration=False)
     )  # vacuum's own
-    listed = json.loads(cli("ls", "--root", str(table), "--json")[1])
+    listed = json.loads(cli("ls", "--root", table, "--json")[1])
     assert sorted(r["seq_len"] for r in listed) == [0, 1, 2, 4, 5]  # the table reads as the delete left it
-    assert cli("remote", "optimize", str(table))[0] == 0  # and optimizes once nothing races it
+    assert cli("remote", "optimize", table)[0] == 0  # and optimizes once nothing races it
