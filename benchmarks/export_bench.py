@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -21,22 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script: the repository
 
 from benchmarks.merge_verify_bench import build_store
-
-NEUROLENS = str(Path(sys.executable).with_name("neurolens"))
-MEASURE = (
-    "import resource, subprocess, sys, time\n"
-    "start = time.perf_counter()\n"
-    "subprocess.run(sys.argv[1:], check=True, stdout=subprocess.DEVNULL)\n"
-    "print(time.perf_counter() - start, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)"
-)
-
-
-def measured(*argv: str) -> tuple[float, float]:
-    out = subprocess.run(
-        [sys.executable, "-c", MEASURE, NEUROLENS, *argv], capture_output=True, text=True, check=True
-    )
-    wall, peak = out.stdout.split()
-    return float(wall), float(peak)
+from benchmarks.peak import measured
 
 
 def main() -> None:

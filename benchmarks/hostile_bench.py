@@ -27,25 +27,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script: the repository
 
+from benchmarks.peak import NEUROLENS, measured
 from benchmarks.store_bench import make_store, synthetic_entry
 from neurolens.storage.ledger.manifest import COLUMNS
 from neurolens.storage.store import write_run
-
-NEUROLENS = str(Path(sys.executable).with_name("neurolens"))
-# the command in a child of a fresh process, which reports its child's peak RSS
-MEASURE = (
-    "import resource, subprocess, sys, time\n"
-    "start = time.perf_counter()\n"
-    "subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)\n"
-    "print(time.perf_counter() - start, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)"
-)
-
-
-def measured(*argv: str) -> tuple[float, float]:
-    """(wall s, peak RSS MiB) of ``neurolens argv``."""
-    out = subprocess.run([sys.executable, "-c", MEASURE, NEUROLENS, *argv], capture_output=True, text=True)
-    wall, peak = out.stdout.split()
-    return float(wall), float(peak)
 
 
 def entry(i: int) -> dict[str, object]:
@@ -65,11 +50,12 @@ def long_line(work: Path, runs: int, line_mb: int) -> None:
     shutil.copytree(honest, hostile)
     with open(hostile / "_manifest.jsonl", "ab") as manifest:
         manifest.write(b'{"tags":"' + b"x" * (line_mb * 1024 * 1024) + b'"}\n')
-    for argv in (["ls", "--limit", "3"], ["verify"], ["rebuild"]):
+    # the synthetic store has no run files: verify reports them missing (exit 1), as it should
+    for argv, expect in ((["ls", "--limit", "3"], (0,)), (["verify"], (1,)), (["rebuild"], (0,))):
         report(
             f"{' '.join(argv)} with a {line_mb} MB manifest line ({runs:,} runs)",
-            measured(*argv, "--root", str(honest)),
-            measured(*argv, "--root", str(hostile)),
+            measured(*argv, "--root", str(honest), expect=expect),
+            measured(*argv, "--root", str(hostile), expect=expect),
         )
 
 
@@ -96,7 +82,7 @@ def big_document(work: Path, document_mb: int) -> None:
     report(
         f"merge of a {size:.0f} KB archive holding a {document_mb} MB run document (refused by name)",
         measured("merge", str(archives["honest"]), "--root", str(work / "dest_honest")),
-        measured("merge", str(archives["big"]), "--root", str(work / "dest_big")),
+        measured("merge", str(archives["big"]), "--root", str(work / "dest_big"), expect=(1,)),  # refused
     )
 
 
