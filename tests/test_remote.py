@@ -711,7 +711,7 @@ def test_migrating_beside_live_pushes_loses_no_run(tmp_path: Path) -> None:
     for i in range(300):
         write_run(root, make_run(seq_len=i, created_at=f"2026-11-0{1 + i % 7}T10:00:00Z"))
     plain_table(table, root)
-    # three runners, each pushing 8 runs of its own one push at a time, while the table migrates
+    # three runners, each pushing 16 runs of its own one push at a time, while the table migrates
     pusher = textwrap.dedent(
         """
         import sys
@@ -721,7 +721,7 @@ def test_migrating_beside_live_pushes_loses_no_run(tmp_path: Path) -> None:
         from neurolens.storage.index.filters import RunFilter
         from neurolens.storage.store import write_run
         root, table, me = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
-        for i in range(8):
+        for i in range(16):
             run = {"model": f"runner-{me}", "backend": "b", "precision": "p", "batch_size": 1 + i,
                    "metrics": {"total_latency_ms": 1.0}, "tags": {"runner": me}}
             write_run(root, run)
@@ -744,7 +744,7 @@ def test_migrating_beside_live_pushes_loses_no_run(tmp_path: Path) -> None:
     assert migrated.returncode == 0, migrated.stderr
     assert is_typed(deltalake.DeltaTable(str(table)))
     listed = json.loads(command("ls", "--root", str(table), "--json", "--include-failed").stdout)
-    assert len(listed) == 300 + 3 * 8 and len({r["run_id"] for r in listed}) == len(listed)
+    assert len(listed) == 300 + 3 * 16 and len({r["run_id"] for r in listed}) == len(listed)
 
 
 @pytest.mark.parametrize("where", ["local", "s3"])
