@@ -80,14 +80,6 @@ def _slices(rows: Rows) -> Iterator[list[dict[str, Any]]]:
         yield from (table.slice(i, BATCH_RUNS).to_pylist() for i in range(0, table.num_rows, BATCH_RUNS))
 
 
-def typed_table(source: RunSource, flt: RunFilter) -> Any:
-    """Every batch of :func:`typed_batches` as one pyarrow Table."""
-    import pyarrow as pa
-
-    parts = list(typed_batches(source, flt))
-    return pa.concat_tables(parts) if parts else typed_schema().empty_table()
-
-
 def load_runs(root: RunSource | StrPath | None = None, **filters: Any) -> pd.DataFrame:
     """Matching runs as a pandas DataFrame of the typed columns, newest first (``tags`` a
     dict per row). Filters: ``model``, ``backend``, ``precision``, ``day`` (``YYYY-MM-DD``),

@@ -288,11 +288,14 @@ def test_long_commands_show_progress_on_a_terminal_only(
     assert cli("merge", str(store), "--root", str(tmp_path / "m2"))[0] == 0
     assert cli("merge", str(store), "--root", str(tmp_path / "m3"), "--json")[0] == 0  # --json: quiet
     assert cli("report", "--root", str(store), "--out", str(tmp_path / "r.html"))[0] == 0
+    assert cli("export", "--root", str(store), "--out", str(tmp_path / "r.parquet"))[0] == 0
     lines = terminal.getvalue().split("\r")
     assert any(line.startswith("reading manifest:") for line in lines) and "(100%)\n" in terminal.getvalue()
     merged = [line for line in lines if line.startswith("merged:")]
     assert merged and merged[-1].endswith("(100%)\n") and len(merged) == len(query(store))
     assert [line for line in lines if line.startswith("charted:")][-1].endswith("groups (100%)\n")
+    exported = [line for line in lines if line.startswith("exported:")]
+    assert exported[-1].endswith("(100%)\n") and f"{len(query(store)):,} runs" in exported[-2]
 
 
 @pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="the native index file is reopened via /proc")

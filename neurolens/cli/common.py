@@ -178,7 +178,7 @@ _PROGRESS_MIN_GROUPS = 100
 
 
 def progress(stream: TextIO, what: str, *, quiet: bool = False, minimum: int | None = None,
-             unit: str = "runs") -> Callable[[int, int], None]:  # fmt: skip
+             unit: str = "runs") -> Callable[[int, int | None], None]:  # fmt: skip
     """``report(done, total)``: a live line on stderr while a long command works, on a
     terminal only (a CI log, a pipe or ``--json`` get nothing); totals under ``minimum``
     finish too soon to need one."""
@@ -189,12 +189,17 @@ def progress(stream: TextIO, what: str, *, quiet: bool = False, minimum: int | N
         minimum if minimum is not None else _PROGRESS_MIN_GROUPS if unit == "groups" else _PROGRESS_MIN_RUNS
     )
 
-    def report(done: int, total: int) -> None:
-        if total < least:
+    def report(done: int, total: int | None) -> None:
+        if (total if total is not None else done) < least:
             return
-        stream.write(f"\r{what}: {done / scale:,.0f} of {total / scale:,.0f} {label} ({done / total:.0%})")
-        if done >= total:
-            stream.write("\n")
+        if total is None:  # not known ahead (a stream): the count so far
+            stream.write(f"\r{what}: {done / scale:,.0f} {label}")
+        else:
+            stream.write(
+                f"\r{what}: {done / scale:,.0f} of {total / scale:,.0f} {label} ({done / total:.0%})"
+            )
+            if done >= total:
+                stream.write("\n")
         stream.flush()
 
     return report
@@ -203,18 +208,6 @@ def progress(stream: TextIO, what: str, *, quiet: bool = False, minimum: int | N
 def byte_progress(stream: TextIO, *, quiet: bool = False) -> Callable[[int, int], None]:
     """Progress of reading a large manifest (see ``progress``)."""
     return progress(stream, "reading manifest", quiet=quiet, minimum=_PROGRESS_MIN_BYTES, unit="bytes")
-
-
-def tty_progress(stream: TextIO, verb: str) -> Callable[[int], None]:
-    """A live count of runs done, total unknown (see ``progress``)."""
-    live = stream.isatty()
-
-    def report(done: int) -> None:
-        if live and done >= _PROGRESS_MIN_RUNS:
-            stream.write(f"\r{verb} {done:,} runs")
-            stream.flush()
-
-    return report
 
 
 def count_progress(stream: TextIO, *, quiet: bool = False) -> Callable[[int, int], None]:

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any, TextIO
 
-from neurolens.cli.common import UsageError, location_of, plural, tty_progress
+from neurolens.cli.common import UsageError, location_of, plural, progress
 
 NAME = "export"
 READS_REMOTE = True
@@ -42,6 +40,7 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, out: TextIO) -> int:
+    from neurolens.output_files import written_whole
     from neurolens.storage.index.filters import filter_from_args
     from neurolens.typed_columns import typed_schema
     from neurolens.typed_runs import typed_batches
@@ -58,22 +57,15 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
         source, filter_from_args(args), tags_as_json=kind == "csv", unreadable=unreadable, streamed=True
     )
     schema = typed_schema(tags_as_json=kind == "csv")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
-    progress = tty_progress(sys.stderr, "exported")
+    shown = progress(sys.stderr, "exported")
     written = 0
     try:
-        with _writer(kind, Path(tmp), schema) as write:
+        with written_whole(target) as tmp, _writer(kind, tmp, schema) as write:
             for batch in batches:
                 write(batch)
                 written += batch.num_rows
-                progress(written)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+                shown(written, None)
+        shown(written, written)  # the line ends
     finally:
         source.close()
     out.write(f"wrote {plural(written, 'run')} to {target} ({kind})\n")

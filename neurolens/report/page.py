@@ -179,21 +179,12 @@ def render(report: Report) -> str:
 
 
 def write_report(report: Report, out: Path) -> int:
-    """Write the page to ``out`` (atomically: a reader never sees half a page); its size."""
-    import os
-    import tempfile
+    """Write the page to ``out`` (a reader never sees half a page); its size."""
+    from neurolens.output_files import written_whole
 
     if out.is_dir():
         raise StoreError(f"{out} is a folder; give the report a file name, e.g. {out / 'report.html'}")
     text = render(report).encode("utf-8")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(text)
-        os.chmod(tmp, 0o644)  # a page to share (mkstemp makes it private)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with written_whole(out) as tmp:
+        tmp.write_bytes(text)
     return len(text)
