@@ -57,9 +57,8 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
     medians = {name: statistics.median(values) for name, values in spent.items()}
     for name, value in medians.items():
-        print(
-            f"write_run {name}: {value:.3f} ms (median of {args.rounds} rounds of {args.writes}, {work.parent})"
-        )
+        rounds = f"median of {args.rounds} rounds of {args.writes}"
+        print(f"write_run {name}: {value:.3f} ms ({rounds}, {work.parent})")
     print(f"ratio: {medians['with the lock'] / medians['without']:.2f}x")
 
 
